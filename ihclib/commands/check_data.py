@@ -1,0 +1,43 @@
+"""`ihclib check-data [DIR]`: what the study would see in a data folder, and what is wrong."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..data import make_dataset, resolve_data_dir, scan_folder, tile_sources
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check-data", help="summarise a data folder (default: the embedded IHC image)",
+                       description="Print images, categories, sizes and tiles per split, and one line per bad file.")
+    p.add_argument("data_dir", nargs="?", default=None, help="folder of PNG/JPEG/TIFF images (default: $IHC_DATA_DIR or the embedded image)")
+    p.add_argument("--tile-size", type=int, default=256)
+    p.add_argument("--stride", type=int, default=None, help="default: the tile size")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-bad", action="store_true", help="report bad files and go on (exit 0 if any image is usable)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    root = resolve_data_dir(args.data_dir)
+    if root is None:
+        ds = make_dataset(None, tile_size=args.tile_size, stride=args.stride, seed=args.seed)
+    else:
+        sources, bad = scan_folder(root, min_size=args.tile_size)
+        for b in bad:
+            print(f"bad file: {b.path}: {b.reason}", file=sys.stderr)
+        if not sources:
+            print(f"{root}: no usable image ({len(bad)} bad file(s))", file=sys.stderr)
+            return 1
+        ds = tile_sources(sources, args.tile_size, args.stride or args.tile_size, args.seed, root=root, bad=bad)
+    bad = ds.bad_files
+    print(f"data: {'embedded default (skimage.data.immunohistochemistry)' if root is None else root}")
+    print(f"tiles of {ds.tile_size}px, stride {ds.stride}, split {ds.split_mode}, seed {ds.seed}")
+    print(ds.summary().to_string(index=False))
+    if bad and not args.skip_bad:
+        print(f"{len(bad)} bad file(s): fix or remove them, or pass --skip-bad", file=sys.stderr)
+        return 1
+    if bad:
+        print(f"skipped {len(bad)} bad file(s)")
+    return 0
