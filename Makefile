@@ -1,0 +1,47 @@
+# ihc-denoise: two commands on a fresh machine (Linux, Python 3.11, make).
+#   make reproduce [PROFILE=quick]   set up .venv and run the whole study -> reports/
+#   make test                        set up .venv and run pytest + nbval
+# Also: make bench, make lab, make nbval-refs, make clean.
+
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PROFILE ?= quick
+DATA    ?=
+STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: setup reproduce test test-lib test-notebooks bench lab nbval-refs clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[notebooks,dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+reproduce: setup
+	$(PY) -m ihclib.pipeline --profile $(PROFILE) $(if $(DATA),--data-dir $(DATA))
+
+# The notebooks run under nbval against stored smoke-profile outputs (tests/notebooks/);
+# IHC_RUNS_DIR gives them a fresh place for the models they train.
+test: setup
+	$(PY) -m pytest tests
+	IHC_RUNS_DIR=$$(mktemp -d) $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider tests/notebooks
+
+test-lib: setup
+	$(PY) -m pytest tests
+
+bench: setup
+	$(PY) benchmarks/bench.py
+
+lab: setup
+	$(PY) -m ipykernel install --sys-prefix --name ihc-denoise --display-name "Python (ihc-denoise)" >/dev/null
+	$(VENV)/bin/jupyter lab notebooks
+
+# Regenerate the stored outputs nbval compares against (after changing a notebook).
+nbval-refs: setup
+	$(PY) -m ihclib.pipeline --profile smoke --nbval-refs tests/notebooks
+
+clean:
+	rm -rf runs .pytest_cache

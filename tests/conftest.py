@@ -1,0 +1,19 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def ihc_crop() -> np.ndarray:
+    """A 96x96 crop of the embedded real IHC image (float32 RGB)."""
+    from ihclib.data import default_image
+
+    return default_image()[200:296, 150:246].copy()
