@@ -208,6 +208,21 @@ class TileDataset:
             return np.zeros((0, self.tile_size, self.tile_size, 3), np.float32)
         return np.stack(out).astype(np.float32)
 
+    def sample(self, n: int, split: str | None = None, seed: int = 0) -> list[tuple[Tile, np.ndarray]]:
+        """Up to ``n`` tiles spread over categories (round robin), chosen with ``seed``."""
+        pool = self.tiles if split is None else self.split(split)
+        rng = np.random.default_rng(seed)
+        by_cat: dict[str, list[Tile]] = {}
+        for t in pool:
+            by_cat.setdefault(t.category, []).append(t)
+        queues = {c: [ts[i] for i in rng.permutation(len(ts))] for c, ts in sorted(by_cat.items())}
+        chosen: list[Tile] = []
+        while len(chosen) < n and any(queues.values()):
+            for q in queues.values():
+                if q and len(chosen) < n:
+                    chosen.append(q.pop())
+        return [(t, self.read_source(t.source)[t.row:t.row + t.size, t.col:t.col + t.size]) for t in chosen]
+
     def tile_table(self) -> pd.DataFrame:
         """One row per tile with its provenance."""
         return pd.DataFrame([asdict(t) for t in self.tiles], columns=list(Tile.__dataclass_fields__))

@@ -42,6 +42,22 @@ class LoadedImage:
         return self.rgb.shape[:2]
 
 
+def _is_png16_colour(path: Path) -> bool:
+    """True for a 16-bit RGB/RGBA PNG, which Pillow would silently decode as 8-bit."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    # signature (8) + IHDR length and type (8) + width, height (8) + bit depth + colour type
+    return len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 6)
+
+
+def _imagecodecs():
+    try:
+        import imagecodecs
+    except ImportError:
+        raise RuntimeError("16-bit colour PNG needs the imagecodecs package (pip install imagecodecs)") from None
+    return imagecodecs
+
+
 def _read_raw(path: Path) -> np.ndarray:
     """Decode a file to an ndarray, turning every decoder failure into ImageError."""
     if not path.exists():
@@ -60,6 +76,8 @@ def _read_raw(path: Path) -> np.ndarray:
                 import tifffile
 
                 return np.asarray(tifffile.imread(path))
+            if ext == ".png" and _is_png16_colour(path):
+                return np.asarray(_imagecodecs().png_decode(path.read_bytes()))
             from PIL import Image
 
             with Image.open(path) as im:
@@ -187,9 +205,8 @@ def save_image(
             from PIL import Image
 
             if pixels.dtype == np.uint16:
-                import imageio.v3 as iio  # PIL cannot write 16-bit RGB PNG
-
-                iio.imwrite(tmp, pixels, extension=".png")
+                # neither PIL nor imageio's PIL plugin writes 16-bit colour PNG
+                Path(tmp).write_bytes(_imagecodecs().png_encode(pixels))
             else:
                 Image.fromarray(pixels).save(tmp, format="PNG" if ext == ".png" else "JPEG", quality=95)
         os.replace(tmp, path)

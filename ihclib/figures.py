@@ -1,0 +1,202 @@
+"""Figures of the study (the paper's Figures 1, 2, 4 and 5, and our learning curves).
+
+Each function returns a matplotlib Figure; notebooks show it and save it with
+``ihclib.reports.save_figure``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.patches import Rectangle
+
+from .noise import adjust_contrast_brightness, salt_and_pepper
+
+SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:red"}
+
+
+def _grid(n: int, ncols: int, size: float = 2.4):
+    nrows = max(1, math.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, axes.flat
+
+
+def plot_tiles(tiles: Sequence[np.ndarray], titles: Sequence[str] | None = None, ncols: int = 4,
+               suptitle: str | None = None):
+    """A grid of RGB tiles (Figure 1: example tiles)."""
+    fig, axes = _grid(len(tiles), ncols)
+    for i, (ax, tile) in enumerate(zip(axes, tiles)):
+        ax.imshow(np.clip(tile, 0, 1))
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def plot_split_map(image: np.ndarray, tiles: Sequence, title: str = ""):
+    """The source image with every tile outlined in its split's colour (train / val / test)."""
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.imshow(np.clip(image, 0, 1))
+    for t in tiles:
+        ax.add_patch(Rectangle((t.col, t.row), t.size, t.size, fill=False, lw=0.8 if t.split == "train" else 1.5,
+                               ec=SPLIT_COLOURS[t.split], alpha=0.5 if t.split == "train" else 0.9))
+    handles = [Rectangle((0, 0), 1, 1, fc="none", ec=c, label=s) for s, c in SPLIT_COLOURS.items()]
+    ax.legend(handles=handles, loc="upper right", fontsize=8)
+    ax.set_title(title or "tiles by split")
+    ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_stains(rgb: np.ndarray, hed: np.ndarray):
+    """An RGB tile beside its hematoxylin and DAB optical-density channels."""
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.4))
+    axes[0].imshow(np.clip(rgb, 0, 1))
+    axes[0].set_title("RGB")
+    for ax, i, name, cmap in ((axes[1], 0, "hematoxylin", "Blues"), (axes[2], 2, "DAB", "Oranges")):
+        im = ax.imshow(hed[..., i], cmap=cmap)
+        ax.set_title(f"{name} (optical density)")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_noise_grid(clean: np.ndarray, amounts: Sequence[float], seed: int = 0):
+    """Figure 2: the same tile under salt-and-pepper at several densities, both conventions."""
+    fig, axes = plt.subplots(2, len(amounts) + 1, figsize=(2.2 * (len(amounts) + 1), 4.8), squeeze=False)
+    for r, per_pixel in enumerate((False, True)):
+        axes[r, 0].imshow(clean)
+        axes[r, 0].set_title("clean", fontsize=9)
+        axes[r, 0].set_ylabel("per pixel" if per_pixel else "per channel\n(default)", fontsize=9)
+        for c, amount in enumerate(amounts, 1):
+            noisy = salt_and_pepper(clean, amount, np.random.default_rng(seed), per_pixel=per_pixel)
+            axes[r, c].imshow(noisy)
+            axes[r, c].set_title(f"{amount:.0%}", fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("Salt-and-pepper noise: share of values (top) or of whole pixels (bottom)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_contrast_brightness(clean: np.ndarray, settings: Sequence[tuple[float, float]]):
+    """The paper's other degradations: contrast and brightness changes, (contrast, brightness) pairs."""
+    fig, axes = _grid(len(settings), len(settings))
+    for ax, (c, b) in zip(axes, settings):
+        ax.imshow(adjust_contrast_brightness(clean, c, b))
+        ax.set_title(f"contrast x{c:g}, brightness {b:+g}", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _inbound(layer) -> list:
+    out = []
+    for node in getattr(layer, "_inbound_nodes", []):
+        for t in node.input_tensors:
+            out.append(t._keras_history[0])
+    return out
+
+
+def plot_architecture(model, title: str | None = None):
+    """Figure 4: the encoder-decoder as a U; boxes are convolutions, dashed arcs the skip links.
+
+    Activation and normalisation layers are folded into the convolution before them; the
+    vertical position is the downsampling level (log2 of input size / output size).
+    """
+    in_size = model.inputs[0].shape[1]
+    blocks, owner = [], {}
+    for layer in model.layers:
+        kind = type(layer).__name__
+        shape = layer.output.shape
+        if kind in ("InputLayer", "Conv2D", "Conv2DTranspose", "Concatenate", "Add", "Subtract", "Multiply") or not blocks:
+            level = math.log2(in_size / shape[1]) if shape[1] else 0
+            blocks.append({"layer": layer, "kind": kind, "shape": tuple(shape[1:]), "level": level})
+        owner[layer.name] = len(blocks) - 1
+    fig, ax = plt.subplots(figsize=(max(8, 0.75 * len(blocks)), 5))
+    colours = {"InputLayer": "0.85", "Conv2D": "tab:blue", "Conv2DTranspose": "tab:green", "Concatenate": "tab:purple"}
+    for i, b in enumerate(blocks):
+        y = -b["level"]
+        ax.add_patch(Rectangle((i - 0.4, y - 0.3), 0.8, 0.6, color=colours.get(b["kind"], "tab:gray"), alpha=0.8))
+        layer = b["layer"]
+        detail = ""
+        if b["kind"] in ("Conv2D", "Conv2DTranspose"):
+            k, s = layer.kernel_size, layer.strides
+            detail = f"{k[0]}x{k[1]}" + (f"/{s[0]}" if s[0] > 1 else "")
+        label = {"InputLayer": "input", "Conv2D": "conv", "Conv2DTranspose": "deconv",
+                 "Concatenate": "concat"}.get(b["kind"], b["kind"].lower())
+        ax.text(i, y, f"{label}\n{detail}", ha="center", va="center", fontsize=7, color="white" if b["kind"] != "InputLayer" else "black")
+        ax.text(i, y - 0.45, "x".join(str(d) for d in b["shape"]), ha="center", va="top", fontsize=6)
+        for src in _inbound(layer):
+            j = owner.get(src.name)
+            if j is None:
+                continue
+            if j == i - 1:
+                ax.annotate("", xy=(i - 0.4, y), xytext=(j + 0.4, -blocks[j]["level"]),
+                            arrowprops=dict(arrowstyle="->", lw=0.8))
+            elif j < i - 1:
+                ax.annotate("", xy=(i, y + 0.3), xytext=(j, -blocks[j]["level"] + 0.3),
+                            arrowprops=dict(arrowstyle="->", lw=0.8, ls="--", color="tab:purple",
+                                            connectionstyle="arc3,rad=-0.25"))
+    ax.set_xlim(-1, len(blocks))
+    ax.set_ylim(-max(b["level"] for b in blocks) - 1, 0.6 + 0.14 * len(blocks))  # room for the longest skip arc
+    ax.axis("off")
+    ax.set_title(title or f"{model.name}: {model.count_params():,} parameters")
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(histories: Mapping[str, pd.DataFrame]):
+    """Learning curves: loss and val_loss (MSE, log scale) and the paper's accuracy, per model."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for i, (name, h) in enumerate(histories.items()):
+        colour = f"C{i}"
+        epochs = np.arange(1, len(h) + 1)
+        axes[0].plot(epochs, h["loss"], color=colour, ls="--", label=f"{name} train")
+        axes[0].plot(epochs, h["val_loss"], color=colour, label=f"{name} val")
+        axes[1].plot(epochs, h["accuracy"], color=colour, ls="--")
+        axes[1].plot(epochs, h["val_accuracy"], color=colour)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("MSE")
+    axes[1].set_ylabel('Keras "accuracy" (argmax RGB channel)')
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_restoration(clean: np.ndarray, noisy: np.ndarray, restored: Mapping[str, np.ndarray],
+                     box: tuple[int, int, int] | None = None, scores: Mapping[str, str] | None = None):
+    """Figure 5: noisy / restored (one column per method) / clean, with a zoomed detail row.
+
+    ``box`` = (row, col, size) of the detail; default: the centre quarter.
+    """
+    panels = [("noisy input", noisy)] + list(restored.items()) + [("clean", clean)]
+    h, w = clean.shape[:2]
+    if box is None:
+        box = (h // 4, w // 4, max(8, min(h, w) // 4))
+    r, c, s = box
+    fig, axes = plt.subplots(2, len(panels), figsize=(2.8 * len(panels), 5.8), squeeze=False)
+    for j, (name, img) in enumerate(panels):
+        axes[0, j].imshow(np.clip(img, 0, 1))
+        axes[0, j].add_patch(Rectangle((c, r), s, s, fill=False, ec="yellow", lw=1.2))
+        title = name + (f"\n{scores[name]}" if scores and name in scores else "")
+        axes[0, j].set_title(title, fontsize=8)
+        axes[1, j].imshow(np.clip(img[r:r + s, c:c + s], 0, 1), interpolation="nearest")
+        axes[1, j].set_title("detail", fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,277 @@
+"""Denoise an image of any size with a fully convolutional model: overlapping tiles, blended.
+
+The image is covered by a grid of ``tile_size`` tiles that overlap by at least ``overlap``
+pixels and always lie inside the image (the last row/column of tiles is spread evenly rather
+than running past the edge), so no padding is needed except for images smaller than one tile,
+which are reflect-padded up to it. Each tile's prediction is weighted by a separable window
+that is 1 in the middle and, on sides that face another tile, is 0 over the outer quarter of
+the overlap (where the tile's border zero-padding corrupts the prediction) and rises as a
+raised cosine over the middle half. At the regular stride the windows of neighbouring tiles
+sum to 1, and the result is the weighted sum divided by the sum of weights, so an identity
+model gives the input back exactly and seams do not show. Sides on the image border are not
+tapered (there is no neighbour to hand over to).
+
+Tiles are cut and predicted ``batch_size`` at a time while walking over the grid; memory is
+the input, the output, a (H, W) weight accumulator and one batch, whatever the image size.
+Keras models are called through one ``tf.function`` with a fixed input signature
+``(batch_size, tile_size, tile_size, 3)``: the last batch is padded to that size, so the model
+is traced once per (model, tile size, batch size) and not per call.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .images import to_float
+
+DOWNSAMPLING = 32  # the paper's U-Net halves the resolution five times
+DEFAULT_TILE = 256
+DEFAULT_OVERLAP = 32
+AUTO_PROGRESS_BATCHES = 4  # show a progress bar when there are more batches than this
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+_CACHE_ATTR = "_ihclib_predictors"
+
+
+def check_tiling(tile_size: int, overlap: int, batch_size: int = 1) -> None:
+    """Raise ValueError with a clear message for an unusable tile size, overlap or batch size."""
+    if not isinstance(tile_size, (int, np.integer)) or tile_size <= 0 or tile_size % DOWNSAMPLING:
+        raise ValueError(
+            f"tile size must be a positive multiple of {DOWNSAMPLING} (the U-Net downsamples "
+            f"{DOWNSAMPLING}x), got {tile_size}"
+        )
+    if not 0 <= overlap < tile_size:
+        raise ValueError(f"overlap must be in [0, tile size {tile_size}), got {overlap}")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+
+
+def tile_starts(length: int, tile_size: int, overlap: int) -> list[int]:
+    """Start offsets of tiles covering ``length`` pixels, each inside it, overlapping >= overlap.
+
+    ``length`` must be at least ``tile_size``. Offsets are spread evenly, so the extra overlap
+    needed to end exactly on the edge is shared by all neighbours instead of one thin slab.
+    """
+    if length <= tile_size:
+        return [0]
+    n = math.ceil((length - tile_size) / (tile_size - overlap)) + 1
+    return [int(s) for s in np.round(np.linspace(0, length - tile_size, n))]
+
+
+def _ramp(overlap: int) -> np.ndarray:
+    """Weights rising from 0 to 1 across ``overlap`` pixels, starting at a tile's edge.
+
+    Zero over the outer quarter (predictions there see the tile border), raised cosine over
+    the middle half, one over the inner quarter; ramp + reversed ramp = 1 pixel by pixel.
+    """
+    margin = overlap // 4
+    rise = overlap - 2 * margin
+    t = np.clip((np.arange(overlap) - margin + 0.5) / rise, 0.0, 1.0)
+    return (0.5 - 0.5 * np.cos(np.pi * t)).astype(np.float32)
+
+
+def _window_1d(tile_size: int, overlap: int, taper_start: bool, taper_end: bool) -> np.ndarray:
+    w = np.ones(tile_size, np.float32)
+    if overlap:
+        ramp = _ramp(overlap)
+        if taper_start:
+            w[:overlap] = np.minimum(w[:overlap], ramp)
+        if taper_end:
+            w[-overlap:] = np.minimum(w[-overlap:], ramp[::-1])
+    return w
+
+
+def _is_keras_model(model: Any) -> bool:
+    keras = sys.modules.get("keras")  # no keras imported -> cannot be a keras model
+    return keras is not None and isinstance(model, keras.Model)
+
+
+def _model_tile_size(model: Any) -> int | None:
+    """The spatial input size a Keras model was built for, if fixed and square."""
+    shape = getattr(model, "input_shape", None) if _is_keras_model(model) else None
+    if isinstance(shape, tuple) and len(shape) == 4 and shape[1] and shape[1] == shape[2]:
+        return int(shape[1])
+    return None
+
+
+def resolve_tile_size(model: Any, tile_size: int | None = None) -> int:
+    """``tile_size`` if given (checked against a model with a fixed input size), else the
+    model's fixed input size, else 256."""
+    fixed = _model_tile_size(model)
+    if tile_size is None:
+        return fixed or DEFAULT_TILE
+    if fixed and fixed != tile_size:
+        raise ValueError(f"this model takes {fixed}x{fixed} tiles only, not tile size {tile_size}")
+    return tile_size
+
+
+def compiled_predictor(model: Any, tile_size: int, batch_size: int, jit_compile: bool = False) -> Predictor:
+    """numpy (batch_size, tile, tile, 3) -> numpy prediction, through one traced tf.function.
+
+    Cached per model, so repeated calls (many files) reuse the trace. The ``tf.function`` is
+    available as the ``.function`` attribute of the returned callable (for tracing counts).
+    """
+    key = (tile_size, batch_size, jit_compile)
+    cache = getattr(model, _CACHE_ATTR, None)
+    if cache is None:
+        cache = {}
+        # object.__setattr__: keep it out of Keras' attribute tracking (and out of saved files)
+        object.__setattr__(model, _CACHE_ATTR, cache)
+    if key not in cache:
+        import tensorflow as tf
+
+        spec = tf.TensorSpec((batch_size, tile_size, tile_size, 3), tf.float32)
+        function = tf.function(lambda x: model(x, training=False), input_signature=[spec], jit_compile=jit_compile)
+
+        def predict(batch: np.ndarray) -> np.ndarray:
+            return np.asarray(function(batch))
+
+        predict.function = function  # type: ignore[attr-defined]
+        cache[key] = predict
+    return cache[key]
+
+
+def _batches(starts: list[tuple[int, int]], batch_size: int) -> Iterator[list[tuple[int, int]]]:
+    for i in range(0, len(starts), batch_size):
+        yield starts[i : i + batch_size]
+
+
+def denoise(
+    model: Any,
+    image: np.ndarray,
+    tile_size: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
+    batch_size: int = 8,
+    progress: bool | None = None,
+    jit_compile: bool = False,
+) -> np.ndarray:
+    """Denoise an RGB image of any size; returns float32 (H, W, 3) like the input.
+
+    ``model``: a Keras model (fully convolutional, 3 channels in and out), called through a
+    compiled ``tf.function``, or any callable mapping a float32 batch (n, tile, tile, 3) to a
+    batch of the same shape (every call gets exactly ``min(batch_size, number of tiles)``
+    tiles; the last batch is padded). ``image``: (H, W, 3) float in [0, 1] or uint8/uint16.
+    ``tile_size``: multiple of 32; default the model's fixed input size, else 256.
+    ``overlap``: minimum overlap between neighbouring tiles (use more than the model's
+    receptive-field radius x 4/3 for results equal to whole-image prediction).
+    ``progress``: tqdm bar on stderr; ``None`` = only when there are more than a few batches.
+    The output is not clipped (a model may overshoot [0, 1]; writing an image clips).
+    """
+    tile_size = resolve_tile_size(model, tile_size)
+    check_tiling(tile_size, overlap, batch_size)
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"expected an RGB image (H, W, 3), got shape {image.shape}")
+    if image.dtype != np.float32:
+        image = to_float(image)
+    height, width = image.shape[:2]
+    if height < tile_size or width < tile_size:
+        # smaller than one tile: mirror it out to a tile (a copy, but of a small image)
+        pad = ((0, max(0, tile_size - height)), (0, max(0, tile_size - width)), (0, 0))
+        image = np.pad(image, pad, mode="reflect" if min(height, width) > 1 else "edge")
+    ph, pw = image.shape[:2]
+
+    rows, cols = tile_starts(ph, tile_size, overlap), tile_starts(pw, tile_size, overlap)
+    starts = [(r, c) for r in rows for c in cols]
+    batch_size = min(batch_size, len(starts))
+    predict = (
+        compiled_predictor(model, tile_size, batch_size, jit_compile) if _is_keras_model(model) else model
+    )
+    win_y = {(a, b): _window_1d(tile_size, overlap, a, b) for a in (False, True) for b in (False, True)}
+
+    out = np.zeros((ph, pw, 3), np.float32)
+    weight = np.zeros((ph, pw), np.float32)
+    batch = np.zeros((batch_size, tile_size, tile_size, 3), np.float32)
+    n_batches = math.ceil(len(starts) / batch_size)
+    show = n_batches > AUTO_PROGRESS_BATCHES if progress is None else bool(progress)
+    bar = None
+    if show:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_batches, desc="denoise", unit="batch", file=sys.stderr, leave=False)
+    try:
+        for group in _batches(starts, batch_size):
+            for i, (r, c) in enumerate(group):
+                batch[i] = image[r : r + tile_size, c : c + tile_size]
+            batch[len(group) :] = 0.0  # padding of the last batch: fixed shape, one trace
+            pred = np.asarray(predict(batch))
+            if pred.shape != batch.shape:
+                raise ValueError(f"model returned shape {pred.shape} for input {batch.shape}; "
+                                 "denoising needs a fully convolutional RGB -> RGB model")
+            for i, (r, c) in enumerate(group):
+                wy = win_y[(r > 0, r + tile_size < ph)]
+                wx = win_y[(c > 0, c + tile_size < pw)]
+                w = np.outer(wy, wx)
+                out[r : r + tile_size, c : c + tile_size] += pred[i] * w[..., None]
+                weight[r : r + tile_size, c : c + tile_size] += w
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    out /= weight[..., None]  # in place: no second output-sized array
+    if (ph, pw) != (height, width):
+        out = np.ascontiguousarray(out[:height, :width])
+    return out
+
+
+# --- the bundled model ---------------------------------------------------------------------
+
+
+def load_model(path: str | Path) -> tuple[Any, dict]:
+    """Load a ``.keras`` model (safe mode) and its JSON sidecar (same stem; ``{}`` if none).
+
+    Delegates to ``ihclib.train.load_model`` once that exists; errors become one line naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file")
+    try:
+        from .train import load_model as loader
+    except ImportError as exc:
+        if isinstance(exc, ModuleNotFoundError) and exc.name != f"{__package__}.train":
+            raise  # a real missing dependency, not "train.py not written yet"
+        loader = _load_keras
+    try:
+        return loader(path)
+    except Exception as exc:  # keras raises many types, with multi-line messages
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: cannot load model ({first})") from exc
+
+
+def _load_keras(path: Path) -> tuple[Any, dict]:
+    import keras
+
+    sidecar = path.with_suffix(".json")
+    meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    return keras.saving.load_model(path, safe_mode=True), meta
+
+
+def bundled_model_path() -> Path:
+    """Where the bundled model lives inside the installed package."""
+    return Path(str(importlib.resources.files("ihclib") / "models" / "default.keras"))
+
+
+def load_default_model() -> tuple[Any, dict]:
+    """The bundled model and its sidecar; a clear error if it has not been created."""
+    path = bundled_model_path()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: bundled model missing; create it with `ihclib train --bundle` "
+            "or pass --model PATH.keras"
+        )
+    return load_model(path)
+
+
+def sidecar_tile_size(sidecar: dict) -> int | None:
+    """The tile size the model was trained with, from its sidecar's profile, if recorded."""
+    profile = sidecar.get("profile") if isinstance(sidecar, dict) else None
+    size = profile.get("tile_size") if isinstance(profile, dict) else None
+    return int(size) if size else None

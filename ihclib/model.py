@@ -1,0 +1,221 @@
+"""The paper's network (Figure 3) and the study's modifications, as Keras models.
+
+* ``paper_unet``: the encoder-decoder of Figure 3, layer by layer (17,764,878 parameters).
+* ``dncnn_residual``: a small full-resolution CNN that predicts the noise (DnCNN-style residual
+  learning, output = input - residual). Salt-and-pepper is a local corruption, so a 17x17
+  receptive field at full resolution is enough and nothing is lost to down-sampling.
+* ``switching_unet``: a small U-Net with a *switching* head, the CNN version of a switching
+  median filter: it predicts per value an impulse probability ``m`` (sigmoid) and a fill value
+  ``f``; output = m * f + (1 - m) * input, so values it judges clean pass through untouched.
+
+Only built-in layers are used (no Lambda), so saved models load with ``safe_mode=True``.
+Builders take ``tile_size``; ``None`` gives a fully convolutional model that accepts any
+height and width that is a multiple of ``INPUT_MULTIPLE[name]``.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Callable
+
+import keras
+import pandas as pd
+from keras import layers
+
+# ---------------------------------------------------------------- the paper's network
+
+
+def build_paper_model(tile_size: int | None = 256) -> keras.Model:
+    """Figure 3 of the paper: five stride-2 convolutions, five mirrored transposed ones.
+
+    Encoder Conv2D 64/128/256/512/512 (3x3, the fifth 5x5, padding same), BatchNormalization
+    after the third to fifth, LeakyReLU after each; decoder Conv2DTranspose 512 (5x5) then
+    256/128/64/3 (3x3), each followed by LeakyReLU and concatenated with the mirrored encoder
+    activation (the last with the input); a 2x2 Conv2D gives 3 channels. The final activation
+    is not stated in the paper, so the last convolution stays linear as the table shows.
+    LeakyReLU keeps Keras' default slope (0.3), which the paper most likely used.
+    """
+    inp = keras.Input(shape=(tile_size, tile_size, 3))
+    skips = []
+    x = inp
+    for i, (filters, kernel) in enumerate([(64, 3), (128, 3), (256, 3), (512, 3), (512, 5)]):
+        x = layers.Conv2D(filters, kernel, strides=2, padding="same")(x)
+        if i >= 2:
+            x = layers.BatchNormalization()(x)
+        x = layers.LeakyReLU()(x)
+        skips.append(x)
+    # decoder: skips[-2::-1] are the 16, 32, 64, 128 px activations, then the input
+    for filters, kernel, skip in zip([512, 256, 128, 64, 3], [5, 3, 3, 3, 3], skips[-2::-1] + [inp]):
+        x = layers.Conv2DTranspose(filters, kernel, strides=2, padding="same")(x)
+        x = layers.LeakyReLU()(x)
+        x = layers.Concatenate()([x, skip])
+    out = layers.Conv2D(3, 2, padding="same")(x)
+    return keras.Model(inp, out, name="paper_unet")
+
+
+# ---------------------------------------------------------------- modifications
+
+
+def build_dncnn_residual(tile_size: int | None = 64, depth: int = 8, filters: int = 32) -> keras.Model:
+    """DnCNN-style residual CNN at full resolution: output = input - predicted noise.
+
+    ``depth`` 3x3 convolutions (receptive field 2*depth+1), no down-sampling, no batch norm
+    (small batches on CPU make its statistics noisy); ~57k parameters at the defaults.
+    """
+    inp = keras.Input(shape=(tile_size, tile_size, 3))
+    x = inp
+    for _ in range(depth - 1):
+        x = layers.Conv2D(filters, 3, padding="same")(x)
+        x = layers.LeakyReLU(negative_slope=0.1)(x)
+    residual = layers.Conv2D(3, 3, padding="same", name="noise")(x)
+    out = layers.Subtract(name="restored")([inp, residual])
+    return keras.Model(inp, out, name="dncnn_residual")
+
+
+def _conv_block(x, filters: int, strides: int = 1):
+    x = layers.Conv2D(filters, 3, strides=strides, padding="same")(x)
+    return layers.LeakyReLU(negative_slope=0.1)(x)
+
+
+def build_switching_unet(tile_size: int | None = 64, base: int = 24) -> keras.Model:
+    """Small two-level U-Net with a switching head (~0.27M parameters at ``base`` 24).
+
+    Heads (1x1 convolutions, sigmoid): impulse mask ``m`` and fill ``f``, one per channel since
+    the study's noise hits channels independently. Output = input + m * (f - input), i.e.
+    m * f + (1 - m) * input, built from Subtract/Multiply/Add layers.
+    """
+    inp = keras.Input(shape=(tile_size, tile_size, 3))
+    e1 = _conv_block(_conv_block(inp, base), base)  # full resolution
+    e2 = _conv_block(_conv_block(e1, 2 * base, strides=2), 2 * base)  # 1/2
+    e3 = _conv_block(_conv_block(e2, 4 * base, strides=2), 4 * base)  # 1/4
+    u2 = layers.LeakyReLU(negative_slope=0.1)(layers.Conv2DTranspose(2 * base, 3, strides=2, padding="same")(e3))
+    u2 = _conv_block(layers.Concatenate()([u2, e2]), 2 * base)
+    u1 = layers.LeakyReLU(negative_slope=0.1)(layers.Conv2DTranspose(base, 3, strides=2, padding="same")(u2))
+    u1 = _conv_block(layers.Concatenate()([u1, e1]), base)
+    mask = layers.Conv2D(3, 1, activation="sigmoid", name="impulse_mask")(u1)
+    fill = layers.Conv2D(3, 1, activation="sigmoid", name="fill")(u1)
+    delta = layers.Subtract(name="fill_minus_input")([fill, inp])
+    out = layers.Add(name="restored")([inp, layers.Multiply(name="switch")([mask, delta])])
+    return keras.Model(inp, out, name="switching_unet")
+
+
+# ---------------------------------------------------------------- registry
+
+MODELS: dict[str, Callable[..., keras.Model]] = {
+    "paper_unet": build_paper_model,
+    "dncnn_residual": build_dncnn_residual,
+    "switching_unet": build_switching_unet,
+}
+
+# height and width of an input must be multiples of this (stride-2 stages)
+INPUT_MULTIPLE = {"paper_unet": 32, "dncnn_residual": 1, "switching_unet": 4}
+
+DESCRIPTIONS = {
+    "paper_unet": "the paper's encoder-decoder (Figure 3)",
+    "dncnn_residual": "full-resolution residual CNN predicting the noise (DnCNN-style)",
+    "switching_unet": "small U-Net with a switching head: m*f + (1-m)*input",
+}
+
+
+def build_model(name: str, tile_size: int | None = 256) -> keras.Model:
+    """Build a registry model by name (ValueError naming the choices for an unknown one)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    mult = INPUT_MULTIPLE[name]
+    if tile_size is not None and tile_size % mult:
+        raise ValueError(f"model {name!r} needs a tile size that is a multiple of {mult}, got {tile_size}")
+    return MODELS[name](tile_size)
+
+
+def count_params(model: keras.Model) -> dict[str, int]:
+    """Total, trainable and non-trainable parameter counts."""
+    trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
+    non_trainable = sum(int(w.numpy().size) for w in model.non_trainable_weights)
+    return {"total": trainable + non_trainable, "trainable": trainable, "non_trainable": non_trainable}
+
+
+def _with_tile_size(model: keras.Model, tile_size: int) -> keras.Model:
+    """A copy of a fully convolutional model whose input is fixed to ``tile_size``."""
+    return keras.models.clone_model(model, input_tensors=keras.Input(shape=(tile_size, tile_size, model.input.shape[-1])))
+
+
+def count_flops(model: keras.Model | str, tile_size: int | None = None) -> int:
+    """FLOPs of one forward pass on one tile.
+
+    Convention: FLOPs = 2 x multiply-accumulates of Conv2D, Conv2DTranspose and Dense layers,
+    from their shapes: Conv2D = H_out*W_out*kh*kw*C_in/groups*C_out; Conv2DTranspose =
+    H_in*W_in*kh*kw*C_in*C_out (every input value is scattered over a kernel window); Dense =
+    positions*in*out. Biases, batch norm, activations, concatenations and the switching
+    head's element-wise ops are ignored (they are a few FLOPs per value).
+
+    ``model`` is a model or a registry name; ``tile_size`` is required for a name or for a model
+    whose input size is not fixed.
+    """
+    if isinstance(model, str):
+        model = build_model(model, tile_size or 256)
+    elif model.input.shape[1] is None or (tile_size is not None and model.input.shape[1] != tile_size):
+        if tile_size is None:
+            raise ValueError("the model's input size is not fixed; pass tile_size")
+        model = _with_tile_size(model, tile_size)
+    macs = 0
+    for layer in model.layers:
+        if isinstance(layer, layers.Conv2DTranspose):
+            _, h, w, c_in = layer.input.shape
+            kh, kw = layer.kernel_size
+            macs += h * w * kh * kw * c_in * layer.filters
+        elif isinstance(layer, layers.Conv2D):
+            _, h, w, _ = layer.output.shape
+            c_in = layer.input.shape[-1]
+            kh, kw = layer.kernel_size
+            macs += h * w * kh * kw * (c_in // layer.groups) * layer.filters
+        elif isinstance(layer, layers.Dense):
+            shape = layer.input.shape
+            positions = 1
+            for d in shape[1:-1]:
+                positions *= d
+            macs += positions * shape[-1] * layer.units
+    return int(2 * macs)
+
+
+# ---------------------------------------------------------------- summaries
+
+
+def summary_table(model: keras.Model) -> pd.DataFrame:
+    """One row per layer: name, type, output shape (as Keras prints it), parameters."""
+    rows = []
+    for layer in model.layers:
+        shape = layer.output.shape
+        rows.append({
+            "layer": layer.name,
+            "type": type(layer).__name__,
+            "output_shape": str(tuple(shape)),
+            "params": int(layer.count_params()) if layer.built else 0,
+        })
+    return pd.DataFrame(rows, columns=["layer", "type", "output_shape", "params"])
+
+
+def paper_figure3() -> pd.DataFrame:
+    """The paper's Figure 3 table (layer, type, output_shape, params, connected_to)."""
+    with resources.files("ihclib").joinpath("paper/figure3.csv").open() as f:
+        return pd.read_csv(f)
+
+
+def paper_table1() -> pd.DataFrame:
+    """The paper's Table 1 (epoch, accuracy, loss, val_accuracy, val_loss)."""
+    with resources.files("ihclib").joinpath("paper/table1.csv").open() as f:
+        return pd.read_csv(f)
+
+
+def compare_with_paper(model: keras.Model) -> pd.DataFrame:
+    """Row-by-row comparison of a model's summary with Figure 3 (names are ignored: Keras numbers
+    them by how many layers the session built). Column ``match`` is True where type, output
+    shape and parameters all agree; a missing row on either side counts as a mismatch."""
+    ours = summary_table(model).add_prefix("model_")
+    paper = paper_figure3()[["layer", "type", "output_shape", "params"]].add_prefix("paper_")
+    both = pd.concat([paper, ours], axis=1)
+    both["match"] = (
+        (both.paper_type == both.model_type)
+        & (both.paper_output_shape == both.model_output_shape)
+        & (both.paper_params == both.model_params)
+    )
+    return both

@@ -1,0 +1,92 @@
+"""Run sizes of the study: one frozen Profile per name ("smoke", "quick", "paper").
+
+A profile fixes everything that decides how long a run takes and what it computes: tile size,
+tiling stride, split, batch, epochs, steps, learning rate, the noise seen in training (s&p
+amount drawn per tile from ``train_amount_range``, so one model serves a whole noise sweep),
+the fixed validation/evaluation noise, the models trained and the evaluation sweep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+from .noise import NoiseSpec
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One run size. ``steps_per_epoch`` None = one pass over the training tiles per epoch."""
+
+    name: str
+    tile_size: int
+    stride: int  # stride of training tiles (overlap = augmentation); held-out tiles never overlap
+    batch_size: int
+    epochs: int
+    steps_per_epoch: int | None
+    learning_rate: float = 1e-3
+    # validation (and default evaluation) noise: s&p 10% per channel, drawn once with the seed
+    noise: NoiseSpec = field(default_factory=lambda: NoiseSpec("s&p", 0.1))
+    # training noise: same kind as ``noise``, amount ~ U(train_amount_range) per tile
+    train_amount_range: tuple[float, float] = (0.0, 0.5)
+    models: tuple[str, ...] = ("paper_unet", "dncnn_residual", "switching_unet")
+    seed: int = 0
+    eval_amounts: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4)
+    max_eval_tiles: int | None = None  # None = every test tile
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    early_stopping_patience: int = 3
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        lo, hi = self.train_amount_range
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"train_amount_range must satisfy 0 <= low <= high <= 1, got {self.train_amount_range}")
+        if self.tile_size % 32:
+            # every registry model (the paper's has five stride-2 stages) must accept the tile
+            raise ValueError(f"tile_size must be a multiple of 32, got {self.tile_size}")
+        if self.batch_size < 1 or self.epochs < 1 or (self.steps_per_epoch is not None and self.steps_per_epoch < 1):
+            raise ValueError("batch_size, epochs and steps_per_epoch must be positive")
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready dict (noise as a dict, tuples as lists)."""
+        d = asdict(self)
+        d["noise"] = self.noise.to_dict()
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Profile":
+        d = dict(d)
+        d["noise"] = NoiseSpec.from_dict(d["noise"])
+        for k in ("train_amount_range", "models", "eval_amounts", "fractions"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+    def with_overrides(self, **changes) -> "Profile":
+        """A copy with some fields changed (e.g. ``epochs`` from the command line)."""
+        return replace(self, **changes)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke", tile_size=32, stride=32, batch_size=4, epochs=2, steps_per_epoch=2,
+        eval_amounts=(0.05, 0.1), max_eval_tiles=4,
+        description="seconds: CI and notebook tests; numbers are meaningless",
+    ),
+    "quick": Profile(
+        name="quick", tile_size=64, stride=16, batch_size=16, epochs=6, steps_per_epoch=40,
+        description="default of `make reproduce`: the whole study in about 30 minutes on 2 CPU cores",
+    ),
+    "paper": Profile(
+        name="paper", tile_size=256, stride=128, batch_size=16, epochs=5, steps_per_epoch=None,
+        fractions=(0.7, 0.15, 0.15),
+        description="the paper's scale: 256 px tiles, 5 epochs (Table 1); for a GPU or a long CPU run",
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    """The profile called ``name`` (ValueError listing the choices if there is none)."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}") from None

@@ -1,0 +1,322 @@
+"""Training: noisy/clean pairs made on the fly, Keras fit with the paper's loss and metric, saving.
+
+The training pipeline is a tf.data graph over the clean training tiles: every epoch draws fresh
+augmentation (flips, 90-degree rotations) and fresh salt-and-pepper noise whose amount is drawn
+per tile from the profile's ``train_amount_range``. All randomness is stateless and keyed by
+(seed, element index), so a run is a pure function of its seed. Validation pairs are made once
+with ``ihclib.noise`` (numpy, the profile's fixed noise), so every epoch and every model is
+scored on the same noisy tiles.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from .data import TileDataset
+from .model import DESCRIPTIONS, INPUT_MULTIPLE, MODELS, build_model, count_flops, count_params
+from .noise import NoiseSpec, apply_noise
+from .profiles import Profile
+
+HISTORY_COLUMNS = ["accuracy", "loss", "val_accuracy", "val_loss"]
+
+
+# ---------------------------------------------------------------- noise and pipeline
+
+
+def salt_and_pepper_tf(
+    image: tf.Tensor,
+    amount: tf.Tensor | float,
+    seed: tf.Tensor,
+    salt_vs_pepper: float = 0.5,
+    per_pixel: bool = False,
+) -> tf.Tensor:
+    """Salt-and-pepper with ihclib.noise semantics, as TF ops (it runs inside the tf.data graph).
+
+    Per channel (default) every value is hit with probability ``amount``; a hit becomes 1 with
+    probability ``salt_vs_pepper``, else 0, as ``skimage.util.random_noise(mode="s&p")`` does.
+    ``per_pixel`` hits whole pixels instead. ``seed`` is a shape-[2] integer tensor: the draws
+    are stateless, so the same seed gives the same noise in any order and on any thread, which
+    numpy noise called through ``tf.py_function`` would not guarantee (and would hold the GIL).
+    """
+    image = tf.convert_to_tensor(image)
+    shape = tf.shape(image)
+    if per_pixel:
+        shape = tf.concat([shape[:-1], [1]], axis=0)
+    s_hit, s_salt = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    hit = tf.random.stateless_uniform(shape, s_hit) < tf.cast(amount, tf.float32)
+    salt = tf.random.stateless_uniform(shape, s_salt) < salt_vs_pepper
+    impulse = tf.cast(salt, image.dtype)
+    return tf.where(hit, impulse, image)
+
+
+def make_train_pipeline(
+    tiles: np.ndarray,
+    batch_size: int,
+    seed: int,
+    amount_range: tuple[float, float],
+    noise: NoiseSpec = NoiseSpec(),
+    augment: bool = True,
+) -> tf.data.Dataset:
+    """Endless batches of (noisy, clean) float32 tiles from clean tiles (N, t, t, 3).
+
+    Shuffled each pass (seeded), flipped / rotated by multiples of 90 degrees, noised with an
+    amount ~ U(amount_range) per tile. Element ``k`` of the stream uses the stateless seed
+    (seed, k), so noise is fresh every epoch and identical between runs with the same seed.
+    """
+    if noise.kind != "s&p":
+        raise ValueError(f"training noise must be salt-and-pepper, got {noise.kind!r}")
+    if len(tiles) == 0:
+        raise ValueError("no training tiles")
+    lo, hi = amount_range
+    clean = tf.data.Dataset.from_tensor_slices(np.asarray(tiles, np.float32))
+    clean = clean.shuffle(len(tiles), seed=seed, reshuffle_each_iteration=True).repeat()
+    stream = tf.data.Dataset.zip((clean, tf.data.Dataset.counter()))
+
+    def make_pair(x, k):
+        key = tf.stack([tf.constant(seed, tf.int64), k])
+        s_flip, s_rot, s_amount, s_noise = tf.unstack(tf.random.experimental.stateless_split(key, 4))
+        if augment:
+            x = tf.image.stateless_random_flip_left_right(x, s_flip)
+            x = tf.image.rot90(x, tf.random.stateless_uniform([], s_rot, 0, 4, dtype=tf.int32))
+        amount = tf.random.stateless_uniform([], s_amount, lo, hi) if hi > lo else tf.constant(lo, tf.float32)
+        noisy = salt_and_pepper_tf(x, amount, s_noise, noise.salt_vs_pepper, noise.per_pixel)
+        return noisy, x
+
+    ds = stream.map(make_pair, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(_data_options())
+
+
+def make_val_pairs(clean: np.ndarray, noise: NoiseSpec, seed: int) -> np.ndarray:
+    """Noisy copies of the validation tiles, drawn once with ``ihclib.noise`` (seeded)."""
+    rng = np.random.default_rng([seed, 1])
+    return np.stack([apply_noise(t, noise, rng) for t in clean]).astype(np.float32)
+
+
+def _data_options() -> tf.data.Options:
+    opts = tf.data.Options()
+    opts.deterministic = True
+    # the tiles are in memory on one worker: split batches, not files, across replicas
+    opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return opts
+
+
+# ---------------------------------------------------------------- training
+
+
+def default_strategy() -> tf.distribute.Strategy:
+    """MirroredStrategy over all GPUs when there are several, else the default (one device)."""
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+
+
+def set_determinism(seed: int) -> None:
+    """Seed Python, numpy, TF and Keras, and make TF ops deterministic (process-wide)."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced (the model holds the best-val_loss weights)."""
+
+    model_name: str
+    model: keras.Model
+    history: pd.DataFrame  # index epoch; columns accuracy, loss, val_accuracy, val_loss
+    out_dir: Path
+    model_path: Path
+    sidecar_path: Path
+    history_path: Path
+    log_path: Path
+    wall_time_s: float  # time in model.fit (includes graph tracing)
+    tiles_per_s: float  # training tiles per second of wall time
+    sidecar: dict = field(default_factory=dict)
+
+    @property
+    def best(self) -> pd.Series:
+        """The history row with the lowest val_loss."""
+        return self.history.loc[self.history.val_loss.idxmin()]
+
+
+def train(
+    model_name: str,
+    dataset: TileDataset,
+    profile: Profile,
+    out_dir: str | os.PathLike,
+    strategy: tf.distribute.Strategy | None = None,
+    seed: int | None = None,
+    early_stopping: bool = False,
+    verbose: int = 1,
+) -> TrainResult:
+    """Train one registry model on ``dataset``'s training tiles and save it in ``out_dir``.
+
+    Loss MSE, Adam(profile.learning_rate), and ``metrics=["accuracy"]`` kept because the paper
+    reports it (Table 1). In Keras 3 "accuracy" on a 3-channel regression output resolves to
+    CategoricalAccuracy: per pixel, whether the brightest RGB channel of the prediction is the
+    brightest of the target, averaged over pixels. It says little about restoration quality
+    (a grey image scores by chance, a dim copy scores 1); PSNR/SSIM in ``ihclib.metrics`` do.
+
+    Callbacks: Keras progress bar (``verbose``), CSVLogger (``log.csv``), ModelCheckpoint of the
+    best val_loss (``best.keras``), BackupAndRestore (``backup/``: rerun the same call after an
+    interruption and it resumes at the last finished epoch), EarlyStopping if asked
+    (patience ``profile.early_stopping_patience``). Outputs in ``out_dir``: ``<model>.keras``
+    + ``<model>.json`` (best weights, sidecar), ``history.csv`` (Table 1 format), ``log.csv``.
+    Files of an earlier run in the same ``out_dir`` are replaced.
+
+    Determinism: seeds everything from ``seed`` (default ``profile.seed``) and enables TF op
+    determinism for the process, so two runs with the same seed give the same history.
+    ``strategy`` (default :func:`default_strategy`) places the model; ``profile.batch_size`` is
+    the global batch, split across replicas.
+    """
+    if model_name not in MODELS:
+        raise ValueError(f"unknown model {model_name!r}; choose from {', '.join(MODELS)}")
+    if dataset.tile_size != profile.tile_size:
+        raise ValueError(f"dataset tiles are {dataset.tile_size}px but profile {profile.name!r} wants {profile.tile_size}px")
+    seed = profile.seed if seed is None else int(seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    set_determinism(seed)
+    strategy = strategy or default_strategy()
+
+    train_tiles = dataset.load("train")
+    val_clean = dataset.load("val")
+    if len(train_tiles) == 0 or len(val_clean) == 0:
+        raise ValueError(f"need training and validation tiles, got {len(train_tiles)} / {len(val_clean)}")
+    train_ds = make_train_pipeline(train_tiles, profile.batch_size, seed, profile.train_amount_range, profile.noise)
+    val_noisy = make_val_pairs(val_clean, profile.noise, seed)
+    val_ds = tf.data.Dataset.from_tensor_slices((val_noisy, val_clean)).batch(profile.batch_size).with_options(_data_options())
+    steps = profile.steps_per_epoch or math.ceil(len(train_tiles) / profile.batch_size)
+
+    with strategy.scope():
+        model = build_model(model_name, None)  # any input size: the saved model tiles freely
+        model.compile(optimizer=keras.optimizers.Adam(profile.learning_rate), loss="mse", metrics=["accuracy"])
+
+    log_path, best_path, backup_dir = out / "log.csv", out / "best.keras", out / "backup"
+    resuming = backup_dir.exists() and any(backup_dir.iterdir())
+    threshold, epochs_before = None, 0
+    if resuming and log_path.exists():
+        done = pd.read_csv(log_path)
+        epochs_before = len(done)
+        threshold = float(done.val_loss.min()) if len(done) else None
+    elif log_path.exists():
+        log_path.unlink()  # a finished earlier run: start its log afresh
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.BackupAndRestore(str(backup_dir)),
+        keras.callbacks.CSVLogger(str(log_path), append=resuming),
+        keras.callbacks.ModelCheckpoint(str(best_path), monitor="val_loss", mode="min", save_best_only=True,
+                                        initial_value_threshold=threshold),
+    ]
+    if early_stopping:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=profile.early_stopping_patience))
+
+    start = time.perf_counter()
+    model.fit(train_ds, validation_data=val_ds, epochs=profile.epochs, steps_per_epoch=steps,
+              callbacks=callbacks, verbose=verbose)
+    wall = time.perf_counter() - start
+
+    # the CSV log holds every epoch, also those before a resume (fit's History would not)
+    log = pd.read_csv(log_path)
+    history = log.set_index("epoch")[HISTORY_COLUMNS]
+    tiles_per_s = max(1, len(history) - epochs_before) * steps * profile.batch_size / wall
+    if best_path.exists():
+        model.load_weights(best_path)
+    history_path = out / "history.csv"
+    _write_text(history_path, history.to_csv())
+
+    best = history.loc[history.val_loss.idxmin()]
+    sidecar = {
+        "architecture": model_name,
+        "description": DESCRIPTIONS[model_name],
+        "input_multiple": INPUT_MULTIPLE[model_name],
+        "tile_size": dataset.tile_size,
+        "profile": profile.to_dict(),
+        "noise": {
+            "train": {**profile.noise.to_dict(), "amount_range": list(profile.train_amount_range),
+                      "note": "amount drawn per tile, fresh every epoch"},
+            "validation": profile.noise.to_dict(),
+        },
+        "data": dataset.describe(),
+        "seed": seed,
+        "final_metrics": {
+            "best_epoch": int(best.name),
+            **{k: float(best[k]) for k in HISTORY_COLUMNS},
+            "last_epoch": {k: float(history.iloc[-1][k]) for k in HISTORY_COLUMNS},
+        },
+        "training": {
+            "epochs_run": len(history),
+            "steps_per_epoch": steps,
+            "batch_size": profile.batch_size,
+            "early_stopping": early_stopping,
+            "resumed": resuming,
+            "wall_time_s": round(wall, 2),
+            "tiles_per_s": round(tiles_per_s, 2),
+            "replicas": strategy.num_replicas_in_sync,
+            "flops_per_tile": count_flops(model, dataset.tile_size),
+        },
+    }
+    model_path = out / f"{model_name}.keras"
+    sidecar = save_model(model, model_path, sidecar)
+    return TrainResult(model_name, model, history, out, model_path, model_path.with_suffix(".json"),
+                       history_path, log_path, wall, tiles_per_s, sidecar)
+
+
+# ---------------------------------------------------------------- saving
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries a saved model depends on."""
+    from . import __version__
+
+    return {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__, "ihclib": __version__}
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_model(model: keras.Model, path: str | os.PathLike, sidecar: dict) -> dict:
+    """Write ``path`` (.keras) and its JSON sidecar (same stem), each via a temp file + os.replace.
+
+    The sidecar gets ``params`` (total/trainable/non-trainable), ``versions`` and ``file`` added;
+    the completed sidecar is returned.
+    """
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ValueError(f"{path}: a model file must end in .keras")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    full = {**sidecar, "params": count_params(model), "versions": versions(), "file": path.name}
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")  # Keras insists on the suffix
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _write_text(path.with_suffix(".json"), json.dumps(full, indent=2, default=str) + "\n")
+    return full
+
+
+def load_model(path: str | os.PathLike) -> tuple[keras.Model, dict]:
+    """Load a .keras model with ``safe_mode=True`` (uncompiled) and its sidecar ({} if none)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file")
+    try:
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:  # zip, JSON or deserialisation errors: one line naming the file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: not a loadable Keras model ({reason})") from None
+    side = path.with_suffix(".json")
+    sidecar = json.loads(side.read_text()) if side.is_file() else {}
+    return model, sidecar

@@ -1,0 +1,87 @@
+import importlib.util
+
+import numpy as np
+import pytest
+
+from ihclib.baselines import (BASELINES, adaptive_median, available_baselines, impulse_mask,
+                              median3, switching_median)
+from ihclib.metrics import psnr
+from ihclib.noise import gaussian, salt_and_pepper
+
+MEDIANS = ("median 3x3", "median 5x5", "adaptive median", "switching median")
+GENERIC = [n for n in available_baselines() if n not in MEDIANS]
+
+
+@pytest.fixture(scope="module")
+def sp10(ihc_crop):
+    return salt_and_pepper(ihc_crop, 0.1, np.random.default_rng(7))
+
+
+def test_registry():
+    names = available_baselines()
+    assert set(MEDIANS) | {"tv"} <= set(names)
+    assert ("bm3d" in names) == (importlib.util.find_spec("bm3d") is not None and
+                                 importlib.util.find_spec("pywt") is not None)
+    assert ("wavelet" in names) == (importlib.util.find_spec("pywt") is not None)
+
+
+@pytest.mark.parametrize("name", available_baselines())
+def test_filter_output_contract(name, sp10):
+    out = BASELINES[name](sp10)
+    assert out.shape == sp10.shape and out.dtype == np.float32
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    assert not np.array_equal(out, sp10)
+
+
+@pytest.mark.parametrize("name", MEDIANS)
+def test_medians_remove_impulse_noise(name, ihc_crop, sp10):
+    assert psnr(ihc_crop, BASELINES[name](sp10)) > psnr(ihc_crop, sp10) + 8
+
+
+@pytest.mark.parametrize("name", GENERIC)
+def test_generic_filters_reduce_gaussian_noise(name, ihc_crop):
+    noisy = gaussian(ihc_crop, 0.1, np.random.default_rng(3))
+    assert psnr(ihc_crop, BASELINES[name](noisy)) > psnr(ihc_crop, noisy) + 1
+
+
+def test_switching_median_touches_only_impulses(sp10):
+    out = switching_median(sp10)
+    keep = ~impulse_mask(sp10)
+    assert np.array_equal(out[keep], sp10[keep])
+    assert impulse_mask(out).mean() < 0.2 * impulse_mask(sp10).mean()
+
+
+def test_switching_median_handles_per_pixel_noise(ihc_crop):
+    noisy = salt_and_pepper(ihc_crop, 0.1, np.random.default_rng(2), per_pixel=True)
+    assert psnr(ihc_crop, switching_median(noisy)) > psnr(ihc_crop, noisy) + 15
+
+
+def test_switching_median_uses_non_impulse_neighbours():
+    img = np.full((9, 9, 3), 0.4, np.float32)
+    img[4, 4, 0] = 1.0
+    img[3:6, 3:6, 1] = 0.0  # a 3x3 block of pepper: needs the 5x5 window
+    img[2, 2, 1] = 0.7
+    out = switching_median(img)
+    assert out[4, 4, 0] == pytest.approx(0.4)
+    assert out[4, 4, 1] == pytest.approx(0.4)  # median of 15x0.4 and one 0.7
+    assert np.all(out[..., 2] == 0.4)
+
+
+def test_adaptive_median_beats_median3_at_half_noise(ihc_crop):
+    noisy = salt_and_pepper(ihc_crop, 0.5, np.random.default_rng(1))
+    assert psnr(ihc_crop, adaptive_median(noisy)) > psnr(ihc_crop, median3(noisy)) + 5
+
+
+def test_adaptive_median_keeps_non_extreme_values():
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0.2, 0.8, (16, 16, 3)).astype(np.float32)
+    out = adaptive_median(img)
+    # a value strictly between its window's min and max is kept (level B)
+    assert np.mean(out == img) > 0.5
+
+
+def test_filters_refuse_bad_input():
+    with pytest.raises(ValueError, match="RGB"):
+        median3(np.zeros((8, 8), np.float32))
+    with pytest.raises(TypeError, match="float"):
+        switching_median(np.zeros((8, 8, 3), np.uint8))

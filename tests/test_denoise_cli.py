@@ -1,0 +1,157 @@
+"""`ihclib denoise`: formats, bit depth, alpha, overwriting, bad files, exit status."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ihclib import infer
+from ihclib.cli import main
+from ihclib.images import load_image, save_image
+
+
+@pytest.fixture(scope="module")
+def identity_model(tmp_path_factory):
+    """A saved 1x1-convolution identity model: outputs must equal inputs pixel for pixel."""
+    keras = pytest.importorskip("keras")
+    inp = keras.Input((None, None, 3))
+    conv = keras.layers.Conv2D(3, 1, use_bias=False)
+    model = keras.Model(inp, conv(inp))
+    conv.set_weights([np.eye(3, dtype=np.float32).reshape(1, 1, 3, 3)])
+    path = tmp_path_factory.mktemp("model") / "identity.keras"
+    model.save(path)
+    return str(path)
+
+
+def write(path, h=40, w=50, dtype=np.uint8, alpha=False, seed=0):
+    rng = np.random.default_rng(seed)
+    top = np.iinfo(dtype).max
+    pixels = rng.integers(0, top + 1, (h, w, 4 if alpha else 3), dtype=np.int64).astype(dtype)
+    a = pixels[..., 3] if alpha else None
+    save_image(path, pixels[..., :3].astype(np.float32) / top, dtype=dtype, alpha=a)
+    return pixels
+
+
+def denoise_cli(*args):
+    return main(["denoise", *map(str, args), "--tile-size", "32", "--overlap", "8"])
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_dtype_kept(tmp_path, identity_model, ext, dtype, capsys):
+    src = tmp_path / f"in{ext}"
+    pixels = write(src, 45, 70, dtype)
+    assert denoise_cli(src, "-o", tmp_path / f"out{ext}", "--model", identity_model) == 0
+    out = load_image(tmp_path / f"out{ext}")
+    assert out.dtype == dtype and out.alpha is None
+    assert np.array_equal(np.round(out.rgb * np.iinfo(dtype).max).astype(dtype), pixels)
+    assert "out" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_rgba_alpha_preserved(tmp_path, identity_model, dtype):
+    pixels = write(tmp_path / "a.png", 33, 47, dtype, alpha=True)
+    assert denoise_cli(tmp_path / "a.png", "--out-dir", tmp_path / "res", "--model", identity_model) == 0
+    out = load_image(tmp_path / "res" / "a_denoised.png")
+    assert out.dtype == dtype and np.array_equal(out.alpha, pixels[..., 3])
+
+
+def test_jpeg_in_jpeg_out(tmp_path, identity_model):
+    write(tmp_path / "j.jpg", 40, 40)
+    assert denoise_cli(tmp_path / "j.jpg", "--out-dir", tmp_path, "--model", identity_model) == 0
+    assert load_image(tmp_path / "j_denoised.jpg").shape == (40, 40)
+
+
+def test_grayscale_refused(tmp_path, identity_model, capsys):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "g.png")
+    assert denoise_cli(tmp_path / "g.png", "-o", tmp_path / "o.png", "--model", identity_model) == 1
+    err = capsys.readouterr().err
+    assert "g.png" in err and "grayscale" in err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_refuses_to_overwrite(tmp_path, identity_model, capsys):
+    write(tmp_path / "in.png")
+    (tmp_path / "out.png").write_bytes(b"precious")
+    assert denoise_cli(tmp_path / "in.png", "-o", tmp_path / "out.png", "--model", identity_model) == 1
+    err = capsys.readouterr().err
+    assert "out.png" in err and "already exists" in err and len(err.strip().splitlines()) == 2  # + summary
+    assert (tmp_path / "out.png").read_bytes() == b"precious"
+    assert denoise_cli(tmp_path / "in.png", "-o", tmp_path / "out.png", "--model", identity_model,
+                       "--overwrite") == 0
+    assert load_image(tmp_path / "out.png").shape == (40, 50)
+
+
+def test_overwrite_message_names_file(tmp_path, identity_model, capsys):
+    write(tmp_path / "in.png")
+    (tmp_path / "res").mkdir()
+    (tmp_path / "res" / "in_denoised.png").write_bytes(b"x")
+    assert denoise_cli(tmp_path / "in.png", "--out-dir", tmp_path / "res", "--model", identity_model) == 1
+    err = capsys.readouterr().err
+    assert "in_denoised.png" in err and "already exists" in err
+
+
+def test_bad_files_reported_others_written(tmp_path, identity_model, capsys):
+    write(tmp_path / "good1.png", seed=1)
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("not an image\n")
+    write(tmp_path / "whole.png", 64, 64, seed=2)
+    (tmp_path / "truncated.png").write_bytes((tmp_path / "whole.png").read_bytes()[:200])
+    write(tmp_path / "good2.tif", seed=3)
+    names = ["good1.png", "empty.png", "text.png", "truncated.png", "good2.tif"]
+    status = denoise_cli(*[tmp_path / n for n in names], "--out-dir", tmp_path / "res", "--model", identity_model)
+    assert status == 1
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    for bad in ("empty.png", "text.png", "truncated.png"):
+        lines = [line for line in err_lines if bad in line]
+        assert len(lines) == 1 and "error" in lines[0]
+        assert not (tmp_path / "res" / bad.replace(".png", "_denoised.png")).exists()
+    assert (tmp_path / "res" / "good1_denoised.png").exists()
+    assert (tmp_path / "res" / "good2_denoised.tif").exists()
+    assert "Traceback" not in "\n".join(err_lines)
+
+
+def test_output_with_several_inputs_refused(tmp_path, identity_model, capsys):
+    write(tmp_path / "a.png")
+    write(tmp_path / "b.png")
+    status = denoise_cli(tmp_path / "a.png", tmp_path / "b.png", "-o", tmp_path / "o.png", "--model", identity_model)
+    assert status == 2
+    assert "single input" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_output_and_out_dir_are_exclusive_and_one_is_required(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["denoise", str(tmp_path / "a.png")])
+    with pytest.raises(SystemExit):
+        main(["denoise", str(tmp_path / "a.png"), "-o", "x.png", "--out-dir", str(tmp_path)])
+
+
+def test_same_stem_from_two_folders_refused(tmp_path, identity_model, capsys):
+    for d in ("x", "y"):
+        (tmp_path / d).mkdir()
+        write(tmp_path / d / "a.png")
+    status = denoise_cli(tmp_path / "x" / "a.png", tmp_path / "y" / "a.png", "--out-dir", tmp_path, "--model", identity_model)
+    assert status == 2 and "a_denoised.png" in capsys.readouterr().err
+
+
+def test_bad_tile_size_and_bad_model(tmp_path, identity_model, capsys):
+    write(tmp_path / "a.png")
+    assert main(["denoise", str(tmp_path / "a.png"), "--out-dir", str(tmp_path), "--model", identity_model,
+                 "--tile-size", "100"]) == 2
+    assert "multiple of 32" in capsys.readouterr().err
+    (tmp_path / "bad.keras").write_text("nope")
+    assert denoise_cli(tmp_path / "a.png", "--out-dir", tmp_path, "--model", tmp_path / "bad.keras") == 2
+    err = capsys.readouterr().err.strip()
+    assert "bad.keras" in err and len(err.splitlines()) == 1
+
+
+def test_bundled_model(tmp_path, capsys):
+    if not infer.bundled_model_path().is_file():
+        pytest.skip("no bundled model (create it with `ihclib train --bundle`)")
+    write(tmp_path / "a.png", 70, 90)
+    assert main(["denoise", str(tmp_path / "a.png"), "-o", str(tmp_path / "o.png")]) == 0
+    out = load_image(tmp_path / "o.png")
+    assert out.shape == (70, 90) and np.isfinite(out.rgb).all()

@@ -1,0 +1,152 @@
+"""Tiled denoising: shapes, exactness, agreement with whole-image prediction, memory."""
+
+from __future__ import annotations
+
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from ihclib import infer
+from ihclib.infer import check_tiling, denoise, tile_starts
+
+
+def identity(batch: np.ndarray) -> np.ndarray:
+    return batch.copy()
+
+
+@pytest.fixture(scope="module")
+def conv_model():
+    """Three 3x3 convolutions: receptive-field radius 3, smaller than the window's zero margin."""
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+    out = keras.layers.Conv2D(3, 3, padding="same")(x)
+    return keras.Model(inp, out)
+
+
+def rand_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((h, w, 3), dtype=np.float32)
+
+
+@pytest.mark.parametrize("shape", [(33, 47), (20, 20), (300, 257), (1, 7), (64, 64)])
+def test_identity_model_returns_input_for_any_size(shape):
+    img = rand_image(*shape)
+    out = denoise(identity, img, tile_size=64, overlap=16, batch_size=3)
+    assert out.shape == img.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, img, atol=1e-6)
+
+
+@pytest.mark.parametrize("tile,overlap", [(32, 0), (32, 5), (64, 31), (96, 48), (64, 48)])
+def test_no_seams_with_any_tile_and_overlap(tile, overlap):
+    img = rand_image(150, 131, seed=1)
+    np.testing.assert_allclose(denoise(identity, img, tile_size=tile, overlap=overlap), img, atol=1e-6)
+
+
+def test_constant_image_gives_constant_output():
+    img = np.full((203, 97, 3), 0.37, np.float32)
+    out = denoise(identity, img, tile_size=64, overlap=20)
+    assert np.ptp(out) < 1e-6 and abs(float(out.mean()) - 0.37) < 1e-6
+
+
+def test_integer_input_is_scaled_to_unit_range():
+    img = (rand_image(40, 40) * 255).astype(np.uint8)
+    np.testing.assert_allclose(denoise(identity, img, tile_size=32, overlap=8), img / 255.0, atol=1e-6)
+
+
+def test_tiled_agrees_with_whole_image(conv_model):
+    img = rand_image(128, 96, seed=2)  # both sides multiples of 32: whole image needs no padding
+    whole = np.asarray(conv_model(img[None]))[0]
+    tiled = denoise(conv_model, img, tile_size=64, overlap=16, batch_size=4)
+    assert np.abs(tiled - whole).max() < 1e-3
+    # without overlap the tile borders do show: the agreement above is not automatic
+    seams = denoise(conv_model, img, tile_size=64, overlap=0, batch_size=4)
+    assert np.abs(seams - whole).max() > 1e-2
+
+
+def test_batching_invariance(conv_model):
+    img = rand_image(150, 101, seed=3)
+    ref = denoise(conv_model, img, tile_size=32, overlap=8, batch_size=1)
+    for b in (3, 8, 64):
+        np.testing.assert_allclose(denoise(conv_model, img, tile_size=32, overlap=8, batch_size=b), ref, atol=1e-5)
+
+
+def test_keras_model_is_traced_once_per_batch_shape(conv_model):
+    img = rand_image(200, 180, seed=4)
+    denoise(conv_model, img, tile_size=64, overlap=16, batch_size=5)  # several batches, last one short
+    denoise(conv_model, rand_image(190, 170), tile_size=64, overlap=16, batch_size=5)
+    predict = infer.compiled_predictor(conv_model, 64, 5)
+    assert predict.function.experimental_get_tracing_count() == 1
+
+
+def test_callable_gets_fixed_batches_streamed():
+    shapes = []
+
+    def model(batch):
+        shapes.append(batch.shape)
+        return batch
+
+    img = rand_image(300, 257)
+    denoise(model, img, tile_size=64, overlap=16, batch_size=4)
+    n_tiles = len(tile_starts(300, 64, 16)) * len(tile_starts(257, 64, 16))
+    assert len(shapes) == math.ceil(n_tiles / 4)
+    assert set(shapes) == {(4, 64, 64, 3)}
+
+
+def test_tile_starts_cover_and_overlap():
+    for length in (64, 65, 100, 257, 1000):
+        starts = tile_starts(length, 64, 16)
+        assert starts[0] == 0 and starts[-1] + 64 == length
+        assert all(0 < b - a <= 64 - 16 for a, b in zip(starts, starts[1:]))
+
+
+def test_memory_does_not_grow_with_tiles():
+    """Peak = output + weights + O(batch), not O(number of tiles): tiles are never all held."""
+    img = rand_image(1024, 1024)
+    tracemalloc.start()
+    try:
+        denoise(identity, img, tile_size=64, overlap=32, batch_size=4, progress=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    out_bytes, weight_bytes = img.nbytes, img.nbytes // 3
+    all_tiles = len(tile_starts(1024, 64, 32)) ** 2 * 64 * 64 * 3 * 4
+    assert all_tiles > 3 * img.nbytes  # holding every tile would blow the bound below
+    assert peak < out_bytes + weight_bytes + 2_000_000
+
+
+@pytest.mark.parametrize("tile,overlap,match", [(100, 16, "multiple of 32"), (0, 0, "multiple of 32"),
+                                                (64, 64, "overlap"), (64, -1, "overlap")])
+def test_bad_tiling_is_refused(tile, overlap, match):
+    with pytest.raises(ValueError, match=match):
+        check_tiling(tile, overlap)
+    with pytest.raises(ValueError, match=match):
+        denoise(identity, rand_image(40, 40), tile_size=tile, overlap=overlap)
+
+
+def test_non_rgb_and_wrong_model_output_refused():
+    with pytest.raises(ValueError, match="RGB"):
+        denoise(identity, np.zeros((40, 40), np.float32), tile_size=32, overlap=0)
+    with pytest.raises(ValueError, match="fully convolutional"):
+        denoise(lambda b: b[..., :1], rand_image(40, 40), tile_size=32, overlap=0)
+
+
+def test_progress_bar_on_request(capsys):
+    denoise(identity, rand_image(64, 64), tile_size=32, overlap=0, batch_size=1, progress=True)
+    assert "denoise" in capsys.readouterr().err
+    denoise(identity, rand_image(64, 64), tile_size=32, overlap=0, batch_size=1)  # 4 batches: auto = off
+    assert capsys.readouterr().err == ""
+
+
+def test_missing_bundled_model_says_how_to_create_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(infer, "bundled_model_path", lambda: tmp_path / "default.keras")
+    with pytest.raises(FileNotFoundError, match="ihclib train --bundle"):
+        infer.load_default_model()
+
+
+def test_sidecar_tile_size():
+    assert infer.sidecar_tile_size({"profile": {"tile_size": 128}}) == 128
+    assert infer.sidecar_tile_size({}) is None
