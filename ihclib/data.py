@@ -223,6 +223,19 @@ class TileDataset:
                     chosen.append(q.pop())
         return [(t, self.read_source(t.source)[t.row:t.row + t.size, t.col:t.col + t.size]) for t in chosen]
 
+    def region(self, split: str = "test", max_size: int = 512) -> np.ndarray:
+        """The held-out area of one source: the box around a split's tiles in its first source
+        image, cut to at most ``max_size`` a side (for figures of whole regions, not tiles)."""
+        tiles = self.split(split)
+        if not tiles:
+            raise ValueError(f"split {split!r} has no tiles")
+        source = tiles[0].source
+        mine = [t for t in tiles if t.source == source]
+        y0, x0 = min(t.row for t in mine), min(t.col for t in mine)
+        y1 = min(max(t.row + t.size for t in mine), y0 + max_size)
+        x1 = min(max(t.col + t.size for t in mine), x0 + max_size)
+        return self.read_source(source)[y0:y1, x0:x1]
+
     def tile_table(self) -> pd.DataFrame:
         """One row per tile with its provenance."""
         return pd.DataFrame([asdict(t) for t in self.tiles], columns=list(Tile.__dataclass_fields__))

@@ -21,7 +21,6 @@ is traced once per (model, tile size, batch size) and not per call.
 from __future__ import annotations
 
 import importlib.resources
-import json
 import math
 import sys
 from pathlib import Path
@@ -226,32 +225,13 @@ def denoise(
 
 
 def load_model(path: str | Path) -> tuple[Any, dict]:
-    """Load a ``.keras`` model (safe mode) and its JSON sidecar (same stem; ``{}`` if none).
+    """A ``.keras`` model (safe mode) and its JSON sidecar: ``ihclib.train.load_model``.
 
-    Delegates to ``ihclib.train.load_model`` once that exists; errors become one line naming the file.
+    Errors are one line naming the file (FileNotFoundError / ValueError).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such model file")
-    try:
-        from .train import load_model as loader
-    except ImportError as exc:
-        if isinstance(exc, ModuleNotFoundError) and exc.name != f"{__package__}.train":
-            raise  # a real missing dependency, not "train.py not written yet"
-        loader = _load_keras
-    try:
-        return loader(path)
-    except Exception as exc:  # keras raises many types, with multi-line messages
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: cannot load model ({first})") from exc
+    from .train import load_model as train_load_model  # imports keras: only when a model is needed
 
-
-def _load_keras(path: Path) -> tuple[Any, dict]:
-    import keras
-
-    sidecar = path.with_suffix(".json")
-    meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-    return keras.saving.load_model(path, safe_mode=True), meta
+    return train_load_model(path)
 
 
 def bundled_model_path() -> Path:

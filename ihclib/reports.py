@@ -87,6 +87,11 @@ def save_table(df: pd.DataFrame, dirs: ReportDirs, name: str, index: bool = Fals
     return _atomic_write(dirs.tables / f"{name}.csv", lambda tmp: df.to_csv(tmp, index=index))
 
 
+def save_text(text: str, dirs: ReportDirs, name: str) -> Path:
+    """Write Markdown text as ``tables/<name>.md``."""
+    return _atomic_write(dirs.tables / f"{name}.md", lambda tmp: Path(tmp).write_text(text.rstrip() + "\n"))
+
+
 def write_json(path: str | os.PathLike, obj: dict) -> Path:
     """JSON, pretty, atomically."""
     return _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=str) + "\n"))

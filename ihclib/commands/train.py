@@ -1,0 +1,68 @@
+"""`ihclib train`: train the study's models (or one) under a profile and save them with sidecars."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+# the bundled default denoiser that `ihclib denoise` uses
+BUNDLE_DIR = Path(__file__).resolve().parents[1] / "models"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..model import MODELS
+    from ..profiles import PROFILES
+
+    p = sub.add_parser("train", help="train denoising models (the paper's and the modified ones)",
+                       description="Train registry models on clean tiles with salt-and-pepper noise made on the fly. "
+                                   "Each model is written to OUT_DIR/<model>/: <model>.keras + .json sidecar, "
+                                   "history.csv (Table 1 format), log.csv, best.keras. Rerun the same command "
+                                   "after an interruption to resume.")
+    p.add_argument("--profile", default="quick", choices=list(PROFILES), help="run size (default: quick)")
+    p.add_argument("--model", action="append", choices=["all", *MODELS], default=None,
+                   help="model to train; repeat for several (default: all of the profile's models)")
+    p.add_argument("--data-dir", default=None, help="folder of IHC images (default: $IHC_DATA_DIR or the embedded image)")
+    p.add_argument("--out-dir", default=None, help="where runs go (default: runs/<profile>)")
+    p.add_argument("--seed", type=int, default=None, help="training seed (default: the profile's)")
+    p.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
+    p.add_argument("--early-stopping", action="store_true", help="stop when val_loss stops improving")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images in the data folder")
+    p.add_argument("--bundle", action="store_true",
+                   help="also install the trained model as the package's default denoiser "
+                        "(ihclib/models/default.keras + default.json); needs exactly one --model")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data import make_dataset
+    from ..profiles import get_profile
+
+    profile = get_profile(args.profile)
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise ValueError(f"--epochs must be at least 1, got {args.epochs}")
+        profile = profile.with_overrides(epochs=args.epochs)
+    names = list(profile.models) if not args.model or "all" in args.model else list(dict.fromkeys(args.model))
+    if args.bundle and len(names) != 1:
+        raise ValueError("--bundle installs one model: pass exactly one --model")
+    out_root = Path(args.out_dir) if args.out_dir else Path("runs") / profile.name
+
+    from ..train import save_model, train  # TensorFlow loads here, after the arguments are checked
+
+    dataset = make_dataset(args.data_dir, tile_size=profile.tile_size, stride=profile.stride, seed=profile.seed,
+                           fractions=profile.fractions, skip_bad=args.skip_bad)
+    counts = {s: len(dataset.split(s)) for s in ("train", "val", "test")}
+    print(f"profile {profile.name}: {profile.tile_size}px tiles, {profile.epochs} epochs x "
+          f"{profile.steps_per_epoch or 'all'} steps x batch {profile.batch_size}; tiles {counts}")
+    for name in names:
+        res = train(name, dataset, profile, out_root / name, seed=args.seed, early_stopping=args.early_stopping,
+                    verbose=0 if args.quiet else 1)
+        best = res.best
+        print(f"{name}: best val_loss {best.val_loss:.5f} (epoch {int(best.name)}), val_accuracy "
+              f"{best.val_accuracy:.4f}; {res.wall_time_s:.0f} s, {res.tiles_per_s:.1f} tiles/s -> {res.model_path}")
+        if args.bundle:
+            target = BUNDLE_DIR / "default.keras"
+            save_model(res.model, target, {k: v for k, v in res.sidecar.items() if k not in ("params", "versions", "file")})
+            print(f"bundled as {target}")
+    return 0
