@@ -248,14 +248,19 @@ def plot_metric_vs_amount(
         raise ValueError(f"no rows for metric {metric!r} and noise {noise!r}")
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4))
+    # one colour per method across every plot of the same table, whatever is drawn
+    others = [m for m in dict.fromkeys(long_df.method) if m not in (NOISY, CLEAN)]
+    palette = plt.get_cmap("tab10").colors
+    styles = {NOISY: {"color": "k", "linestyle": "--"}, CLEAN: {"color": "0.6", "linestyle": ":"},
+              **{m: {"color": palette[i % len(palette)]} for i, m in enumerate(others)}}
     for name in methods or list(dict.fromkeys(df.method)):
         d = df[(df.method == name) & np.isfinite(df["mean"])].sort_values("amount")
         if d.empty:
             continue
-        style = {"color": "k", "linestyle": "--"} if name == NOISY else {}
-        (line,) = ax.plot(d.amount, d["mean"], marker="o", label=name, **style)
+        style = styles.get(name, {})
+        ax.plot(d.amount, d["mean"], marker="o", label=name, **style)
         ok = np.isfinite(d.ci_low) & np.isfinite(d.ci_high)
-        ax.fill_between(d.amount[ok], d.ci_low[ok], d.ci_high[ok], color=line.get_color(), alpha=0.15)
+        ax.fill_between(d.amount[ok], d.ci_low[ok], d.ci_high[ok], color=style.get("color"), alpha=0.15)
     ax.set_xlabel("s&p amount" if noise.startswith("s&p") else f"{noise} level")
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     ax.set_title(f"{METRIC_LABELS.get(metric, metric)} vs {noise} level (mean, 95% CI)")

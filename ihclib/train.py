@@ -221,7 +221,7 @@ def train(
 
     start = time.perf_counter()
     model.fit(train_ds, validation_data=val_ds, epochs=profile.epochs, steps_per_epoch=steps,
-              callbacks=callbacks, verbose=verbose)
+              callbacks=callbacks, verbose=verbose, shuffle=False)  # the pipeline shuffles
     wall = time.perf_counter() - start
 
     # the CSV log holds every epoch, also those before a resume (fit's History would not)

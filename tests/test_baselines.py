@@ -3,8 +3,8 @@ import importlib.util
 import numpy as np
 import pytest
 
-from ihclib.baselines import (BASELINES, adaptive_median, available_baselines, impulse_mask,
-                              median3, switching_median)
+from ihclib.baselines import (BASELINES, adaptive_median, available_baselines, get_baselines,
+                              impulse_mask, median3, switching_median)
 from ihclib.metrics import psnr
 from ihclib.noise import gaussian, salt_and_pepper
 
@@ -20,8 +20,10 @@ def sp10(ihc_crop):
 def test_registry():
     names = available_baselines()
     assert set(MEDIANS) | {"tv"} <= set(names)
-    assert ("bm3d" in names) == (importlib.util.find_spec("bm3d") is not None and
-                                 importlib.util.find_spec("pywt") is not None)
+    assert "bm3d" not in names  # opt-in only
+    has_bm3d = importlib.util.find_spec("bm3d") is not None and importlib.util.find_spec("pywt") is not None
+    assert ("bm3d" in available_baselines(extras=True)) == has_bm3d
+    assert set(get_baselines(extras=True)) == set(available_baselines(extras=True))
     assert ("wavelet" in names) == (importlib.util.find_spec("pywt") is not None)
 
 

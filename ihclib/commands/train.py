@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 # the bundled default denoiser that `ihclib denoise` uses
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bundle", action="store_true",
                    help="also install the trained model as the package's default denoiser "
                         "(ihclib/models/default.keras + default.json); needs exactly one --model")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch output")
     p.set_defaults(func=run)
 
 
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
           f"{profile.steps_per_epoch or 'all'} steps x batch {profile.batch_size}; tiles {counts}")
     for name in names:
         res = train(name, dataset, profile, out_root / name, seed=args.seed, early_stopping=args.early_stopping,
-                    verbose=0 if args.quiet else 1)
+                    verbose=0 if args.quiet else (1 if sys.stdout.isatty() else 2))
         best = res.best
         print(f"{name}: best val_loss {best.val_loss:.5f} (epoch {int(best.name)}), val_accuracy "
               f"{best.val_accuracy:.4f}; {res.wall_time_s:.0f} s, {res.tiles_per_s:.1f} tiles/s -> {res.model_path}")

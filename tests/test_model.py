@@ -1,0 +1,126 @@
+"""The paper's network against Figure 3, the registry models, FLOP counting, save/load."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from ihclib.model import (
+    INPUT_MULTIPLE,
+    MODELS,
+    build_model,
+    build_paper_model,
+    compare_with_paper,
+    count_flops,
+    count_params,
+    paper_figure3,
+    summary_table,
+)
+from ihclib.train import load_model, save_model
+
+# the conv / transposed-conv parameter counts the paper lists, in order
+PAPER_CONV_PARAMS = [1792, 73856, 295168, 1180160, 6554112, 6554112, 2359552, 589952, 147520, 3459, 75]
+
+
+@pytest.fixture(scope="module")
+def paper_model():
+    return build_paper_model(256)
+
+
+def test_paper_model_matches_figure3_row_by_row(paper_model):
+    cmp = compare_with_paper(paper_model)
+    assert len(summary_table(paper_model)) == len(paper_figure3()) == 30
+    bad = cmp[~cmp.match]
+    assert bad.empty, bad.to_string()
+
+
+def test_paper_model_totals_and_conv_counts(paper_model):
+    counts = count_params(paper_model)
+    assert counts == {"total": 17_764_878, "trainable": 17_764_878 - 2_560, "non_trainable": 2_560}
+    assert counts["total"] == int(paper_figure3().params.sum())
+    table = summary_table(paper_model)
+    convs = table[table.type.isin(["Conv2D", "Conv2DTranspose"])]
+    assert convs.params.tolist() == PAPER_CONV_PARAMS
+
+
+def test_comparison_flags_a_different_model():
+    cmp = compare_with_paper(build_model("switching_unet", 256))
+    assert not cmp.match.all()
+
+
+@pytest.mark.parametrize("tile", [64, 128])
+def test_paper_model_other_tile_sizes(tile):
+    model = build_paper_model(tile)
+    assert tuple(model.output.shape) == (None, tile, tile, 3)
+    assert count_params(model)["total"] == 17_764_878  # weights do not depend on the tile size
+
+
+def test_paper_model_is_fully_convolutional():
+    model = build_paper_model(None)
+    out = model.predict(np.zeros((1, 96, 64, 3), np.float32), verbose=0)
+    assert out.shape == (1, 96, 64, 3)
+
+
+def test_build_model_rejects_unknown_name_and_bad_tile():
+    with pytest.raises(ValueError, match="unknown model 'nope'.*paper_unet"):
+        build_model("nope", 64)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        build_model("paper_unet", 48)
+
+
+def test_count_flops_by_hand():
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inp)  # 8*8*9*3*4 MACs
+    x = keras.layers.Conv2DTranspose(2, 3, strides=2, padding="same")(x)  # input 8*8, 9*4*2 MACs each
+    x = keras.layers.Dense(5)(x)  # 16*16 positions * 2*5
+    model = keras.Model(inp, x)
+    expected = 2 * (8 * 8 * 9 * 3 * 4 + 8 * 8 * 9 * 4 * 2 + 16 * 16 * 2 * 5)
+    assert count_flops(model) == expected
+
+
+def test_count_flops_scales_with_tile_area():
+    small, large = count_flops("paper_unet", 64), count_flops("paper_unet", 256)
+    assert large == 16 * small
+    assert count_flops(build_model("paper_unet", None), 64) == small
+    with pytest.raises(ValueError, match="tile_size"):
+        count_flops(build_model("dncnn_residual", None))
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if n != "paper_unet"])
+def test_modified_models_are_small_and_cheaper(name):
+    model = build_model(name, 64)
+    assert count_params(model)["total"] < 1_000_000
+    assert count_flops(model) <= 1.1 * count_flops("paper_unet", 64)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_registry_model_trains_saves_and_loads_identically(name, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = build_model(name, None)
+    model.compile(optimizer="adam", loss="mse")
+    rng = np.random.default_rng(0)
+    size = max(32, INPUT_MULTIPLE[name])
+    x = rng.random((2, size, size, 3), dtype=np.float32)
+    loss = model.train_on_batch(x, x)
+    assert np.isfinite(loss)
+    before = model.predict(x, verbose=0)
+    side = save_model(model, tmp_path / f"{name}.keras", {"architecture": name})
+    assert side["params"]["total"] == model.count_params()
+    assert set(side["versions"]) == {"tensorflow", "keras", "numpy", "ihclib"}
+    loaded, sidecar = load_model(tmp_path / f"{name}.keras")
+    assert sidecar["architecture"] == name
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), before)
+    assert not list(tmp_path.glob(".*tmp*"))  # no temp files left behind
+
+
+def test_save_and_load_errors(tmp_path):
+    model = build_model("dncnn_residual", 32)
+    with pytest.raises(ValueError, match="must end in .keras"):
+        save_model(model, tmp_path / "m.h5", {})
+    with pytest.raises(FileNotFoundError, match="no such model file"):
+        load_model(tmp_path / "missing.keras")
+    junk = tmp_path / "junk.keras"
+    junk.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="junk.keras: not a loadable Keras model"):
+        load_model(junk)

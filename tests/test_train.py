@@ -1,0 +1,157 @@
+"""Profiles, the tf.data noise pipeline, determinism of training, the train command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from ihclib import cli
+from ihclib.commands import train as train_cmd
+from ihclib.data import make_dataset
+from ihclib.noise import NoiseSpec, impulse_share
+from ihclib.profiles import PROFILES, Profile, get_profile
+from ihclib.train import HISTORY_COLUMNS, load_model, make_train_pipeline, make_val_pairs, salt_and_pepper_tf, train
+
+# ---------------------------------------------------------------- profiles
+
+
+def test_profiles_lookup_and_errors():
+    assert set(PROFILES) == {"smoke", "quick", "paper"}
+    assert get_profile("paper").tile_size == 256 and get_profile("paper").epochs == 5
+    with pytest.raises(ValueError, match="unknown profile 'huge'; choose from smoke, quick, paper"):
+        get_profile("huge")
+
+
+def test_profile_round_trip_and_validation():
+    p = get_profile("quick")
+    assert Profile.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+    assert p.with_overrides(epochs=1).epochs == 1 and p.epochs != 1
+    with pytest.raises(ValueError, match="train_amount_range"):
+        p.with_overrides(train_amount_range=(0.5, 0.1))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        p.with_overrides(tile_size=48)
+
+
+# ---------------------------------------------------------------- noise in the graph
+
+
+@pytest.mark.parametrize("amount,svp", [(0.05, 0.5), (0.3, 0.2)])
+def test_tf_salt_and_pepper_matches_amount(amount, svp):
+    clean = np.full((128, 128, 3), 0.5, np.float32)  # no value is 0 or 1, so every impulse shows
+    noisy = salt_and_pepper_tf(clean, amount, tf.constant([1, 2], tf.int64), salt_vs_pepper=svp).numpy()
+    share = impulse_share(noisy, clean)
+    n = clean.size
+    assert abs(share - amount) < 5 * np.sqrt(amount * (1 - amount) / n)
+    hits = noisy != clean
+    assert abs((noisy[hits] == 1.0).mean() - svp) < 0.05
+    assert set(np.unique(noisy[hits])) <= {0.0, 1.0}
+
+
+def test_tf_salt_and_pepper_per_pixel_and_seeds():
+    clean = np.full((64, 64, 3), 0.5, np.float32)
+    noisy = salt_and_pepper_tf(clean, 0.2, tf.constant([0, 7], tf.int64), per_pixel=True).numpy()
+    hit = (noisy != clean).any(-1)
+    assert ((noisy != clean).all(-1) == hit).all()  # whole pixels
+    assert abs(hit.mean() - 0.2) < 0.03
+    again = salt_and_pepper_tf(clean, 0.2, tf.constant([0, 7], tf.int64), per_pixel=True).numpy()
+    other = salt_and_pepper_tf(clean, 0.2, tf.constant([0, 8], tf.int64), per_pixel=True).numpy()
+    np.testing.assert_array_equal(noisy, again)
+    assert (noisy != other).any()
+
+
+def _tiles(n=8, t=32):
+    # an asymmetric gradient, so every flip / rotation gives a different array
+    y, x = np.mgrid[0:t, 0:t].astype(np.float32)
+    tile = np.stack([0.1 + 0.8 * x / t, 0.1 + 0.8 * y / t, np.full_like(x, 0.5)], -1)
+    return np.repeat(tile[None], n, 0), tile
+
+
+def test_train_pipeline_noise_augmentation_and_determinism():
+    tiles, tile = _tiles()
+    ds = make_train_pipeline(tiles, batch_size=8, seed=3, amount_range=(0.1, 0.3))
+    batches = [(a.numpy(), b.numpy()) for a, b in ds.take(4)]
+    noisy, clean = batches[0]
+    assert noisy.shape == clean.shape == (8, 32, 32, 3) and noisy.dtype == np.float32
+    shares = [impulse_share(n, c) for n, c in batches]
+    assert all(0.05 < s < 0.35 for s in shares) and abs(np.mean(shares) - 0.2) < 0.05
+    # clean targets are the dihedral transforms of the tile, and more than one occurs
+    transforms = [np.rot90(f, k) for f in (tile, tile[:, ::-1]) for k in range(4)]
+    seen = set()
+    for _, c in batches:
+        for img in c:
+            seen.add(next(i for i, t in enumerate(transforms) if np.array_equal(img, t)))
+    assert len(seen) > 2
+    # fresh noise on the second pass over the same tiles, same stream for the same seed
+    assert not np.array_equal(batches[0][0] != batches[0][1], batches[1][0] != batches[1][1])
+    again = [a.numpy() for a, _ in make_train_pipeline(tiles, 8, 3, (0.1, 0.3)).take(4)]
+    for (a, _), b in zip(batches, again):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_train_pipeline_rejects_other_noise_and_no_tiles():
+    tiles, _ = _tiles()
+    with pytest.raises(ValueError, match="salt-and-pepper"):
+        make_train_pipeline(tiles, 8, 0, (0.1, 0.2), NoiseSpec("gaussian", 0.1))
+    with pytest.raises(ValueError, match="no training tiles"):
+        make_train_pipeline(tiles[:0], 8, 0, (0.1, 0.2))
+
+
+def test_val_pairs_fixed_by_seed():
+    clean = np.full((4, 32, 32, 3), 0.5, np.float32)
+    a, b = make_val_pairs(clean, NoiseSpec("s&p", 0.1), 0), make_val_pairs(clean, NoiseSpec("s&p", 0.1), 0)
+    np.testing.assert_array_equal(a, b)
+    assert abs(impulse_share(a, clean) - 0.1) < 0.02
+
+
+# ---------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    profile = get_profile("smoke").with_overrides(epochs=2, steps_per_epoch=2)
+    return profile, make_dataset(None, tile_size=profile.tile_size, stride=profile.stride, fractions=profile.fractions)
+
+
+@pytest.mark.slow
+def test_same_seed_gives_identical_history(smoke, tmp_path):
+    profile, ds = smoke
+    a = train("dncnn_residual", ds, profile, tmp_path / "a", seed=5, verbose=0)
+    b = train("dncnn_residual", ds, profile, tmp_path / "b", seed=5, verbose=0)
+    assert a.history.columns.tolist() == HISTORY_COLUMNS and len(a.history) == profile.epochs
+    assert a.history_path.read_bytes() == b.history_path.read_bytes()
+    assert pd.read_csv(a.history_path).columns.tolist() == ["epoch", *HISTORY_COLUMNS]
+    model, side = load_model(a.model_path)
+    assert side["seed"] == 5 and side["architecture"] == "dncnn_residual"
+    assert side["final_metrics"]["val_loss"] == pytest.approx(a.history.val_loss.min())
+    assert side["data"] == ds.describe() and side["profile"]["name"] == "smoke"
+    assert a.tiles_per_s > 0 and not (tmp_path / "a" / "backup").exists()
+
+
+def test_train_rejects_bad_arguments(smoke, tmp_path):
+    profile, ds = smoke
+    with pytest.raises(ValueError, match="unknown model"):
+        train("nope", ds, profile, tmp_path)
+    with pytest.raises(ValueError, match="32px but profile"):
+        train("dncnn_residual", ds, profile.with_overrides(tile_size=64), tmp_path)
+
+
+@pytest.mark.slow
+def test_train_command_bundles_one_model(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train_cmd, "BUNDLE_DIR", tmp_path / "bundle")
+    rc = cli.main(["train", "--profile", "smoke", "--model", "switching_unet", "--epochs", "1",
+                   "--out-dir", str(tmp_path / "runs"), "--bundle", "--quiet"])
+    assert rc == 0
+    assert (tmp_path / "runs" / "switching_unet" / "switching_unet.keras").is_file()
+    model, side = load_model(tmp_path / "bundle" / "default.keras")
+    assert side["architecture"] == "switching_unet" and side["file"] == "default.keras"
+    assert "best val_loss" in capsys.readouterr().out
+
+
+def test_train_command_errors(capsys):
+    assert cli.main(["train", "--profile", "smoke", "--model", "paper_unet", "--model", "dncnn_residual", "--bundle"]) == 2
+    assert "exactly one --model" in capsys.readouterr().err
+    assert cli.main(["train", "--profile", "smoke", "--epochs", "0"]) == 2
