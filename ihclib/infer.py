@@ -158,8 +158,10 @@ def denoise(
     batch of the same shape (every call gets exactly ``min(batch_size, number of tiles)``
     tiles; the last batch is padded). ``image``: (H, W, 3) float in [0, 1] or uint8/uint16.
     ``tile_size``: multiple of 32; default the model's fixed input size, else 256.
-    ``overlap``: minimum overlap between neighbouring tiles (use more than the model's
-    receptive-field radius x 4/3 for results equal to whole-image prediction).
+    ``overlap``: minimum overlap between neighbouring tiles; the outer quarter of it is
+    discarded, so ``overlap >= 4 * (receptive-field radius + 1)`` gives the same result as
+    predicting the whole image at once (for the paper's U-Net, whose receptive field exceeds a
+    tile, it is what hides the seams).
     ``progress``: tqdm bar on stderr; ``None`` = only when there are more than a few batches.
     The output is not clipped (a model may overshoot [0, 1]; writing an image clips).
     """
@@ -192,7 +194,7 @@ def denoise(
     show = n_batches > AUTO_PROGRESS_BATCHES if progress is None else bool(progress)
     bar = None
     if show:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # plain text bar: no widgets in executed notebooks
 
         bar = tqdm(total=n_batches, desc="denoise", unit="batch", file=sys.stderr, leave=False)
     try:

@@ -56,14 +56,28 @@ def build_paper_model(tile_size: int | None = 256) -> keras.Model:
 # ---------------------------------------------------------------- modifications
 
 
-def build_dncnn_residual(tile_size: int | None = 64, depth: int = 8, filters: int = 32) -> keras.Model:
+def impulse_hint(x):
+    """Per-value flag (0 or 1) for values that are exactly saturated: 1 (salt) or 0 (pepper).
+
+    What a switching median filter tests first, given to the network as extra input channels
+    (it still learns which flagged values are real impulses). Built from ReLU(threshold) and
+    Rescaling layers, so no Lambda: ReLU(threshold=t) passes values >= t and zeroes the rest;
+    0.999 lies between 254/255 and 1, so only exact extremes of 8-bit data are flagged.
+    """
+    salt = layers.ReLU(threshold=0.999, name="salt_flag")(x)
+    pepper = layers.ReLU(threshold=0.999, name="pepper_flag")(layers.Rescaling(-1.0, offset=1.0, name="one_minus_input")(x))
+    return layers.Add(name="impulse_hint")([salt, pepper])
+
+
+def build_dncnn_residual(tile_size: int | None = 64, depth: int = 8, filters: int = 32, hint: bool = True) -> keras.Model:
     """DnCNN-style residual CNN at full resolution: output = input - predicted noise.
 
     ``depth`` 3x3 convolutions (receptive field 2*depth+1), no down-sampling, no batch norm
     (small batches on CPU make its statistics noisy); ~57k parameters at the defaults.
+    ``hint`` adds :func:`impulse_hint` channels to the input.
     """
     inp = keras.Input(shape=(tile_size, tile_size, 3))
-    x = inp
+    x = layers.Concatenate(name="input_and_hint")([inp, impulse_hint(inp)]) if hint else inp
     for _ in range(depth - 1):
         x = layers.Conv2D(filters, 3, padding="same")(x)
         x = layers.LeakyReLU(negative_slope=0.1)(x)
@@ -77,15 +91,17 @@ def _conv_block(x, filters: int, strides: int = 1):
     return layers.LeakyReLU(negative_slope=0.1)(x)
 
 
-def build_switching_unet(tile_size: int | None = 64, base: int = 24) -> keras.Model:
+def build_switching_unet(tile_size: int | None = 64, base: int = 24, hint: bool = True) -> keras.Model:
     """Small two-level U-Net with a switching head (~0.27M parameters at ``base`` 24).
 
     Heads (1x1 convolutions, sigmoid): impulse mask ``m`` and fill ``f``, one per channel since
     the study's noise hits channels independently. Output = input + m * (f - input), i.e.
-    m * f + (1 - m) * input, built from Subtract/Multiply/Add layers.
+    m * f + (1 - m) * input, built from Subtract/Multiply/Add layers. ``hint`` adds
+    :func:`impulse_hint` channels to the input.
     """
     inp = keras.Input(shape=(tile_size, tile_size, 3))
-    e1 = _conv_block(_conv_block(inp, base), base)  # full resolution
+    x = layers.Concatenate(name="input_and_hint")([inp, impulse_hint(inp)]) if hint else inp
+    e1 = _conv_block(_conv_block(x, base), base)  # full resolution
     e2 = _conv_block(_conv_block(e1, 2 * base, strides=2), 2 * base)  # 1/2
     e3 = _conv_block(_conv_block(e2, 4 * base, strides=2), 4 * base)  # 1/4
     u2 = layers.LeakyReLU(negative_slope=0.1)(layers.Conv2DTranspose(2 * base, 3, strides=2, padding="same")(e3))
