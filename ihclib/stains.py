@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from skimage.color import rgb2hed
 
 from .data import SPLITS, TileDataset
+from .downstream import hed
 
+__all__ = ["CHANNELS", "hed", "most_stained", "stain_statistics"]
 CHANNELS = ("hematoxylin", "eosin", "DAB")
-
-
-def hed(rgb: np.ndarray) -> np.ndarray:
-    """Stain optical densities (H, W, 3): hematoxylin, eosin, DAB."""
-    return rgb2hed(np.clip(rgb, 0.0, 1.0))
 
 
 def stain_statistics(ds: TileDataset) -> pd.DataFrame:
@@ -30,7 +26,7 @@ def stain_statistics(ds: TileDataset) -> pd.DataFrame:
             groups.setdefault(tile.category, []).append(px)
         for category, tiles in groups.items():
             batch = np.stack(tiles)
-            stains = hed(batch.reshape(-1, batch.shape[2], 3)).reshape(-1, 3)
+            stains = hed(batch).reshape(-1, 3)
             rgb = batch.reshape(-1, 3)
             row = {"category": category, "split": split, "tiles": len(tiles)}
             for i, c in enumerate("RGB"):
@@ -45,5 +41,5 @@ def stain_statistics(ds: TileDataset) -> pd.DataFrame:
 def most_stained(tiles: np.ndarray) -> int:
     """Index of the tile with the most hematoxylin + DAB: the most informative one to show."""
     tiles = np.asarray(tiles)
-    od = np.stack([hed(t)[..., [0, 2]].mean() for t in tiles])
+    od = hed(tiles)[..., [0, 2]].mean(axis=(1, 2, 3))
     return int(np.argmax(od))

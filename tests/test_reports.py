@@ -1,0 +1,100 @@
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from ihclib import pipeline
+from ihclib.reports import clean_notebook, report_dirs, sanitize_text, save_table
+
+
+def test_report_dirs_none_is_temporary(tmp_path):
+    d = report_dirs(None)
+    assert d.figures.is_dir() and d.tables.is_dir()
+    assert not str(d.root).startswith(str(Path.cwd()))
+    d2 = report_dirs(tmp_path / "rep")
+    assert d2.figures == tmp_path / "rep" / "figures"
+
+
+def test_save_table_writes_csv_and_markdown(tmp_path):
+    d = report_dirs(tmp_path)
+    save_table(pd.DataFrame({"a": [1, 2], "b": [0.5, 0.25]}), d, "t")
+    assert (d.tables / "t.csv").read_text().splitlines()[0] == "a,b"
+    assert "| a |" in (d.tables / "t.md").read_text().replace("   ", " ").replace("  ", " ")
+
+
+def test_sanitize_text_removes_machine_paths(tmp_path):
+    text = f"{tmp_path}/x.png {sys.prefix}/lib/site.py /tmp/abc/def {Path.home()}/notes"
+    out = sanitize_text(text, root=tmp_path)
+    assert str(tmp_path) not in out and sys.prefix not in out and str(Path.home()) + "/" not in out
+    assert "./x.png" in out and "<venv>/lib/site.py" in out and "<tmp>" in out
+
+
+def test_clean_notebook_strips_papermill_paths(tmp_path):
+    nb = new_notebook(cells=[new_code_cell("print(1)")])
+    nb.metadata["papermill"] = {"input_path": str(tmp_path / "in.ipynb"), "output_path": str(tmp_path / "o.ipynb"),
+                                "parameters": {"reports_dir": "reports/.build-x"}}
+    nb.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"{tmp_path}/fig.png\n")]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    clean_notebook(path, tmp_path, {"reports/.build-x": "reports"})
+    text = path.read_text()
+    assert str(tmp_path) not in text
+    meta = json.loads(text)["metadata"]["papermill"]
+    assert "input_path" not in meta and "output_path" not in meta
+    assert meta["parameters"]["reports_dir"] == "reports"
+
+
+def _project(root: Path, second_fails: bool = False) -> None:
+    (root / "notebooks").mkdir(parents=True)
+    for i, body in enumerate(["x = 1", "raise RuntimeError('boom in two')" if second_fails else "y = 2"], 1):
+        params = new_code_cell('profile = "quick"\ndata_dir = None\nreports_dir = None\nruns_dir = None')
+        params.metadata["tags"] = ["parameters"]
+        work = new_code_cell(
+            "from ihclib.reports import report_dirs\nfrom pathlib import Path\n"
+            f"d = report_dirs(reports_dir)\n(d.tables / 'nb{i}.csv').write_text(profile)\n{body}")
+        nb = new_notebook(cells=[params, work], metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                                        "display_name": "Python 3"}})
+        nbformat.write(nb, root / "notebooks" / f"0{i}_step.ipynb")
+
+
+def test_run_study_builds_reports_and_manifest(tmp_path, capsys):
+    _project(tmp_path)
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "benchmarks.json").write_text("{}")
+    (tmp_path / "reports" / "stale.txt").write_text("old")
+    assert pipeline.run_study("smoke", root=tmp_path, runs=str(tmp_path / "runs")) == 0
+    rep = tmp_path / "reports"
+    assert (rep / "tables" / "nb1.csv").read_text() == "smoke"
+    assert (rep / "notebooks" / "02_step.ipynb").exists()
+    assert (rep / "benchmarks.json").exists() and not (rep / "stale.txt").exists()
+    manifest = json.loads((rep / "manifest.json").read_text())
+    assert set(manifest["wall_time_s"]) == {"01_step.ipynb", "02_step.ipynb"}
+    assert manifest["profile"]["name"] == "smoke" and "tensorflow" in manifest["packages"]
+    executed = (rep / "notebooks" / "01_step.ipynb").read_text()
+    assert str(tmp_path) not in executed and ".reports-build" not in executed
+    assert "[2/2] 02_step.ipynb ... done" in capsys.readouterr().out
+    assert not list(tmp_path.glob(".reports-*"))
+
+
+def test_run_study_failure_keeps_previous_reports(tmp_path, capsys):
+    _project(tmp_path, second_fails=True)
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "keep.txt").write_text("previous results")
+    assert pipeline.run_study("smoke", root=tmp_path, runs=str(tmp_path / "runs")) == 1
+    assert (tmp_path / "reports" / "keep.txt").read_text() == "previous results"
+    assert not (tmp_path / "reports" / "tables").exists()
+    kept = tmp_path / "runs" / "failed" / "02_step.ipynb"
+    assert kept.exists()
+    err = capsys.readouterr().err
+    assert "RuntimeError: boom in two" in err and "left as it was" in err
+    assert not list(tmp_path.glob(".reports-*"))
+
+
+def test_unknown_profile_fails_before_running(tmp_path):
+    _project(tmp_path)
+    with pytest.raises(ValueError, match="unknown profile|profile"):
+        pipeline.run_study("huge", root=tmp_path)
