@@ -9,6 +9,8 @@ shape in [0, 1]. Parameters are fixed a priori (textbook defaults), never tuned 
   Detector: a channel value is an impulse iff it is exactly 0.0 or 1.0 (what salt-and-pepper
   writes, per channel or per pixel alike). Genuinely saturated pixels of a clean image are
   also "detected"; they are then replaced by the median of their non-saturated neighbours.
+* ``switching mean``: the same detector, replaced by the mean of the non-impulse neighbours
+  (the fixed prior inside the modified CNNs: the baseline their learned part must beat).
 * ``nl-means``: scikit-image non-local means, sigma from ``estimate_sigma`` (fast mode; listed
   only if PyWavelets, which ``estimate_sigma`` needs, is installed).
 * ``wavelet``: BayesShrink soft thresholding in YCbCr (needs PyWavelets; listed only if present).
@@ -145,6 +147,33 @@ def switching_median(image: np.ndarray, max_size: int = 7) -> np.ndarray:
     return _out(out)
 
 
+def switching_mean(image: np.ndarray, max_size: int = 7) -> np.ndarray:
+    """Decision-based mean: like ``switching_median`` but the replacement is the *mean* of the
+    non-impulse values of the same channel in the smallest window (3, 5, ... ``max_size``) that
+    holds one (the grey value 0.5 if none does). This is also the fixed starting point that the
+    modified CNNs (``dncnn_residual``, ``switching_unet``) learn corrections to, so it is the
+    baseline that tells how much their learned part adds.
+    """
+    image = _check(image)
+    if max_size < 3 or max_size % 2 == 0:
+        raise ValueError("max_size must be an odd number >= 3")
+    impulses = impulse_mask(image)
+    valid = (~impulses).astype(np.float32)
+    out = image.copy()
+    todo = impulses.copy()
+    for k in range(3, max_size + 1, 2):
+        if not todo.any():
+            break
+        # box sums per channel (size 1 across channels): mean of the valid neighbours
+        total = ndimage.uniform_filter(image * valid, size=(k, k, 1), mode="mirror")
+        count = ndimage.uniform_filter(valid, size=(k, k, 1), mode="mirror")
+        found = todo & (count > 1e-6)
+        out[found] = total[found] / count[found]
+        todo &= ~found
+    out[todo] = 0.5
+    return _out(out)
+
+
 def nl_means(image: np.ndarray) -> np.ndarray:
     """Non-local means (fast mode, 5x5 patches, search distance 3), h = 0.8 * estimated sigma."""
     from skimage.restoration import denoise_nl_means, estimate_sigma
@@ -197,6 +226,7 @@ def _registry() -> dict[str, Filter]:
         "median 5x5": median5,
         "adaptive median": adaptive_median,
         "switching median": switching_median,
+        "switching mean": switching_mean,
     }
     # estimate_sigma and denoise_wavelet need PyWavelets, an optional scikit-image dependency
     if _has("pywt"):

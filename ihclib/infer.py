@@ -36,7 +36,6 @@ DEFAULT_OVERLAP = 32
 AUTO_PROGRESS_BATCHES = 4  # show a progress bar when there are more batches than this
 
 Predictor = Callable[[np.ndarray], np.ndarray]
-_CACHE_ATTR = "_ihclib_predictors"
 
 
 def check_tiling(tile_size: int, overlap: int, batch_size: int = 1) -> None:
@@ -116,25 +115,11 @@ def compiled_predictor(model: Any, tile_size: int, batch_size: int, jit_compile:
 
     Cached per model, so repeated calls (many files) reuse the trace. The ``tf.function`` is
     available as the ``.function`` attribute of the returned callable (for tracing counts).
+    ``jit_compile`` (XLA) is off by default: on CPU it was slower (benchmarks/bench.py).
     """
-    key = (tile_size, batch_size, jit_compile)
-    cache = getattr(model, _CACHE_ATTR, None)
-    if cache is None:
-        cache = {}
-        # object.__setattr__: keep it out of Keras' attribute tracking (and out of saved files)
-        object.__setattr__(model, _CACHE_ATTR, cache)
-    if key not in cache:
-        import tensorflow as tf
+    from .backends import predictor
 
-        spec = tf.TensorSpec((batch_size, tile_size, tile_size, 3), tf.float32)
-        function = tf.function(lambda x: model(x, training=False), input_signature=[spec], jit_compile=jit_compile)
-
-        def predict(batch: np.ndarray) -> np.ndarray:
-            return np.asarray(function(batch))
-
-        predict.function = function  # type: ignore[attr-defined]
-        cache[key] = predict
-    return cache[key]
+    return predictor(model, tile_size, batch_size, "keras", jit_compile)
 
 
 def _batches(starts: list[tuple[int, int]], batch_size: int) -> Iterator[list[tuple[int, int]]]:
@@ -150,6 +135,7 @@ def denoise(
     batch_size: int = 8,
     progress: bool | None = None,
     jit_compile: bool = False,
+    backend: str | None = None,
 ) -> np.ndarray:
     """Denoise an RGB image of any size; returns float32 (H, W, 3) like the input.
 
@@ -163,6 +149,9 @@ def denoise(
     predicting the whole image at once (for the paper's U-Net, whose receptive field exceeds a
     tile, it is what hides the seams).
     ``progress``: tqdm bar on stderr; ``None`` = only when there are more than a few batches.
+    ``backend`` (Keras models only): "keras", "openvino", "onnxruntime" or "auto" (the fastest
+    installed); ``None`` = the ``IHCLIB_BACKEND`` environment variable, else "keras". See
+    :mod:`ihclib.backends`; the converted model is cached on the model object.
     The output is not clipped (a model may overshoot [0, 1]; writing an image clips).
     """
     tile_size = resolve_tile_size(model, tile_size)
@@ -182,10 +171,15 @@ def denoise(
     rows, cols = tile_starts(ph, tile_size, overlap), tile_starts(pw, tile_size, overlap)
     starts = [(r, c) for r in rows for c in cols]
     batch_size = min(batch_size, len(starts))
-    predict = (
-        compiled_predictor(model, tile_size, batch_size, jit_compile) if _is_keras_model(model) else model
-    )
-    win_y = {(a, b): _window_1d(tile_size, overlap, a, b) for a in (False, True) for b in (False, True)}
+    if _is_keras_model(model):
+        from .backends import predictor
+
+        predict = predictor(model, tile_size, batch_size, backend, jit_compile)
+    else:
+        predict = model
+    # the 2-D blending window of a tile depends only on which of its sides face a neighbour
+    win_1d = {(a, b): _window_1d(tile_size, overlap, a, b) for a in (False, True) for b in (False, True)}
+    windows: dict[tuple, np.ndarray] = {}
 
     out = np.zeros((ph, pw, 3), np.float32)
     weight = np.zeros((ph, pw), np.float32)
@@ -207,9 +201,10 @@ def denoise(
                 raise ValueError(f"model returned shape {pred.shape} for input {batch.shape}; "
                                  "denoising needs a fully convolutional RGB -> RGB model")
             for i, (r, c) in enumerate(group):
-                wy = win_y[(r > 0, r + tile_size < ph)]
-                wx = win_y[(c > 0, c + tile_size < pw)]
-                w = np.outer(wy, wx)
+                sides = (r > 0, r + tile_size < ph, c > 0, c + tile_size < pw)
+                w = windows.get(sides)
+                if w is None:
+                    w = windows[sides] = np.outer(win_1d[sides[:2]], win_1d[sides[2:]])
                 out[r : r + tile_size, c : c + tile_size] += pred[i] * w[..., None]
                 weight[r : r + tile_size, c : c + tile_size] += w
             if bar is not None:

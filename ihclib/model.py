@@ -2,13 +2,21 @@
 
 * ``paper_unet``: the encoder-decoder of Figure 3, layer by layer (17,764,878 parameters).
 * ``dncnn_residual``: a small full-resolution CNN that predicts the noise (DnCNN-style residual
-  learning, output = input - residual). Salt-and-pepper is a local corruption, so a 17x17
-  receptive field at full resolution is enough and nothing is lost to down-sampling.
+  learning, output = input - residual) on top of a classical prior. Salt-and-pepper is a local
+  corruption, so a 17x17 receptive field at full resolution is enough.
 * ``switching_unet``: a small U-Net with a *switching* head, the CNN version of a switching
   median filter: it predicts per value an impulse probability ``m`` (sigmoid) and a fill value
   ``f``; output = m * f + (1 - m) * input, so values it judges clean pass through untouched.
 
-Only built-in layers are used (no Lambda), so saved models load with ``safe_mode=True``.
+Both modifications see :func:`impulse_features` (the input, a flag for exactly saturated
+values, masked local means) and are initialised to reproduce a classical *switching mean
+filter* (replace flagged values by the mean of their unflagged 3x3 neighbours), which their
+learned parts then refine. Without that start they need thousands of steps to learn the sharp
+switch, far beyond a CPU budget. The evaluation should therefore include a switching filter
+among the classical baselines, or the comparison flatters the CNNs.
+
+Only built-in layers plus one registered custom layer (:class:`MaskedLocalMean`) are used, no
+Lambda, so saved models load with ``safe_mode=True`` once ``ihclib.model`` is imported.
 Builders take ``tile_size``; ``None`` gives a fully convolutional model that accepts any
 height and width that is a multiple of ``INPUT_MULTIPLE[name]``.
 """
@@ -56,32 +64,73 @@ def build_paper_model(tile_size: int | None = 256) -> keras.Model:
 # ---------------------------------------------------------------- modifications
 
 
+@keras.saving.register_keras_serializable(package="ihclib")
+class MaskedLocalMean(layers.Layer):
+    """Per channel, the mean of the unflagged values in a ``window`` x ``window`` neighbourhood.
+
+    Inputs ``[x, flag]`` (flag 1 = impulse, 0 = trusted); where every value in the window is
+    flagged the result is 0. This is the fill of a classical switching mean filter, given to the
+    network as a starting point that it refines. Registered, so ``safe_mode=True`` loads it once
+    ``ihclib.model`` is imported (``ihclib.train.load_model`` does that).
+    """
+
+    def __init__(self, window: int = 3, **kwargs):
+        super().__init__(**kwargs)
+        self.window = int(window)
+
+    def call(self, inputs):
+        x, flag = inputs
+        keep = 1.0 - flag
+        # the ratio of two same-padded averages: padding cancels out, border windows stay exact
+        num = keras.ops.average_pool(x * keep, self.window, strides=1, padding="same")
+        den = keras.ops.average_pool(keep, self.window, strides=1, padding="same")
+        return keras.ops.divide_no_nan(num, den)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "window": self.window}
+
+
 def impulse_hint(x):
     """Per-value flag (0 or 1) for values that are exactly saturated: 1 (salt) or 0 (pepper).
 
     What a switching median filter tests first, given to the network as extra input channels
     (it still learns which flagged values are real impulses). Built from ReLU(threshold) and
-    Rescaling layers, so no Lambda: ReLU(threshold=t) passes values >= t and zeroes the rest;
-    0.999 lies between 254/255 and 1, so only exact extremes of 8-bit data are flagged.
+    Rescaling layers: ReLU(threshold=t) passes values >= t and zeroes the rest; 0.999 lies
+    between 254/255 and 1, so only exact extremes of 8-bit data are flagged.
     """
     salt = layers.ReLU(threshold=0.999, name="salt_flag")(x)
     pepper = layers.ReLU(threshold=0.999, name="pepper_flag")(layers.Rescaling(-1.0, offset=1.0, name="one_minus_input")(x))
     return layers.Add(name="impulse_hint")([salt, pepper])
 
 
-def build_dncnn_residual(tile_size: int | None = 64, depth: int = 8, filters: int = 32, hint: bool = True) -> keras.Model:
-    """DnCNN-style residual CNN at full resolution: output = input - predicted noise.
+def impulse_features(x):
+    """(features, hint, mean3): input, impulse hint and masked local means (3x3, 5x5), concatenated."""
+    hint = impulse_hint(x)
+    mean3 = MaskedLocalMean(3, name="masked_mean_3")([x, hint])
+    mean5 = MaskedLocalMean(5, name="masked_mean_5")([x, hint])
+    return layers.Concatenate(name="impulse_features")([x, hint, mean3, mean5]), hint, mean3
 
-    ``depth`` 3x3 convolutions (receptive field 2*depth+1), no down-sampling, no batch norm
-    (small batches on CPU make its statistics noisy); ~57k parameters at the defaults.
-    ``hint`` adds :func:`impulse_hint` channels to the input.
+
+def build_dncnn_residual(tile_size: int | None = 64, depth: int = 8, filters: int = 32) -> keras.Model:
+    """DnCNN-style residual CNN at full resolution over a classical prior: output = input - residual.
+
+    residual = hint * (input - masked 3x3 mean) [the switching mean filter's correction]
+    + a learned residual from ``depth`` 3x3 convolutions over :func:`impulse_features`
+    (receptive field 2*depth+1, no down-sampling, ~60k parameters). The last convolution is
+    zero-initialised, so training starts from the classical filter and learns what it misses;
+    a plain DnCNN needs thousands of steps to learn the sharp switch that the prior supplies.
     """
     inp = keras.Input(shape=(tile_size, tile_size, 3))
-    x = layers.Concatenate(name="input_and_hint")([inp, impulse_hint(inp)]) if hint else inp
+    x, hint, mean3 = impulse_features(inp)
+    prior = layers.Multiply(name="prior_residual")([hint, layers.Subtract()([inp, mean3])])
     for _ in range(depth - 1):
         x = layers.Conv2D(filters, 3, padding="same")(x)
         x = layers.LeakyReLU(negative_slope=0.1)(x)
-    residual = layers.Conv2D(3, 3, padding="same", name="noise")(x)
+    learned = layers.Conv2D(3, 3, padding="same", kernel_initializer="zeros", name="learned_residual")(x)
+    residual = layers.Add(name="noise")([prior, learned])
     out = layers.Subtract(name="restored")([inp, residual])
     return keras.Model(inp, out, name="dncnn_residual")
 
@@ -91,16 +140,23 @@ def _conv_block(x, filters: int, strides: int = 1):
     return layers.LeakyReLU(negative_slope=0.1)(x)
 
 
-def build_switching_unet(tile_size: int | None = 64, base: int = 24, hint: bool = True) -> keras.Model:
+def build_switching_unet(tile_size: int | None = 64, base: int = 24, features: bool = True) -> keras.Model:
     """Small two-level U-Net with a switching head (~0.27M parameters at ``base`` 24).
 
-    Heads (1x1 convolutions, sigmoid): impulse mask ``m`` and fill ``f``, one per channel since
-    the study's noise hits channels independently. Output = input + m * (f - input), i.e.
-    m * f + (1 - m) * input, built from Subtract/Multiply/Add layers. ``hint`` adds
-    :func:`impulse_hint` channels to the input.
+    Heads (1x1 convolutions): impulse mask ``m`` = sigmoid(12 * hint - 6 + learned term) and
+    fill ``f`` = masked 3x3 mean + a learned correction; the learned terms are zero-initialised,
+    so training starts from the classical switching mean filter and refines it (Adam moves a
+    weight by about the learning rate per step: a sharp switch would take thousands of steps to
+    learn from scratch). One mask and fill per channel, since the study's noise hits
+    channels independently. Output = input + m * (f - input), i.e. m * f + (1 - m) * input,
+    built from Subtract/Multiply/Add layers. ``features`` False gives the plain-input variant
+    (mask from U-Net features only, fill = sigmoid head).
     """
     inp = keras.Input(shape=(tile_size, tile_size, 3))
-    x = layers.Concatenate(name="input_and_hint")([inp, impulse_hint(inp)]) if hint else inp
+    if features:
+        x, hint, mean3 = impulse_features(inp)
+    else:
+        x = inp
     e1 = _conv_block(_conv_block(x, base), base)  # full resolution
     e2 = _conv_block(_conv_block(e1, 2 * base, strides=2), 2 * base)  # 1/2
     e3 = _conv_block(_conv_block(e2, 4 * base, strides=2), 4 * base)  # 1/4
@@ -108,8 +164,17 @@ def build_switching_unet(tile_size: int | None = 64, base: int = 24, hint: bool 
     u2 = _conv_block(layers.Concatenate()([u2, e2]), 2 * base)
     u1 = layers.LeakyReLU(negative_slope=0.1)(layers.Conv2DTranspose(base, 3, strides=2, padding="same")(u2))
     u1 = _conv_block(layers.Concatenate()([u1, e1]), base)
-    mask = layers.Conv2D(3, 1, activation="sigmoid", name="impulse_mask")(u1)
-    fill = layers.Conv2D(3, 1, activation="sigmoid", name="fill")(u1)
+    if features:
+        # mask logit = 12 * hint - 6 + learned term (zero at start): the classical switch, to refine
+        from_hint = layers.DepthwiseConv2D(1, depthwise_initializer=keras.initializers.Constant(12.0),
+                                           bias_initializer=keras.initializers.Constant(-6.0), name="mask_from_hint")(hint)
+        from_features = layers.Conv2D(3, 1, kernel_initializer="zeros", name="mask_from_features")(u1)
+        mask = layers.Activation("sigmoid", name="impulse_mask")(layers.Add()([from_hint, from_features]))
+        correction = layers.Conv2D(3, 1, kernel_initializer="zeros", name="fill_correction")(u1)
+        fill = layers.Add(name="fill")([mean3, correction])
+    else:
+        mask = layers.Conv2D(3, 1, activation="sigmoid", name="impulse_mask")(u1)
+        fill = layers.Conv2D(3, 1, activation="sigmoid", name="fill")(u1)
     delta = layers.Subtract(name="fill_minus_input")([fill, inp])
     out = layers.Add(name="restored")([inp, layers.Multiply(name="switch")([mask, delta])])
     return keras.Model(inp, out, name="switching_unet")
@@ -158,11 +223,12 @@ def _with_tile_size(model: keras.Model, tile_size: int) -> keras.Model:
 def count_flops(model: keras.Model | str, tile_size: int | None = None) -> int:
     """FLOPs of one forward pass on one tile.
 
-    Convention: FLOPs = 2 x multiply-accumulates of Conv2D, Conv2DTranspose and Dense layers,
-    from their shapes: Conv2D = H_out*W_out*kh*kw*C_in/groups*C_out; Conv2DTranspose =
-    H_in*W_in*kh*kw*C_in*C_out (every input value is scattered over a kernel window); Dense =
-    positions*in*out. Biases, batch norm, activations, concatenations and the switching
-    head's element-wise ops are ignored (they are a few FLOPs per value).
+    Convention: FLOPs = 2 x multiply-accumulates of Conv2D, Conv2DTranspose, DepthwiseConv2D
+    and Dense layers, from their shapes: Conv2D = H_out*W_out*kh*kw*C_in/groups*C_out;
+    Conv2DTranspose = H_in*W_in*kh*kw*C_in*C_out (every input value is scattered over a kernel
+    window); DepthwiseConv2D = H_out*W_out*kh*kw*C_in*depth_multiplier; Dense =
+    positions*in*out. Biases, batch norm, activations, pooling (the masked means),
+    concatenations and element-wise layers are ignored (a few FLOPs per value).
 
     ``model`` is a model or a registry name; ``tile_size`` is required for a name or for a model
     whose input size is not fixed.
@@ -179,6 +245,10 @@ def count_flops(model: keras.Model | str, tile_size: int | None = None) -> int:
             _, h, w, c_in = layer.input.shape
             kh, kw = layer.kernel_size
             macs += h * w * kh * kw * c_in * layer.filters
+        elif isinstance(layer, layers.DepthwiseConv2D):
+            _, h, w, _ = layer.output.shape
+            kh, kw = layer.kernel_size
+            macs += h * w * kh * kw * layer.input.shape[-1] * layer.depth_multiplier
         elif isinstance(layer, layers.Conv2D):
             _, h, w, _ = layer.output.shape
             c_in = layer.input.shape[-1]

@@ -30,7 +30,7 @@ class Profile:
     train_amount_range: tuple[float, float] = (0.0, 0.5)
     models: tuple[str, ...] = ("paper_unet", "dncnn_residual", "switching_unet")
     seed: int = 0
-    eval_amounts: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4)
+    eval_amounts: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5)  # s&p sweep of notebook 05
     max_eval_tiles: int | None = None  # None = every test tile
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     early_stopping_patience: int = 3
@@ -69,11 +69,11 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", tile_size=32, stride=32, batch_size=4, epochs=2, steps_per_epoch=2,
-        eval_amounts=(0.05, 0.1), max_eval_tiles=4,
+        eval_amounts=(0.1, 0.3), max_eval_tiles=4,
         description="seconds: CI and notebook tests; numbers are meaningless",
     ),
     "quick": Profile(
-        name="quick", tile_size=64, stride=16, batch_size=16, epochs=6, steps_per_epoch=40,
+        name="quick", tile_size=64, stride=16, batch_size=16, epochs=10, steps_per_epoch=55,
         description="default of `make reproduce`: the whole study in about 30 minutes on 2 CPU cores",
     ),
     "paper": Profile(

@@ -9,7 +9,8 @@ from ihclib.metrics import psnr
 from ihclib.noise import gaussian, salt_and_pepper
 
 MEDIANS = ("median 3x3", "median 5x5", "adaptive median", "switching median")
-GENERIC = [n for n in available_baselines() if n not in MEDIANS]
+IMPULSE_ONLY = ("switching mean",)  # leaves every non-impulse value as it is: no use on Gaussian noise
+GENERIC = [n for n in available_baselines() if n not in MEDIANS + IMPULSE_ONLY]
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +88,20 @@ def test_filters_refuse_bad_input():
         median3(np.zeros((8, 8), np.float32))
     with pytest.raises(TypeError, match="float"):
         switching_median(np.zeros((8, 8, 3), np.uint8))
+
+
+def test_switching_mean_only_touches_impulses_and_beats_noisy(ihc_crop):
+    from ihclib.baselines import impulse_mask, switching_mean
+    from ihclib.metrics import psnr
+    from ihclib.noise import salt_and_pepper
+
+    clean = np.clip(ihc_crop, 0.01, 0.99)
+    noisy = salt_and_pepper(clean, 0.3, np.random.default_rng(0))
+    out = switching_mean(noisy)
+    keep = ~impulse_mask(noisy)
+    np.testing.assert_array_equal(out[keep], noisy[keep])
+    assert psnr(clean, out) > psnr(clean, noisy) + 15
+    # an isolated impulse becomes the mean of its 8 neighbours
+    img = np.full((5, 5, 3), 0.4, np.float32)
+    img[1:4, 1:4, 0] = [[0.1, 0.2, 0.3], [0.4, 1.0, 0.6], [0.7, 0.8, 0.9]]
+    assert switching_mean(img)[2, 2, 0] == pytest.approx(0.5)

@@ -155,3 +155,32 @@ def test_train_command_errors(capsys):
     assert cli.main(["train", "--profile", "smoke", "--model", "paper_unet", "--model", "dncnn_residual", "--bundle"]) == 2
     assert "exactly one --model" in capsys.readouterr().err
     assert cli.main(["train", "--profile", "smoke", "--epochs", "0"]) == 2
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _StopAfter(__import__("keras").callbacks.Callback):
+    """Simulates a crash at the end of an epoch (after BackupAndRestore has saved it)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise _Interrupt
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes(smoke, tmp_path):
+    profile, ds = smoke
+    profile = profile.with_overrides(epochs=3)
+    with pytest.raises(_Interrupt):
+        train("dncnn_residual", ds, profile, tmp_path, verbose=0, callbacks=[_StopAfter(1)])
+    assert (tmp_path / "backup").exists() and len(pd.read_csv(tmp_path / "log.csv")) == 2
+    res = train("dncnn_residual", ds, profile, tmp_path, verbose=0)
+    assert res.history.index.tolist() == [0, 1, 2]  # epochs 0-1 from the first run, 2 after resuming
+    assert res.sidecar["training"]["resumed"] is True
+    assert not (tmp_path / "backup").exists() and not (tmp_path / "best.weights.h5").exists()

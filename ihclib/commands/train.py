@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train denoising models (the paper's and the modified ones)",
                        description="Train registry models on clean tiles with salt-and-pepper noise made on the fly. "
                                    "Each model is written to OUT_DIR/<model>/: <model>.keras + .json sidecar, "
-                                   "history.csv (Table 1 format), log.csv, best.keras. Rerun the same command "
+                                   "history.csv (Table 1 format), log.csv. Rerun the same command "
                                    "after an interruption to resume.")
     p.add_argument("--profile", default="quick", choices=list(PROFILES), help="run size (default: quick)")
     p.add_argument("--model", action="append", choices=["all", *MODELS], default=None,
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         res = train(name, dataset, profile, out_root / name, seed=args.seed, early_stopping=args.early_stopping,
                     verbose=0 if args.quiet else (1 if sys.stdout.isatty() else 2))
         best = res.best
-        print(f"{name}: best val_loss {best.val_loss:.5f} (epoch {int(best.name)}), val_accuracy "
+        print(f"{name}: best val_loss {best.val_loss:.3g} (epoch {int(best.name)}), val_accuracy "
               f"{best.val_accuracy:.4f}; {res.wall_time_s:.0f} s, {res.tiles_per_s:.1f} tiles/s -> {res.model_path}")
         if args.bundle:
             target = BUNDLE_DIR / "default.keras"

@@ -1,0 +1,185 @@
+"""Inference runtimes for tiled denoising: Keras/TensorFlow, OpenVINO, ONNX Runtime.
+
+TensorFlow's CPU wheel runs convolutions through Eigen kernels built without AVX2/FMA (oneDNN
+is off by default on CPUs without AVX-512), so on a typical laptop or CI core it reaches about
+half of what the same machine's BLAS does. OpenVINO and ONNX Runtime pick their kernels at run
+time for the CPU they find, fold batch normalisation into the convolutions and fuse the
+activations; ``benchmarks/bench.py`` measures all three. Both are optional extras:
+
+* ``openvino`` (``pip install 'ihclib[openvino]'``): converts the model's traced ``tf.function``
+  directly, in a few seconds; no other dependency.
+* ``onnxruntime`` (``pip install 'ihclib[onnx]'``): needs ``tf2onnx`` for the conversion, which
+  takes longer (10-20 s for the paper's network).
+
+A backend is chosen by name: ``"keras"`` (always there), ``"openvino"``, ``"onnxruntime"`` or
+``"auto"`` (the fastest one installed, in the order of :data:`AUTO_ORDER`). ``None`` means the
+``IHCLIB_BACKEND`` environment variable, else ``"keras"``. Every backend gets the same fixed
+input shape ``(batch_size, tile_size, tile_size, 3)`` and is converted once per model and shape
+(cached on the model object, as :func:`ihclib.infer.compiled_predictor` caches its trace).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from typing import Any, Callable
+
+import numpy as np
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+BACKENDS = ("keras", "openvino", "onnxruntime")
+# fastest first, as measured by benchmarks/bench.py on a 2-core AMD EPYC (see README "Performance")
+AUTO_ORDER = ("openvino", "onnxruntime", "keras")
+ENV_VAR = "IHCLIB_BACKEND"
+ONNX_OPSET = 17
+_REQUIRES = {"keras": ("keras",), "openvino": ("openvino",), "onnxruntime": ("onnxruntime", "tf2onnx")}
+_EXTRA = {"openvino": "openvino", "onnxruntime": "onnx"}
+_CACHE_ATTR = "_ihclib_predictors"  # one cache per model object, for every backend
+
+
+def cpu_threads() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def is_available(name: str) -> bool:
+    """Whether the packages a backend needs are installed (nothing is imported)."""
+    return all(importlib.util.find_spec(pkg) is not None for pkg in _REQUIRES[name])
+
+
+def available_backends() -> list[str]:
+    """Installed backends, fastest first."""
+    return [name for name in AUTO_ORDER if is_available(name)]
+
+
+def resolve_backend(name: str | None = None) -> str:
+    """A concrete backend name for ``name`` (None: $IHCLIB_BACKEND, else "keras"; "auto": the
+    fastest installed). ValueError naming the choices, or the extra to install."""
+    if name is None:
+        name = os.environ.get(ENV_VAR) or "keras"
+    name = name.strip().lower()
+    if name == "auto":
+        return available_backends()[0]
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose from auto, {', '.join(BACKENDS)}")
+    if not is_available(name):
+        raise ValueError(f"backend {name!r} is not installed; pip install 'ihclib[{_EXTRA[name]}]'")
+    return name
+
+
+def traced_function(model: Any, tile_size: int, batch_size: int, jit_compile: bool = False):
+    """The model's inference pass as a ``tf.function`` with one fixed input signature."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec((batch_size, tile_size, tile_size, 3), tf.float32, name="tiles")
+    return tf.function(lambda x: model(x, training=False), input_signature=[spec], jit_compile=jit_compile)
+
+
+def to_onnx(model: Any, tile_size: int, batch_size: int) -> bytes:
+    """The model as a serialised ONNX graph with input ``(batch_size, tile_size, tile_size, 3)``."""
+    import tf2onnx
+
+    function = traced_function(model, tile_size, batch_size)
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=ONNX_OPSET)
+    return proto.SerializeToString()
+
+
+def onnxruntime_predictor(model: Any, tile_size: int, batch_size: int, threads: int | None = None) -> Predictor:
+    """numpy batch -> numpy prediction through ONNX Runtime (CPU, all graph optimisations)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or cpu_threads()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(to_onnx(model, tile_size, batch_size), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: np.ascontiguousarray(batch, np.float32)})[0]
+
+    predict.session = session  # type: ignore[attr-defined]
+    return predict
+
+
+def openvino_predictor(model: Any, tile_size: int, batch_size: int, threads: int | None = None,
+                       streams: int = 1) -> Predictor:
+    """numpy batch -> numpy prediction through OpenVINO (CPU plugin, float32 inference).
+
+    ``streams`` 1: one request on all ``threads`` (latency mode). More: the batch is split into
+    ``streams`` parts run at once, each on ``threads / streams`` cores (throughput mode; the
+    parts are padded to equal size). Precision is pinned to f32, so results match Keras also on
+    CPUs where OpenVINO would otherwise infer in bf16.
+    """
+    import openvino as ov
+
+    threads = threads or cpu_threads()
+    streams = max(1, min(streams, batch_size, threads))
+    part = math.ceil(batch_size / streams)
+    converted = ov.convert_model(traced_function(model, tile_size, part).get_concrete_function())
+    config = {"NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+    compiled = ov.Core().compile_model(converted, "CPU", config)
+    if streams == 1:
+        request = compiled.create_infer_request()
+
+        def predict(batch: np.ndarray) -> np.ndarray:
+            request.infer({0: np.ascontiguousarray(batch, np.float32)})
+            return request.get_output_tensor(0).data.copy()  # the request reuses its output buffer
+    else:
+        queue = ov.AsyncInferQueue(compiled, streams)
+        padded = np.zeros((part * streams, tile_size, tile_size, 3), np.float32)
+        out = np.empty_like(padded)
+
+        def collect(request, i):
+            out[i * part : (i + 1) * part] = request.get_output_tensor(0).data
+
+        queue.set_callback(collect)
+
+        def predict(batch: np.ndarray) -> np.ndarray:
+            padded[: len(batch)] = batch
+            for i in range(streams):
+                queue.start_async({0: padded[i * part : (i + 1) * part]}, i)
+            queue.wait_all()
+            return out[: len(batch)].copy()
+
+    predict.compiled = compiled  # type: ignore[attr-defined]
+    return predict
+
+
+def keras_predictor(model: Any, tile_size: int, batch_size: int, jit_compile: bool = False) -> Predictor:
+    """numpy batch -> numpy prediction through the traced ``tf.function`` (no conversion)."""
+    function = traced_function(model, tile_size, batch_size, jit_compile)
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(function(batch))
+
+    predict.function = function  # type: ignore[attr-defined]
+    return predict
+
+
+_BUILDERS = {"keras": keras_predictor, "openvino": openvino_predictor, "onnxruntime": onnxruntime_predictor}
+
+
+def predictor(model: Any, tile_size: int, batch_size: int, backend: str | None = None,
+              jit_compile: bool = False) -> Predictor:
+    """A cached predictor for a Keras model on ``backend`` (resolved with :func:`resolve_backend`).
+
+    ``jit_compile`` (XLA) applies to the Keras backend only.
+    """
+    name = resolve_backend(backend)
+    key = (tile_size, batch_size, jit_compile) if name == "keras" else (name, tile_size, batch_size)
+    cache = getattr(model, _CACHE_ATTR, None)
+    if cache is None:
+        cache = {}
+        # object.__setattr__: keep it out of Keras' attribute tracking (and out of saved files)
+        object.__setattr__(model, _CACHE_ATTR, cache)
+    if key not in cache:
+        if name == "keras":
+            cache[key] = keras_predictor(model, tile_size, batch_size, jit_compile)
+        else:
+            cache[key] = _BUILDERS[name](model, tile_size, batch_size)
+    return cache[key]
