@@ -156,8 +156,10 @@ def conclusion(long_df: pd.DataFrame, target: pd.DataFrame, paper_model: str = "
             verdict = "above" if paper["mean"] > filt_psnr["mean"] else "below"
             text += (f"The paper's network reaches {_fmt(paper)} dB (accuracy {paper_acc['mean']:.3f}), "
                      f"{verdict} the strongest classical filter, {filt}, at {_fmt(filt_psnr)} dB. ")
-        text += (f"The best model, {t['best model']}, {'beats' if t.met else 'does not beat'} it "
-                 f"by {t.margin:+.2f} dB" + (" (confidence intervals disjoint)." if t["clear (CIs disjoint)"] else "."))
+        gap = f"beats it by {t.margin:.2f} dB" if t.met else f"falls short of it by {-t.margin:.2f} dB"
+        text += (f"The best model, {t['best model']}, {gap}"
+                 + (" (confidence intervals disjoint)." if t["clear (CIs disjoint)"] else
+                    " (confidence intervals overlap: not a clear difference)."))
         lines.append(text)
     met = bool(len(target)) and bool(target.met.all())
     lines.append("**Quality target** (best model above the strongest classical filter in PSNR at every amount "

@@ -4,7 +4,8 @@
 
 * builds everything in a temporary folder beside ``reports/`` and swaps it into place only when
   every notebook has succeeded, so a failure leaves the previous ``reports/`` as it was;
-* keeps a failing executed notebook in ``runs/failed/`` and prints its error;
+* keeps a failing executed notebook in ``runs/failed/`` and prints its error (the kernels'
+  own stderr, TensorFlow's start-up lines, goes to ``runs/kernels.log``);
 * writes ``reports/manifest.json``: profile, seed, data, package versions, git commit, CPU/GPU and
   the wall time of each notebook.
 
@@ -20,11 +21,12 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .reports import clean_notebook, git_commit, machine_info, package_versions, runs_dir, write_json
+from .reports import RUNS_ENV_VAR, clean_notebook, git_commit, machine_info, package_versions, runs_dir, write_json
 
 KEEP = ("benchmarks.json",)  # written by `make bench`, not by the notebooks: carried over
 
@@ -34,12 +36,30 @@ def notebooks(root: Path) -> list[Path]:
     return sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
-def _execute(nb: Path, out: Path, params: dict, root: Path) -> float:
+@contextmanager
+def _stderr_to(path: Path):
+    """Send this process's (and so the kernels') file descriptor 2 to ``path`` for a while:
+    the kernels' start-up chatter goes to a log instead of between the progress lines."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _execute(nb: Path, out: Path, params: dict, root: Path, log: Path) -> float:
     import papermill as pm
 
     start = time.perf_counter()
-    pm.execute_notebook(str(nb), str(out), parameters=params, kernel_name="python3",
-                        cwd=str(root), progress_bar=False, log_output=False)
+    with _stderr_to(log):
+        pm.execute_notebook(str(nb), str(out), parameters=params, kernel_name="python3",
+                            cwd=str(root), progress_bar=False, log_output=False)
     return time.perf_counter() - start
 
 
@@ -64,7 +84,9 @@ def run_study(profile: str = "quick", data_dir: str | None = None, reports: str 
     reports_dir = (root / reports).resolve()
     runs_path = runs_dir(runs if runs is not None else root / "runs")
     build = Path(tempfile.mkdtemp(prefix=".reports-build-", dir=root))
-    (build / "notebooks").mkdir()
+    if only and reports_dir.exists():  # a partial run keeps the other notebooks' outputs
+        shutil.copytree(reports_dir, build, dirs_exist_ok=True)
+    (build / "notebooks").mkdir(exist_ok=True)
     book = [nb for nb in notebooks(root) if not only or any(nb.name.startswith(o) for o in only)]
     rel_build = os.path.relpath(build, root)
     timings: dict[str, float] = {}
@@ -76,7 +98,7 @@ def run_study(profile: str = "quick", data_dir: str | None = None, reports: str 
         params = {"profile": profile, "data_dir": data_dir, "reports_dir": rel_build,
                   "runs_dir": os.path.relpath(runs_path, root)}
         try:
-            timings[nb.name] = _execute(nb, out, params, root)
+            timings[nb.name] = _execute(nb, out, params, root, runs_path / "kernels.log")
         except Exception as exc:  # papermill raises its own error types plus kernel failures
             failed = runs_path / "failed"
             failed.mkdir(parents=True, exist_ok=True)
@@ -130,12 +152,13 @@ def make_nbval_refs(dest: str, root: Path | None = None) -> int:
     dest_dir = root / dest
     dest_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ihclib-nbval-runs-") as tmp_runs:
+        # models go where $IHC_RUNS_DIR says (as under `make test`), so no path is injected
+        os.environ[RUNS_ENV_VAR] = tmp_runs
         for nb in notebooks(root):
             print(f"{nb.name} ...", end=" ", flush=True)
             out = dest_dir / nb.name
-            seconds = _execute(nb, out, {"profile": "smoke", "runs_dir": tmp_runs}, root)
-            # nbval runs these with $IHC_RUNS_DIR set, so the stored parameter must not name a path
-            clean_notebook(out, root, {repr(tmp_runs): "None", f'"{tmp_runs}"': "None"})
+            seconds = _execute(nb, out, {"profile": "smoke"}, root, Path(tmp_runs) / "kernels.log")
+            clean_notebook(out, root)
             print(f"{seconds:.1f} s")
     return 0
 
@@ -149,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", help="run only notebooks whose name starts with these prefixes")
     parser.add_argument("--nbval-refs", metavar="DIR", help="write smoke-profile reference notebooks for nbval")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the kernels inherit it: no TF banner in outputs
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the kernels inherit it: no TF C++ log lines
     if args.nbval_refs:
         return make_nbval_refs(args.nbval_refs)
     data_dir = args.data_dir or os.environ.get("IHC_DATA_DIR") or None

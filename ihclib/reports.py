@@ -140,6 +140,9 @@ def machine_info() -> dict:
 
 
 _TMP_RE = re.compile(r"/tmp/[^\s'\"\\,)]*")
+# TensorFlow's C++ start-up lines (absl logs written before logging is set up, e.g. "oneDNN
+# custom operations are on", "Could not find cuda drivers") ignore TF_CPP_MIN_LOG_LEVEL
+_TF_LOG_RE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)|[IWE]\d{4} \d\d:\d\d:\d\d)")
 
 
 def sanitize_text(text: str, root: Path | None = None) -> str:
@@ -156,7 +159,8 @@ def sanitize_text(text: str, root: Path | None = None) -> str:
 
 def clean_notebook(path: str | os.PathLike, root: Path | None = None, replace: dict[str, str] | None = None) -> None:
     """Strip machine-specific data from an executed notebook in place: papermill's input_path and
-    output_path, absolute paths in sources and outputs, and kernel-side timestamps."""
+    output_path, absolute paths in sources and outputs, TensorFlow's C++ start-up log lines and
+    kernel-side timestamps."""
     import nbformat
 
     path = Path(path)
@@ -170,6 +174,16 @@ def clean_notebook(path: str | os.PathLike, root: Path | None = None, replace: d
     text = sanitize_text(text, root)
     nb = nbformat.reads(text, as_version=4)
     for cell in nb.cells:
+        outputs = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                out["text"] = "".join(line for line in out["text"].splitlines(keepends=True)
+                                      if not _TF_LOG_RE.match(line))
+                if not out["text"].strip():
+                    continue
+            outputs.append(out)
+        if cell.cell_type == "code":
+            cell.outputs = outputs
         cell.metadata.pop("execution", None)
         cell.metadata.get("papermill", {}).pop("start_time", None)
         cell.metadata.get("papermill", {}).pop("end_time", None)
