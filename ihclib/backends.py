@@ -80,23 +80,34 @@ def traced_function(model: Any, tile_size: int, batch_size: int, jit_compile: bo
     return tf.function(lambda x: model(x, training=False), input_signature=[spec], jit_compile=jit_compile)
 
 
-def to_onnx(model: Any, tile_size: int, batch_size: int) -> bytes:
-    """The model as a serialised ONNX graph with input ``(batch_size, tile_size, tile_size, 3)``."""
+def to_onnx(model: Any, tile_size: int, batch_size: int | None = None) -> bytes:
+    """The model as a serialised ONNX graph with input ``(batch_size, tile_size, tile_size, 3)``
+    (``batch_size`` None: any batch)."""
+    import tensorflow as tf
     import tf2onnx
 
-    function = traced_function(model, tile_size, batch_size)
-    proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=ONNX_OPSET)
+    spec = tf.TensorSpec((batch_size, tile_size, tile_size, 3), tf.float32, name="tiles")
+    function = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=[spec], opset=ONNX_OPSET)
     return proto.SerializeToString()
 
 
 def onnxruntime_predictor(model: Any, tile_size: int, batch_size: int, threads: int | None = None) -> Predictor:
-    """numpy batch -> numpy prediction through ONNX Runtime (CPU, all graph optimisations)."""
+    """numpy batch -> numpy prediction through ONNX Runtime (CPU, all graph optimisations).
+
+    The model is converted once per tile size with a free batch dimension (the conversion is
+    the slow part: 10-20 s for the paper's network), so every batch size shares one session.
+    """
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or cpu_threads()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(to_onnx(model, tile_size, batch_size), options, providers=["CPUExecutionProvider"])
+    cache = _model_cache(model)
+    key = ("onnxruntime-session", tile_size, threads)
+    if key not in cache:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or cpu_threads()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        cache[key] = ort.InferenceSession(to_onnx(model, tile_size), options, providers=["CPUExecutionProvider"])
+    session = cache[key]
     name = session.get_inputs()[0].name
 
     def predict(batch: np.ndarray) -> np.ndarray:
@@ -172,14 +183,20 @@ def predictor(model: Any, tile_size: int, batch_size: int, backend: str | None =
     """
     name = resolve_backend(backend)
     key = (tile_size, batch_size, jit_compile) if name == "keras" else (name, tile_size, batch_size)
-    cache = getattr(model, _CACHE_ATTR, None)
-    if cache is None:
-        cache = {}
-        # object.__setattr__: keep it out of Keras' attribute tracking (and out of saved files)
-        object.__setattr__(model, _CACHE_ATTR, cache)
+    cache = _model_cache(model)
     if key not in cache:
         if name == "keras":
             cache[key] = keras_predictor(model, tile_size, batch_size, jit_compile)
         else:
             cache[key] = _BUILDERS[name](model, tile_size, batch_size)
     return cache[key]
+
+
+def _model_cache(model: Any) -> dict:
+    """The dict of converted forms kept on a model object (created on first use)."""
+    cache = getattr(model, _CACHE_ATTR, None)
+    if cache is None:
+        cache = {}
+        # object.__setattr__: keep it out of Keras' attribute tracking (and out of saved files)
+        object.__setattr__(model, _CACHE_ATTR, cache)
+    return cache

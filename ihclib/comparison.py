@@ -137,8 +137,9 @@ def architecture_table(models: Mapping[str, TrainedModel], long_df: pd.DataFrame
 
 
 def conclusion(long_df: pd.DataFrame, target: pd.DataFrame, paper_model: str = "paper_unet",
-               noise: str = "s&p") -> str:
-    """Plain-words Markdown summary of where the paper's model and the best model stand."""
+               noise: str = "s&p", model_names: Sequence[str] = (), baseline_names: Sequence[str] = ()) -> str:
+    """Plain-words Markdown summary of where the paper's model and the best model stand (and,
+    given the model and filter names, at which amounts of the whole sweep each side leads)."""
     lines = []
     for _, t in target.iterrows():
         a = t.amount
@@ -161,6 +162,14 @@ def conclusion(long_df: pd.DataFrame, target: pd.DataFrame, paper_model: str = "
                  + (" (confidence intervals disjoint)." if t["clear (CIs disjoint)"] else
                     " (confidence intervals overlap: not a clear difference)."))
         lines.append(text)
+    if model_names and baseline_names:
+        amounts = sorted(set(long_df[(long_df.noise == noise) & (long_df.metric == "psnr")].amount))
+        sweep = quality_target(long_df, model_names, baseline_names, amounts=amounts, noise=noise)
+        ahead = [f"{a:.0%}" for a in sweep.amount[sweep.met]]
+        behind = [f"{a:.0%} ({f}, {m:+.2f} dB)" for a, f, m in
+                  zip(sweep.amount[~sweep.met], sweep["strongest filter"][~sweep.met], sweep.margin[~sweep.met])]
+        lines.append(f"Across the whole {noise} sweep the best model leads the classical filters in PSNR at "
+                     f"{', '.join(ahead) or 'no amount'}" + (f"; a filter leads at {', '.join(behind)}." if behind else "."))
     met = bool(len(target)) and bool(target.met.all())
     lines.append("**Quality target** (best model above the strongest classical filter in PSNR at every amount "
                  f"listed): **{'met' if met else 'not met'}**.")
@@ -181,3 +190,18 @@ def headline(long_df: pd.DataFrame, amounts: Sequence[float] = (0.1, 0.3), noise
         for a in amounts:
             cols[f"{label} @{a:.0%}"] = [_fmt(_value(long_df, m, metric, a, noise), digits) for m in methods]
     return pd.DataFrame(cols, index=pd.Index(methods, name="method"))
+
+
+def noisy_input_scores(clean_tiles: np.ndarray, amounts: Sequence[float], seed: int = 0) -> pd.DataFrame:
+    """What doing nothing scores: mean PSNR, SSIM and the paper's "accuracy" of the noisy input
+    at each salt-and-pepper amount (the floor every restoration has to be read against)."""
+    from .evaluate import evaluate
+    from .noise import NoiseSpec
+
+    long_df = evaluate(clean_tiles, {}, [NoiseSpec("s&p", a) for a in amounts], seed=seed, include_clean=False)
+    table = long_df[long_df.method == NOISY].pivot(index="amount", columns="metric", values="mean")
+    table = table[["accuracy", "psnr", "ssim"]].rename(columns={"accuracy": "accuracy of noisy input",
+                                                               "psnr": "PSNR (dB)", "ssim": "SSIM"})
+    table.index.name = "s&p amount"
+    table.columns.name = None
+    return table.reset_index()

@@ -226,9 +226,12 @@ def plot_metric_vs_amount(
     ax=None,
     noise: str | None = None,
     methods: Sequence[str] | None = None,
+    band: bool = True,
+    legend: bool = True,
 ):
     """Mean of ``metric`` against the noise amount, one line per method, 95 % CI as a band.
 
+    ``band`` draws the CI as a shaded band; ``legend`` adds a legend to ``ax``.
     ``noise`` picks the noise kind; by default the only one present, else "s&p". Non-finite
     means (the clean image's PSNR) are not drawn. Returns the matplotlib Axes.
     """
@@ -250,9 +253,9 @@ def plot_metric_vs_amount(
         _, ax = plt.subplots(figsize=(6, 4))
     # one colour per method across every plot of the same table, whatever is drawn
     others = [m for m in dict.fromkeys(long_df.method) if m not in (NOISY, CLEAN)]
-    palette = plt.get_cmap("tab10").colors
+    palette = plt.get_cmap("tab20").colors  # 20 distinct colours: a dozen methods never share one
     styles = {NOISY: {"color": "k", "linestyle": "--"}, CLEAN: {"color": "0.6", "linestyle": ":"},
-              **{m: {"color": palette[i % len(palette)]} for i, m in enumerate(others)}}
+              **{m: {"color": palette[(2 * i) % 20 + (2 * i) // 20 % 2]} for i, m in enumerate(others)}}
     for name in methods or list(dict.fromkeys(df.method)):
         d = df[(df.method == name) & np.isfinite(df["mean"])].sort_values("amount")
         if d.empty:
@@ -260,10 +263,12 @@ def plot_metric_vs_amount(
         style = styles.get(name, {})
         ax.plot(d.amount, d["mean"], marker="o", label=name, **style)
         ok = np.isfinite(d.ci_low) & np.isfinite(d.ci_high)
-        ax.fill_between(d.amount[ok], d.ci_low[ok], d.ci_high[ok], color=style.get("color"), alpha=0.15)
+        if band:
+            ax.fill_between(d.amount[ok], d.ci_low[ok], d.ci_high[ok], color=style.get("color"), alpha=0.12)
     ax.set_xlabel("s&p amount" if noise.startswith("s&p") else f"{noise} level")
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     ax.set_title(f"{METRIC_LABELS.get(metric, metric)} vs {noise} level (mean, 95% CI)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    if legend:
+        ax.legend(fontsize="small")
     return ax

@@ -245,10 +245,3 @@ def load_default_model() -> tuple[Any, dict]:
             "or pass --model PATH.keras"
         )
     return load_model(path)
-
-
-def sidecar_tile_size(sidecar: dict) -> int | None:
-    """The tile size the model was trained with, from its sidecar's profile, if recorded."""
-    profile = sidecar.get("profile") if isinstance(sidecar, dict) else None
-    size = profile.get("tile_size") if isinstance(profile, dict) else None
-    return int(size) if size else None

@@ -305,3 +305,13 @@ def compare_with_paper(model: keras.Model) -> pd.DataFrame:
         & (both.paper_params == both.model_params)
     )
     return both
+
+
+def cost_table(names: list[str] | None = None, tile_size: int = 256) -> pd.DataFrame:
+    """Parameters and GFLOPs per ``tile_size`` tile of registry models (default: all)."""
+    rows = []
+    for name in names or list(MODELS):
+        model = build_model(name, tile_size)
+        rows.append({"model": name, "description": DESCRIPTIONS[name], "params": count_params(model)["total"],
+                     f"GFLOPs per {tile_size}x{tile_size} tile": count_flops(model) / 1e9})
+    return pd.DataFrame(rows)

@@ -119,6 +119,10 @@ def run_study(profile: str = "quick", data_dir: str | None = None, reports: str 
         clean_notebook(out, root, {rel_build: reports})
         print(f"done in {timings[nb.name]:.1f} s", flush=True)
 
+    def machine() -> dict:
+        with _stderr_to(runs_path / "kernels.log"):  # importing TensorFlow prints its start-up lines
+            return machine_info()
+
     manifest = {
         "profile": asdict(prof),
         "seed": prof.seed,
@@ -127,7 +131,7 @@ def run_study(profile: str = "quick", data_dir: str | None = None, reports: str 
         "wall_time_s": {k: round(v, 1) for k, v in timings.items()},
         "total_wall_time_s": round(time.perf_counter() - started, 1),
         "git_commit": git_commit(root),
-        "machine": machine_info(),
+        "machine": machine(),
         "packages": package_versions(),
     }
     write_json(build / "manifest.json", manifest)

