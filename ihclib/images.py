@@ -170,6 +170,13 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         return load_image(path).shape
 
 
+def default_file_mode() -> int:
+    """Permissions a plain ``open()`` would give a new file (0666 minus the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def save_image(
     path: str | os.PathLike,
     rgb: np.ndarray,
@@ -209,6 +216,7 @@ def save_image(
                 Path(tmp).write_bytes(_imagecodecs().png_encode(pixels))
             else:
                 Image.fromarray(pixels).save(tmp, format="PNG" if ext == ".png" else "JPEG", quality=95)
+        os.chmod(tmp, default_file_mode())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     except Exception as exc:
         Path(tmp).unlink(missing_ok=True)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .images import default_file_mode
+
 RUNS_ENV_VAR = "IHC_RUNS_DIR"
 PACKAGES = ("ihclib", "tensorflow", "keras", "numpy", "scikit-image", "scipy", "pandas", "matplotlib",
             "papermill", "nbval", "onnxruntime")
@@ -66,6 +68,7 @@ def _atomic_write(path: Path, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, default_file_mode())  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -217,3 +217,16 @@ def test_save_image_never_overwrites(tmp_path):
     save_image(p, np.zeros((4, 4, 3), np.float32), overwrite=True)
     assert load_image(p).shape == (4, 4)
     assert [f.name for f in tmp_path.iterdir()] == ["out.png"]  # no temp file left behind
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from ihclib.images import default_file_mode
+    from ihclib.reports import report_dirs, save_table
+
+    p = save_image(tmp_path / "x.png", np.zeros((4, 4, 3), np.float32))
+    assert stat.S_IMODE(os.stat(p).st_mode) == default_file_mode()
+    t = save_table(__import__("pandas").DataFrame({"a": [1]}), report_dirs(tmp_path), "t")
+    assert stat.S_IMODE(os.stat(t).st_mode) == default_file_mode() != 0o600
