@@ -16,9 +16,10 @@ One run measures, writes ``reports/benchmarks.json`` (atomically) and prints a t
   the choice is on record. oneDNN is a switch read when TensorFlow is imported, so its "off"
   numbers come from a child process.
 
-Timings are the best of repeated calls after a warm-up call (graph tracing, conversion), which
-is robust to other processes briefly taking a core; the load average before and after is
-recorded. ``--wait-idle LOAD`` first waits (up to 20 minutes) for the 1-minute load to drop.
+Timings are the best of repeated calls (training: steps) after a warm-up call (graph tracing,
+conversion), which is robust to other processes briefly taking a core; the 1-minute load
+average is recorded with every measurement and before and after the run. ``--wait-idle LOAD``
+first waits (up to 20 minutes) for the 1-minute load to drop below LOAD.
 """
 
 from __future__ import annotations
@@ -50,19 +51,19 @@ class Config:
     tile_size: int = 256
     batch_sizes: tuple[int, ...] = (1, 4, 8, 16)
     main_batch: int = 8  # batch of the comparisons (predict ratio, oneDNN off, XLA)
-    min_time: float = 2.0  # seconds of timed calls per measurement (after the warm-up call)
+    min_time: float = 1.5  # seconds of timed calls per measurement (after the warm-up call)
     min_calls: int = 3
     matmul_n: int = 2048
     predict_tiles: int = 32
     train_batch: int = 8
-    train_steps: int = 3  # timed steps after train_warmup steps
-    train_warmup: int = 2
+    train_steps: int = 4  # timed steps (per variant, taking turns) after train_warmup steps
+    train_warmup: int = 1  # the first step traces the graph and creates the optimizer's slots
     denoise_size: int = 4096
     denoise_batch: int = 8
     denoise_overlap: int = 32  # the CLI's default
     backends: tuple[str, ...] = ("keras", "openvino", "onnxruntime")  # those installed are run
     variant_backends: tuple[str, ...] = ("keras+xla", "openvino-1stream", "openvino-2streams")
-    variants: bool = True  # XLA, oneDNN off, determinism, cached data: the "did not help" list
+    variants: bool = True  # XLA, oneDNN off, OpenVINO streams, op determinism: the alternatives
 
 
 FULL = Config()
@@ -180,30 +181,45 @@ def bench_inference(model, tile_size: int, batch_sizes: tuple[int, ...], backend
             setup = time.perf_counter() - start
             t = time_calls(lambda: predict(tiles), batch, min_time, min_calls, warmup=0)
             rows.append({"backend": backend, "batch": batch, **rates(t["tiles_per_s"], flops_per_tile, peak_gflops),
-                         "mean_tiles_per_s": round(t["mean_tiles_per_s"], 3), "setup_s": round(setup, 2)})
+                         "mean_tiles_per_s": round(t["mean_tiles_per_s"], 3), "setup_s": round(setup, 2),
+                         "load_1min": load_average()[:1]})
     return rows
 
 
 def bench_predict_ratio(model, tile_size: int, n_tiles: int, batch_size: int, backends: list[str],
-                        min_time: float, min_calls: int = 3) -> dict:
-    """Seconds for ``n_tiles`` tiles: ``model.predict`` against the project's path per backend
-    (``ihclib.backends.predictor``, what ``ihclib.infer.denoise`` calls), and the ratios."""
+                        rounds: int = 3) -> dict:
+    """tiles/s on the same ``n_tiles`` tiles: ``model.predict`` against the project's path per
+    backend (``ihclib.backends.predictor``, what ``ihclib.infer.denoise`` calls), and the ratios.
+
+    After one warm-up pass each, the methods take turns for ``rounds`` rounds (best pass counts),
+    so a busier moment of a shared machine does not favour one of them.
+    """
     from ihclib.backends import predictor
 
     tiles = np.random.default_rng(1).random((n_tiles, tile_size, tile_size, 3), dtype=np.float32)
-    out = {"tiles": n_tiles, "batch": batch_size}
-    t = time_calls(lambda: model.predict(tiles, batch_size=batch_size, verbose=0), n_tiles, min_time, min_calls)
-    out["predict_tiles_per_s"] = round(t["tiles_per_s"], 3)
-    for backend in backends:
-        predict = predictor(model, tile_size, batch_size, backend)
 
+    def through(predict):
         def run_all():
             for i in range(0, n_tiles, batch_size):
                 predict(tiles[i : i + batch_size])
+        return run_all
 
-        t = time_calls(run_all, n_tiles, min_time, min_calls)
-        out[f"{backend}_tiles_per_s"] = round(t["tiles_per_s"], 3)
-        out[f"ratio_{backend}_vs_predict"] = round(t["tiles_per_s"] / out["predict_tiles_per_s"], 2)
+    methods = {"predict": lambda: model.predict(tiles, batch_size=batch_size, verbose=0)}
+    methods.update({b: through(predictor(model, tile_size, batch_size, b)) for b in backends})
+    best = {}
+    for name, fn in methods.items():
+        fn()  # warm-up: tracing, conversion
+        best[name] = float("inf")
+    for _ in range(rounds):
+        for name, fn in methods.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    out = {"tiles": n_tiles, "batch": batch_size, "rounds": rounds,
+           "predict_tiles_per_s": round(n_tiles / best["predict"], 3)}
+    for b in backends:
+        out[f"{b}_tiles_per_s"] = round(n_tiles / best[b], 3)
+        out[f"ratio_{b}_vs_predict"] = round(best["predict"] / best[b], 2)
     return out
 
 
@@ -234,13 +250,16 @@ def training_tiles(tile_size: int, n: int = 16, seed: int = 0) -> np.ndarray:
 
 
 def bench_training(tile_size: int, batch_size: int, steps: int, warmup: int, flops_per_tile: int,
-                   peak_gflops: float, jit_compile: bool = False, data: str = "pipeline",
-                   determinism: bool = False, learning_rate: float = 1e-3) -> dict:
-    """tiles/s of ``model.fit`` on the paper's network with ``ihclib.train``'s compile settings
-    (Adam, MSE, "accuracy"), timed per step after ``warmup`` steps (tracing, first allocations).
+                   peak_gflops: float, jit_compile: tuple[bool, ...] = (False,), determinism: bool = False,
+                   learning_rate: float = 1e-3) -> list[dict]:
+    """Training tiles/s of the paper's network with ``ihclib.train``'s compile settings (Adam, MSE,
+    "accuracy"), one row per ``jit_compile`` (XLA) setting.
 
-    ``data``: "pipeline" = ``ihclib.train.make_train_pipeline`` (noise made on the fly, as
-    training does), "cached" = one fixed batch repeated (what the model alone can do).
+    Each variant is its own compiled model, stepped with ``train_on_batch`` (the train step that
+    ``model.fit`` runs) on batches from ``ihclib.train.make_train_pipeline`` (noise made on the
+    fly, prefetched, as in training; :func:`bench_pipeline` shows it alone is far faster). After
+    ``warmup`` steps each (tracing, optimizer slots), the variants take turns, one step at a
+    time, so a slower period of a shared machine hits all of them alike.
     ``determinism``: TF op determinism, as ``ihclib.train.train`` sets it (process-wide: it
     stays on once set). On a GPU the mixed_float16 policy is used.
     """
@@ -254,30 +273,37 @@ def bench_training(tile_size: int, batch_size: int, steps: int, warmup: int, flo
         tf.config.experimental.enable_op_determinism()
     gpu = bool(tf.config.list_physical_devices("GPU"))
     keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "float32")
-    keras.utils.set_random_seed(0)
-    model = build_paper_model(None)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse", metrics=["accuracy"],
-                  jit_compile=jit_compile)
-    tiles = training_tiles(tile_size, max(16, batch_size))
-    ds = make_train_pipeline(tiles, batch_size, seed=0, amount_range=(0.0, 0.3))
-    if data == "cached":
-        ds = ds.take(1).cache().repeat()
-    elif data != "pipeline":
-        raise ValueError(f"data must be 'pipeline' or 'cached', got {data!r}")
-
-    stamps: list[float] = []
-    timer = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: stamps.append(time.perf_counter()))
-    start = time.perf_counter()
-    model.fit(ds, epochs=1, steps_per_epoch=warmup + steps, callbacks=[timer], verbose=0)
-    keras.mixed_precision.set_global_policy("float32")
-    timed = stamps[warmup - 1 :] if warmup else [start, *stamps]
-    seconds = timed[-1] - timed[0]
-    per_s = steps * batch_size / seconds
-    variant = ("xla" if jit_compile else "default") + (", cached data" if data == "cached" else "") + (
-        ", op determinism" if determinism else "")
-    return {"variant": variant, "batch": batch_size, "steps": steps, "seconds": round(seconds, 2),
-            "warmup_s": round(timed[0] - start, 2), "mixed_precision": gpu,
-            **rates(per_s, flops_per_tile, peak_gflops, TRAIN_FLOP_FACTOR)}
+    batches = iter(make_train_pipeline(training_tiles(tile_size, max(16, batch_size)), batch_size, seed=0,
+                                       amount_range=(0.0, 0.3)))
+    models, warm = [], []
+    try:
+        for jit in jit_compile:
+            keras.utils.set_random_seed(0)
+            model = build_paper_model(None)
+            model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse", metrics=["accuracy"],
+                          jit_compile=jit)
+            start = time.perf_counter()
+            for _ in range(warmup):
+                model.train_on_batch(*next(batches))
+            warm.append(time.perf_counter() - start)
+            models.append(model)
+        step_s: list[list[float]] = [[] for _ in models]
+        for _ in range(steps):
+            for model, times in zip(models, step_s):
+                noisy, clean = next(batches)
+                start = time.perf_counter()
+                model.train_on_batch(noisy, clean)
+                times.append(time.perf_counter() - start)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    rows = []
+    for jit, w, times in zip(jit_compile, warm, step_s):
+        variant = ("XLA" if jit else "default") + (" + op determinism" if determinism else "")
+        rows.append({"variant": variant, "batch": batch_size, "steps": steps, "seconds": round(sum(times), 2),
+                     "warmup_s": round(w, 2), "mixed_precision": gpu,
+                     **rates(batch_size / min(times), flops_per_tile, peak_gflops, TRAIN_FLOP_FACTOR),
+                     "mean_tiles_per_s": round(steps * batch_size / sum(times), 3), "load_1min": load_average()[:1]})
+    return rows
 
 
 def bench_pipeline(tile_size: int, batch_size: int, batches: int = 5) -> dict:
@@ -378,7 +404,7 @@ def child_measurements(cfg: Config, peak_gflops: float) -> dict:
     out = {"inference": bench_inference(model, cfg.tile_size, (cfg.main_batch,), ["keras"], flops, peak_gflops,
                                         cfg.min_time, cfg.min_calls)}
     out["training"] = bench_training(cfg.tile_size, cfg.train_batch, cfg.train_steps, cfg.train_warmup, flops,
-                                     peak_gflops)
+                                     peak_gflops)[0]
     return out
 
 
@@ -402,7 +428,7 @@ def run_benchmark(cfg: Config, out_path: Path | None = DEFAULT_OUT, log: Callabl
     import tensorflow as tf
 
     from ihclib import reports
-    from ihclib.model import build_paper_model, count_flops
+    from ihclib.model import MODELS, build_paper_model, count_flops
 
     t0 = time.perf_counter()
     result: dict[str, Any] = {
@@ -413,7 +439,8 @@ def run_benchmark(cfg: Config, out_path: Path | None = DEFAULT_OUT, log: Callabl
                      "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads() or "default"},
         "notes": {"flops": "FLOPs per tile = ihclib.model.count_flops (2 x MACs of the convolutions); "
                            f"training = {TRAIN_FLOP_FACTOR} x forward",
-                  "timing": "tiles/s of the fastest timed call after a warm-up call; mean_tiles_per_s over all"},
+                  "timing": "tiles/s of the fastest timed call (inference) or step (training) after warm-up; "
+                            "mean_tiles_per_s over all timed calls; load_1min = load average when measured"},
     }
     log(f"benchmark ({cfg.name}) on {result['machine']['cpu']}, {result['machine']['cores']} cores, "
         f"load {result['load_average_before']}")
@@ -436,11 +463,11 @@ def run_benchmark(cfg: Config, out_path: Path | None = DEFAULT_OUT, log: Callabl
     log(f"inference: {len(rows)} measurements done ({time.perf_counter() - t0:.0f} s)")
     result["agreement_max_abs_diff_vs_keras"] = check_agreement(model, cfg.tile_size, backends)
     result["predict_ratio"] = bench_predict_ratio(model, cfg.tile_size, cfg.predict_tiles, cfg.main_batch, backends,
-                                                  cfg.min_time, cfg.min_calls)
+                                                  max(1, cfg.min_calls))
 
-    # ihclib denoise on the big image, Keras and the fastest other backend
-    at_batch = [r for r in rows if r["batch"] == cfg.denoise_batch] or rows
-    best = max(at_batch, key=lambda r: r["tiles_per_s"])
+    # ihclib denoise on the big image: Keras and the fastest other backend at the CLI's batch size
+    others = [r for r in rows if r["batch"] == cfg.denoise_batch and r["backend"] != "keras"]
+    cli_backends = ["keras"] + ([max(others, key=lambda r: r["tiles_per_s"])["backend"]] if others else [])
     denoise_rows = []
     with tempfile.TemporaryDirectory(prefix="ihclib-bench-") as tmp:
         from ihclib.infer import bundled_model_path
@@ -448,19 +475,29 @@ def run_benchmark(cfg: Config, out_path: Path | None = DEFAULT_OUT, log: Callabl
 
         bundled = bundled_model_path()
         if bundled.is_file():
-            model_path, which = bundled, "bundled model (ihclib/models/default.keras)"
+            side = bundled.with_suffix(".json")
+            arch = json.loads(side.read_text()).get("architecture", "?") if side.is_file() else "?"
+            model_path, which = bundled, f"bundled model ihclib/models/default.keras ({arch})"
         else:
-            model_path, which = Path(tmp) / "paper_unet.keras", "paper_unet, random weights (no bundled model)"
+            arch, model_path = "paper_unet", Path(tmp) / "paper_unet.keras"
+            which = "paper_unet, random weights (no bundled model)"
             save_model(model, model_path, {"architecture": "paper_unet"})
-        for backend in dict.fromkeys(["keras", best["backend"]]):
-            denoise_rows.append(bench_denoise_cli(model_path, cfg.denoise_size, tmp, backend, cfg.denoise_batch,
-                                                  cfg.tile_size, cfg.denoise_overlap))
+        cli_flops = count_flops(arch, cfg.tile_size) if arch in MODELS else None
+        for backend in cli_backends:
+            run = bench_denoise_cli(model_path, cfg.denoise_size, tmp, backend, cfg.denoise_batch, cfg.tile_size,
+                                    cfg.denoise_overlap)
+            if cli_flops and run["tiles_per_s"]:
+                run.update({k: v for k, v in rates(run["tiles_per_s"], cli_flops, peak_gflops).items()
+                            if k != "tiles_per_s"})
+            denoise_rows.append(run)
             log(f"ihclib denoise {cfg.denoise_size}px ({backend}): {denoise_rows[-1]['seconds']} s")
-    result["denoise_cli"] = {"model": which, "image": f"{cfg.denoise_size}x{cfg.denoise_size} uint8 PNG, embedded IHC "
+    result["denoise_cli"] = {"model": which, "flops_per_tile": cli_flops, "image": f"{cfg.denoise_size}x{cfg.denoise_size} uint8 PNG, embedded IHC "
                              "image mirrored out, s&p 0.1", "runs": denoise_rows}
 
-    train_rows = [bench_training(cfg.tile_size, cfg.train_batch, cfg.train_steps, cfg.train_warmup, flops, peak_gflops)]
-    log(f"training: {train_rows[-1]['tiles_per_s']} tiles/s ({time.perf_counter() - t0:.0f} s)")
+    train = dict(tile_size=cfg.tile_size, batch_size=cfg.train_batch, steps=cfg.train_steps,
+                 warmup=cfg.train_warmup, flops_per_tile=flops, peak_gflops=peak_gflops)
+    train_rows = bench_training(**train, jit_compile=(False, True) if cfg.variants else (False,))
+    log(f"training: {train_rows[0]['tiles_per_s']} tiles/s ({time.perf_counter() - t0:.0f} s)")
     result["pipeline"] = bench_pipeline(cfg.tile_size, cfg.train_batch)
 
     variants: dict[str, Any] = {}
@@ -468,16 +505,11 @@ def run_benchmark(cfg: Config, out_path: Path | None = DEFAULT_OUT, log: Callabl
         others = installed(cfg.variant_backends)
         variants["inference"] = bench_inference(model, cfg.tile_size, (cfg.main_batch,), others, flops,
                                                 peak_gflops, cfg.min_time, cfg.min_calls)
-        train_rows.append(bench_training(cfg.tile_size, cfg.train_batch, cfg.train_steps, cfg.train_warmup, flops,
-                                         peak_gflops, data="cached"))
-        train_rows.append(bench_training(cfg.tile_size, cfg.train_batch, cfg.train_steps, cfg.train_warmup, flops,
-                                         peak_gflops, jit_compile=True))
-        log(f"variants: XLA and cached data done ({time.perf_counter() - t0:.0f} s)")
+        log(f"variants: inference done ({time.perf_counter() - t0:.0f} s)")
         variants["onednn_off"] = run_child(cfg, peak_gflops, {"TF_ENABLE_ONEDNN_OPTS": "0"})
         log(f"variants: oneDNN off done ({time.perf_counter() - t0:.0f} s)")
-        # last: op determinism cannot be switched off again in this process
-        train_rows.append(bench_training(cfg.tile_size, cfg.train_batch, cfg.train_steps, cfg.train_warmup, flops,
-                                         peak_gflops, determinism=True))
+        # last: op determinism (ihclib.train sets it) cannot be switched off again in this process
+        train_rows += bench_training(**train, jit_compile=(False, True), determinism=True)
     result["training"] = train_rows
     result["variants"] = variants
     result["load_average_after"] = load_average()
@@ -523,7 +555,8 @@ def format_report(result: dict) -> str:
     den = result["denoise_cli"]
     for r in den["runs"]:
         lines.append(f"ihclib denoise {r['size']}x{r['size']} ({r['tiles']} tiles, {r['backend']}): {r['seconds']} s "
-                     f"(wall {r['wall_s']} s with start-up), peak RSS {r['peak_rss_mib']:.0f} MiB")
+                     f"(wall {r['wall_s']} s with start-up), peak RSS {r['peak_rss_mib']:.0f} MiB"
+                     + (f", {r['gflops']} GFLOP/s = {r['pct_peak']}% of peak" if "gflops" in r else ""))
     lines.append(f"  model: {den['model']}")
     lines.append(f"total {result['total_s']} s")
     return "\n".join(lines)

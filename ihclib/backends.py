@@ -1,10 +1,13 @@
 """Inference runtimes for tiled denoising: Keras/TensorFlow, OpenVINO, ONNX Runtime.
 
-TensorFlow's CPU wheel runs convolutions through Eigen kernels built without AVX2/FMA (oneDNN
-is off by default on CPUs without AVX-512), so on a typical laptop or CI core it reaches about
-half of what the same machine's BLAS does. OpenVINO and ONNX Runtime pick their kernels at run
-time for the CPU they find, fold batch normalisation into the convolutions and fuse the
-activations; ``benchmarks/bench.py`` measures all three. Both are optional extras:
+TensorFlow's CPU wheel runs convolutions through Eigen kernels built without AVX2/FMA unless
+its oneDNN kernels are on (``TF_ENABLE_ONEDNN_OPTS=1``, which ``import ihclib`` sets by default
+because TensorFlow turns them on only on CPUs with AVX-512 VNNI/AMX). With oneDNN the Keras path
+is as fast as the two runtimes below at the batch sizes ``ihclib denoise`` uses; without it
+(TensorFlow imported before ihclib, or the variable set to 0) it is about 3x slower.
+OpenVINO and ONNX Runtime pick their kernels at run time for the CPU they find, fold batch
+normalisation into the convolutions and fuse the activations; ``benchmarks/bench.py`` measures
+all three. Both are optional extras:
 
 * ``openvino`` (``pip install 'ihclib[openvino]'``): converts the model's traced ``tf.function``
   directly, in a few seconds; no other dependency.
@@ -12,8 +15,8 @@ activations; ``benchmarks/bench.py`` measures all three. Both are optional extra
   takes longer (10-20 s for the paper's network).
 
 A backend is chosen by name: ``"keras"`` (always there), ``"openvino"``, ``"onnxruntime"`` or
-``"auto"`` (the fastest one installed, in the order of :data:`AUTO_ORDER`). ``None`` means the
-``IHCLIB_BACKEND`` environment variable, else ``"keras"``. Every backend gets the same fixed
+``"auto"`` (Keras when oneDNN is on, else the first installed of :data:`AUTO_ORDER`). ``None``
+means the ``IHCLIB_BACKEND`` environment variable, else ``"keras"``. Every backend gets the same fixed
 input shape ``(batch_size, tile_size, tile_size, 3)`` and is converted once per model and shape
 (cached on the model object, as :func:`ihclib.infer.compiled_predictor` caches its trace).
 """
@@ -30,7 +33,8 @@ import numpy as np
 Predictor = Callable[[np.ndarray], np.ndarray]
 
 BACKENDS = ("keras", "openvino", "onnxruntime")
-# fastest first, as measured by benchmarks/bench.py on a 2-core AMD EPYC (see README "Performance")
+# fastest first when TensorFlow runs without oneDNN, as measured by benchmarks/bench.py on a
+# 2-core AMD EPYC (see README "Performance"): there OpenVINO is ~3x Keras, ONNX Runtime close to it
 AUTO_ORDER = ("openvino", "onnxruntime", "keras")
 ENV_VAR = "IHCLIB_BACKEND"
 ONNX_OPSET = 17
@@ -53,18 +57,25 @@ def is_available(name: str) -> bool:
 
 
 def available_backends() -> list[str]:
-    """Installed backends, fastest first."""
+    """Installed backends in :data:`AUTO_ORDER`."""
     return [name for name in AUTO_ORDER if is_available(name)]
 
 
+def onednn_requested() -> bool:
+    """Whether TensorFlow was asked for its oneDNN kernels (``TF_ENABLE_ONEDNN_OPTS``, read at
+    TensorFlow's import; ``import ihclib`` sets it to 1 unless the user set it)."""
+    return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in ("1", "true")
+
+
 def resolve_backend(name: str | None = None) -> str:
-    """A concrete backend name for ``name`` (None: $IHCLIB_BACKEND, else "keras"; "auto": the
-    fastest installed). ValueError naming the choices, or the extra to install."""
+    """A concrete backend name for ``name`` (None: $IHCLIB_BACKEND, else "keras"; "auto": Keras
+    if oneDNN is on, else the first installed of AUTO_ORDER). ValueError naming the choices, or
+    the extra to install."""
     if name is None:
         name = os.environ.get(ENV_VAR) or "keras"
     name = name.strip().lower()
     if name == "auto":
-        return available_backends()[0]
+        return "keras" if onednn_requested() else available_backends()[0]
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose from auto, {', '.join(BACKENDS)}")
     if not is_available(name):

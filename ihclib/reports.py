@@ -24,7 +24,7 @@ from .images import default_file_mode
 
 RUNS_ENV_VAR = "IHC_RUNS_DIR"
 PACKAGES = ("ihclib", "tensorflow", "keras", "numpy", "scikit-image", "scipy", "pandas", "matplotlib",
-            "papermill", "nbval", "onnxruntime")
+            "papermill", "nbval", "onnxruntime", "tf2onnx", "openvino")
 
 
 @dataclass(frozen=True)

@@ -47,10 +47,14 @@ def test_default_is_keras_and_env_var_chooses(monkeypatch):
     assert resolve_backend(None) == "keras"
     monkeypatch.setenv(backends.ENV_VAR, "Keras ")
     assert resolve_backend(None) == "keras"
-    assert resolve_backend("auto") == backends.available_backends()[0]
 
 
-def test_auto_prefers_the_fastest_installed(monkeypatch):
+def test_auto_is_keras_with_onednn_else_the_fastest_installed(monkeypatch):
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
+    monkeypatch.setattr(backends, "is_available", lambda name: True)
+    assert resolve_backend("auto") == "keras"
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    assert resolve_backend("auto") == "openvino"
     monkeypatch.setattr(backends, "is_available", lambda name: name in ("keras", "onnxruntime"))
     assert resolve_backend("auto") == "onnxruntime"
     monkeypatch.setattr(backends, "is_available", lambda name: name == "keras")

@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="multiple of 32 (default: the model's fixed input size, else 256)")
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="minimum tile overlap in pixels")
     p.add_argument("--batch-size", type=int, default=8, help="tiles per model call")
+    p.add_argument("--backend", default=None, choices=["auto", "keras", "openvino", "onnxruntime"],
+                   help="inference runtime (default: $IHCLIB_BACKEND, else keras)")
     p.set_defaults(func=run)
 
 
@@ -71,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
             if dst.exists() and not args.overwrite:  # before the work, not only at the write
                 raise ImageError(dst, "already exists (pass --overwrite to replace it)")
             image = load_image(src)
-            rgb = denoise(model, image.rgb, tile_size=tile_size, overlap=args.overlap, batch_size=args.batch_size)
+            rgb = denoise(model, image.rgb, tile_size=tile_size, overlap=args.overlap, batch_size=args.batch_size,
+                          backend=args.backend)
             save_image(dst, rgb, dtype=image.dtype, alpha=image.alpha, overwrite=args.overwrite)
         except ImageError as exc:
             print(f"ihclib denoise: error: {exc}", file=sys.stderr)
