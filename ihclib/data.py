@@ -1,20 +1,33 @@
-"""The study's data: the embedded default image or a folder of IHC images, cut into tiles.
+"""The study's data: a folder of IHC images (by default the project's ``data/``) cut into tiles.
 
-* No folder given (and ``IHC_DATA_DIR`` unset): scikit-image's real IHC image
-  (``skimage.data.immunohistochemistry()``, 512x512, DAB + hematoxylin), shipped in its wheel.
+Which data (``resolve_data_dir``):
+
 * A folder: PNG/JPEG/TIFF files, optionally one subfolder per category (as IHCDBI: IHC
-  categories plus histology). Files directly in the folder get the category ``uncategorised``.
+  categories plus histology; in the project's ``data/``: one subfolder per source). Files
+  directly in the folder get the category ``uncategorised``.
+* Nothing given: ``$IHC_DATA_DIR``, else the repository's ``data/`` (``PROJECT_DATA``, six
+  public sources; present in a checkout), else the embedded image below.
+* ``"skimage"`` (``EMBEDDED``): scikit-image's real IHC image
+  (``skimage.data.immunohistochemistry()``, 512x512, DAB + hematoxylin), shipped in its wheel.
 
 Tiles keep their provenance (source file, category, pixel row/column of the top-left corner,
-split). Splits are **by source image** so that tiles of one image never land on two sides; with
-fewer than three images every image is instead cut into disjoint regions (bands of the tile
-grid), one per split. ``stride`` applies to training tiles (overlap there is augmentation);
-validation and test tiles never overlap, so every held-out pixel counts once. Pixels are read one image at a time, so a folder of large slides is tiled
-without holding every tile of every image in memory.
+split). Splits, in order of precedence:
+
+* **by source** when the folder holds a ``splits.json`` naming whole categories for ``val`` and
+  ``test`` (every other category trains), so a model is judged on sources it never saw;
+* **by image** otherwise, so that tiles of one image never land on two sides;
+* **by region** with fewer than three images: every image is cut into disjoint regions (bands
+  of the tile grid), one per split.
+
+``stride`` applies to training tiles (overlap there is augmentation); validation and test tiles
+never overlap, so every held-out pixel counts once. Pixels are read one image at a time, so a
+folder of large slides is tiled without holding every tile of every image in memory.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -27,9 +40,16 @@ import pandas as pd
 from .images import IMAGE_EXTENSIONS, ImageError, load_image, to_float
 
 DEFAULT_SOURCE = "skimage:immunohistochemistry"
+EMBEDDED = "skimage"  # data_dir value that asks for the embedded image explicitly
 ENV_VAR = "IHC_DATA_DIR"
+# The repository's own data folder; it exists in a checkout or an editable install, not in a wheel.
+PROJECT_DATA = Path(__file__).resolve().parents[1] / "data"
 SPLITS = ("train", "val", "test")
+SPLITS_FILE = "splits.json"
 UNCATEGORISED = "uncategorised"
+# A pixel whose darkest channel is at least this bright is background (empty glass, or white
+# saturated by the camera): stained and counterstained tissue absorbs in at least one channel.
+BACKGROUND_LEVEL = 0.85
 
 
 class DataError(ValueError):
@@ -77,11 +97,100 @@ def default_image() -> np.ndarray:
     return to_float(data.immunohistochemistry())
 
 
+def tissue_fraction(rgb: np.ndarray) -> float:
+    """Share of pixels that are not bright background, in [0, 1].
+
+    A pixel is background when its darkest channel is >= ``BACKGROUND_LEVEL`` (0.85 of full
+    scale): near-white glass, including saturated white. ``rgb`` is (..., 3), float in [0, 1] or
+    8/16-bit integers.
+    """
+    rgb = np.asarray(rgb)
+    if rgb.size == 0:
+        return 0.0
+    if rgb.dtype.kind in "ui":
+        rgb = to_float(rgb)
+    return float((rgb.min(axis=-1) < BACKGROUND_LEVEL).mean())
+
+
+def _has_images(root: Path) -> bool:
+    return root.is_dir() and any(
+        p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        for p in root.rglob("*")
+    )
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
-    """The folder to use: the argument, else $IHC_DATA_DIR, else None (the embedded image)."""
+    """The folder to use, or None for the embedded scikit-image image.
+
+    An explicit path is used as given; the string ``"skimage"`` (``EMBEDDED``) means the embedded
+    image; None or "" means ``$IHC_DATA_DIR`` if set (it may itself say ``skimage``), else the
+    repository's ``data/`` (``PROJECT_DATA``) if it holds image files, else the embedded image.
+    (A folder really called ``skimage`` is reached as ``./skimage``.)
+    """
     if data_dir in (None, ""):
         data_dir = os.environ.get(ENV_VAR) or None
-    return None if data_dir is None else Path(data_dir).expanduser()
+        if data_dir is None:
+            return PROJECT_DATA if _has_images(PROJECT_DATA) else None
+    if isinstance(data_dir, str) and data_dir == EMBEDDED:
+        return None
+    return Path(data_dir).expanduser()
+
+
+def data_label(data_dir: str | os.PathLike | None) -> str:
+    """One line saying which data ``data_dir`` resolves to (for logs and manifests)."""
+    root = resolve_data_dir(data_dir)
+    if root is None:
+        return "embedded default (skimage.data.immunohistochemistry)"
+    if root.resolve() == PROJECT_DATA:
+        return "project data (data/)"
+    return str(root)
+
+
+def read_splits(root: str | os.PathLike | None) -> dict[str, list[str]] | None:
+    """The split-by-source declaration ``<root>/splits.json``, or None when there is none.
+
+    The file maps ``val`` / ``test`` (``train`` is allowed too, but everything unlisted trains
+    anyway) to lists of category names, e.g. ``{"val": ["a"], "test": ["b", "c"]}``. Only its
+    shape is checked here; ``tile_sources`` checks the names against the scanned categories.
+    """
+    if root is None:
+        return None
+    path = Path(root).expanduser() / SPLITS_FILE
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(path, f"not valid JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise DataError(path, 'expected an object like {"val": ["category"], "test": ["category", ...]}')
+    splits: dict[str, list[str]] = {}
+    for key, names in raw.items():
+        if key not in SPLITS:
+            raise DataError(path, f"unknown split {key!r} (use {', '.join(SPLITS)})")
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            raise DataError(path, f"split {key!r} must be a list of category names")
+        splits[key] = list(names)
+    return splits
+
+
+def _assign_categories(splits: dict[str, list[str]], categories: set[str], path: str) -> dict[str, str]:
+    """category -> split from a splits.json declaration; unlisted categories train."""
+    assign: dict[str, str] = {}
+    for split in SPLITS:  # fixed order so that the error for a duplicate is reproducible
+        for name in splits.get(split, []):
+            if name in assign:
+                where = "twice in " + split if assign[name] == split else f"in both {assign[name]} and {split}"
+                raise DataError(path, f"category {name!r} is listed {where}")
+            if name not in categories:
+                raise DataError(path, f"unknown category {name!r} (categories: {', '.join(sorted(categories))})")
+            assign[name] = split
+    for cat in categories:
+        assign.setdefault(cat, "train")
+    if "train" not in assign.values():
+        raise DataError(path, "no category left for training (every category is listed for val or test)")
+    return assign
 
 
 def scan_folder(root: str | os.PathLike, min_size: int = 1, verify: bool = True) -> tuple[list[SourceImage], list[BadFile]]:
@@ -170,8 +279,10 @@ class TileDataset:
     stride: int
     seed: int
     root: str | None
-    split_mode: str  # "by-image" or "by-region"
+    split_mode: str  # "by-source", "by-image" or "by-region"
     bad_files: list[BadFile] = field(default_factory=list)
+    # by-source only: split -> sorted category names (from splits.json)
+    split_categories: dict[str, list[str]] = field(default_factory=dict)
     _cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
     def split(self, name: str) -> list[Tile]:
@@ -195,7 +306,67 @@ class TileDataset:
         """(tile, pixels) for one split, reading each source image once."""
         for tile in sorted(self.split(split), key=lambda t: (t.source, t.row, t.col)):
             img = self.read_source(tile.source)
-            yield tile, img[tile.row : tile.row + tile.size, tile.col : tile.col + tile.size]
+            yield tile, _crop(img, tile)
+
+    def load_by_category(self, split: str) -> dict[str, np.ndarray]:
+        """All tiles of a split as float32 (N, size, size, 3) arrays, one per category (sorted).
+
+        Categories without tiles in the split are left out.
+        """
+        groups: dict[str, list[np.ndarray]] = {}
+        for tile, px in self.iter_tiles(split):
+            groups.setdefault(tile.category, []).append(px)
+        return {c: np.stack(groups[c]).astype(np.float32) for c in sorted(groups)}
+
+    def sample_per_category(self, split: str, n: int, seed: int = 0,
+                            min_tissue: float = 0.0) -> list[tuple[Tile, np.ndarray]]:
+        """Up to ``n`` tiles of each category of a split, spread evenly over its images.
+
+        Within a category, images (sorted by name) take turns (round robin); each image offers its
+        tiles in a random order drawn from ``seed``, skipping tiles whose ``tissue_fraction`` is
+        below ``min_tissue``. An image that runs out leaves its turns to the others. The result is
+        grouped by category (sorted), then in round-robin order; the same seed gives the same list.
+        Images are read one at a time and once each: without ``min_tissue`` only those that
+        give tiles; with it every image of the category, to test its tiles (one is read again
+        only when another image ran short and it has to give more than its even share).
+        """
+        if n < 0:
+            raise ValueError(f"n must be non-negative, got {n}")
+        if n == 0:
+            return []
+        rng = np.random.default_rng(seed)
+        by_cat: dict[str, dict[str, list[Tile]]] = {}
+        for t in self.split(split):
+            by_cat.setdefault(t.category, {}).setdefault(t.source, []).append(t)
+        # every permutation is drawn up front, so the order does not depend on n or min_tissue
+        orders = {c: {s: [ts[i] for i in rng.permutation(len(ts))] for s, ts in sorted(srcs.items())}
+                  for c, srcs in sorted(by_cat.items())}
+        out: list[tuple[Tile, np.ndarray]] = []
+        for per_source in orders.values():
+            pixels: dict[Tile, np.ndarray] = {}
+            if min_tissue <= 0:  # no pixel test: choose from metadata, read only the images needed
+                chosen = _round_robin([order[:n] for order in per_source.values()], n)
+            else:
+                share = math.ceil(n / len(per_source))  # each image's turns if none runs out
+                accepted: list[list[Tile]] = []
+                for source, order in per_source.items():
+                    img = self.read_source(source)
+                    mine: list[Tile] = []
+                    for t in order:
+                        if len(mine) >= n:
+                            break
+                        px = _crop(img, t)
+                        if tissue_fraction(px) < min_tissue:
+                            continue
+                        mine.append(t)
+                        if len(mine) <= share:
+                            pixels[t] = px.copy()  # a copy, so the whole image is not kept alive
+                    accepted.append(mine)
+                chosen = _round_robin(accepted, n)
+            for t in sorted((t for t in chosen if t not in pixels), key=lambda t: t.source):
+                pixels[t] = _crop(self.read_source(t.source), t).copy()
+            out.extend((t, pixels[t]) for t in chosen)
+        return out
 
     def load(self, split: str, limit: int | None = None) -> np.ndarray:
         """All tiles of a split as one float32 array (N, size, size, 3) (first ``limit`` only)."""
@@ -221,7 +392,7 @@ class TileDataset:
             for q in queues.values():
                 if q and len(chosen) < n:
                     chosen.append(q.pop())
-        return [(t, self.read_source(t.source)[t.row:t.row + t.size, t.col:t.col + t.size]) for t in chosen]
+        return [(t, _crop(self.read_source(t.source), t)) for t in chosen]
 
     def region(self, split: str = "test", max_size: int = 512) -> np.ndarray:
         """The held-out area of one source: the box around a split's tiles in its first source
@@ -254,7 +425,7 @@ class TileDataset:
     def describe(self) -> dict:
         """What goes into a model's sidecar: where the data came from and how it was cut."""
         counts = {s: len(self.split(s)) for s in SPLITS}
-        return {
+        info = {
             "root": "default" if self.root is None else Path(self.root).name,
             "sources": len(self.sources),
             "tile_size": self.tile_size,
@@ -263,6 +434,25 @@ class TileDataset:
             "seed": self.seed,
             "tiles": counts,
         }
+        if self.split_categories:  # by-source only, so sidecars of other modes stay as they were
+            info["split_categories"] = {s: list(self.split_categories.get(s, [])) for s in SPLITS}
+        return info
+
+
+def _crop(img: np.ndarray, t: Tile) -> np.ndarray:
+    return img[t.row:t.row + t.size, t.col:t.col + t.size]
+
+
+def _round_robin(queues: list[list[Tile]], n: int) -> list[Tile]:
+    """Take one item from each queue in turn until ``n`` are taken or all are empty."""
+    chosen: list[Tile] = []
+    depth = 0
+    while len(chosen) < n and any(depth < len(q) for q in queues):
+        for q in queues:
+            if depth < len(q) and len(chosen) < n:
+                chosen.append(q[depth])
+        depth += 1
+    return chosen
 
 
 def _summary_row(category: str, srcs: list[SourceImage], tiles: pd.DataFrame) -> dict:
@@ -293,7 +483,9 @@ def make_dataset(
 ) -> TileDataset:
     """Scan, split and tile a dataset.
 
-    ``data_dir`` None uses ``$IHC_DATA_DIR`` or else the embedded default image. A bad file
+    ``data_dir`` is resolved by ``resolve_data_dir``: a folder, ``"skimage"`` for the embedded
+    image, or None for ``$IHC_DATA_DIR``, else the project's ``data/``, else the embedded image.
+    A ``splits.json`` in the folder makes the split by source (see ``read_splits``). A bad file
     raises ImageError naming it, unless ``skip_bad`` (then it is listed in ``bad_files``).
     """
     if tile_size < 8:
@@ -315,7 +507,7 @@ def make_dataset(
                                                           "use skip_bad / --skip-bad to continue)" if len(bad) > 1 else ""))
         if not sources:
             raise DataError(root, f"no usable image of at least {tile_size}x{tile_size} px ({len(bad)} bad file(s))")
-    return tile_sources(sources, tile_size, stride, seed, fractions, root, bad)
+    return tile_sources(sources, tile_size, stride, seed, fractions, root, bad, splits=read_splits(root))
 
 
 def tile_sources(
@@ -326,11 +518,30 @@ def tile_sources(
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     root: Path | None = None,
     bad: list[BadFile] | None = None,
+    splits: dict[str, list[str]] | None = None,
 ) -> TileDataset:
-    """Split already-scanned sources (by image, or by region when fewer than three) and tile them."""
+    """Split already-scanned sources and tile them.
+
+    By source when ``splits`` (from ``read_splits``) is given: whole categories go to the split
+    that lists them, the rest to train (``fractions`` is then unused). Otherwise by image, or by
+    region when there are fewer than three images.
+    """
     rng = np.random.default_rng(seed)
     tiles: list[Tile] = []
-    if len(sources) >= 3:
+    split_categories: dict[str, list[str]] = {}
+    if splits is not None:
+        mode = "by-source"
+        where = str(Path(root) / SPLITS_FILE) if root is not None else SPLITS_FILE
+        by_category = _assign_categories(splits, {s.category for s in sources}, where)
+        for split in SPLITS:
+            split_categories[split] = sorted(c for c, s in by_category.items() if s == split)
+        for src in sources:
+            split = by_category[src.category]
+            step = stride if split == "train" else tile_size
+            for y in _positions(0, src.height, tile_size, step):
+                for x in _positions(0, src.width, tile_size, step):
+                    tiles.append(Tile(src.name, src.category, y, x, tile_size, split))
+    elif len(sources) >= 3:
         mode = "by-image"
         order = rng.permutation(len(sources))
         n_train, n_val, _ = _bands(len(sources), fractions)
@@ -354,4 +565,5 @@ def tile_sources(
                 for y in _positions(y0, y1, tile_size, step):
                     for x in _positions(x0, x1, tile_size, step):
                         tiles.append(Tile(src.name, src.category, y, x, tile_size, split))
-    return TileDataset(sources, tiles, tile_size, stride, seed, None if root is None else str(root), mode, list(bad or []))
+    return TileDataset(sources, tiles, tile_size, stride, seed, None if root is None else str(root), mode,
+                       list(bad or []), split_categories)

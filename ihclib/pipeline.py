@@ -26,6 +26,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .data import data_label
 from .reports import RUNS_ENV_VAR, clean_notebook, git_commit, machine_info, package_versions, runs_dir, write_json
 
 KEEP = ("benchmarks.json",)  # written by `make bench`, not by the notebooks: carried over
@@ -91,7 +92,7 @@ def run_study(profile: str = "quick", data_dir: str | None = None, reports: str 
     rel_build = os.path.relpath(build, root)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    print(f"ihc-denoise study: profile {profile}, data {data_dir or 'embedded default image'}, {len(book)} notebooks")
+    print(f"ihc-denoise study: profile {profile}, data {data_label(data_dir)}, {len(book)} notebooks")
     for i, nb in enumerate(book, 1):
         out = build / "notebooks" / nb.name
         print(f"[{i}/{len(book)}] {nb.name} ...", end=" ", flush=True)
@@ -126,7 +127,7 @@ def run_study(profile: str = "quick", data_dir: str | None = None, reports: str 
     manifest = {
         "profile": asdict(prof),
         "seed": prof.seed,
-        "data": data_dir or "embedded default (skimage.data.immunohistochemistry)",
+        "data": data_label(data_dir),
         "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_time_s": {k: round(v, 1) for k, v in timings.items()},
         "total_wall_time_s": round(time.perf_counter() - started, 1),
@@ -170,7 +171,8 @@ def make_nbval_refs(dest: str, root: Path | None = None) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ihclib.pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="quick", help="smoke, quick (default) or paper")
-    parser.add_argument("--data-dir", default=None, help="folder of images (default: $IHC_DATA_DIR or the embedded image)")
+    parser.add_argument("--data-dir", default=None, help="folder of images, or 'skimage' for the embedded image "
+                        "(default: $IHC_DATA_DIR, else the project's data/, else the embedded image)")
     parser.add_argument("--reports", default="reports", help="output folder (replaced only on success)")
     parser.add_argument("--runs", default=None, help="where trained models are kept (default: runs/)")
     parser.add_argument("--only", nargs="*", help="run only notebooks whose name starts with these prefixes")

@@ -1,9 +1,15 @@
+import hashlib
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
 
+from ihclib import data as data_mod
 from ihclib.cli import main
-from ihclib.data import DataError, default_image, make_dataset, scan_folder
+from ihclib.data import (PROJECT_DATA, DataError, default_image, make_dataset, resolve_data_dir, scan_folder,
+                         tissue_fraction)
 from ihclib.images import ImageError, from_float, load_image, save_image
 
 
@@ -34,7 +40,7 @@ def test_default_image_is_real_ihc():
 
 
 def test_default_split_is_disjoint_regions():
-    ds = make_dataset(None, tile_size=64, stride=16, seed=0, fractions=(0.6, 0.2, 0.2))
+    ds = make_dataset("skimage", tile_size=64, stride=16, seed=0, fractions=(0.6, 0.2, 0.2))
     assert ds.split_mode == "by-region"
     boxes = {s: [(t.row, t.row + t.size, t.col, t.col + t.size) for t in ds.split(s)] for s in ("train", "val", "test")}
     assert all(boxes.values())
@@ -52,7 +58,7 @@ def test_default_split_is_disjoint_regions():
 
 
 def test_paper_tile_size_on_default_image_gives_all_three_splits():
-    ds = make_dataset(None, tile_size=256)
+    ds = make_dataset("skimage", tile_size=256)
     assert [len(ds.split(s)) for s in ("train", "val", "test")] == [2, 1, 1]
 
 
@@ -180,7 +186,7 @@ def test_single_image_too_small_for_region_split(tmp_path):
 # ---------- ihclib check-data ----------
 
 def test_check_data_default(capsys):
-    assert main(["check-data", "--tile-size", "64"]) == 0
+    assert main(["check-data", "skimage", "--tile-size", "64"]) == 0
     out = capsys.readouterr().out
     assert "embedded default" in out and "train tiles" in out
 
@@ -230,3 +236,217 @@ def test_written_files_get_normal_permissions(tmp_path):
     assert stat.S_IMODE(os.stat(p).st_mode) == default_file_mode()
     t = save_table(__import__("pandas").DataFrame({"a": [1]}), report_dirs(tmp_path), "t")
     assert stat.S_IMODE(os.stat(t).st_mode) == default_file_mode() != 0o600
+
+
+# ---------- split by source (splits.json) ----------
+
+def _sources(root, layout, size=64, tile=32):
+    """Write ``{category: n_images}`` of size x size images under root; return the tile size."""
+    seed = 0
+    for cat, n in layout.items():
+        for i in range(n):
+            _write(root / cat / f"{cat}_{i}.png", size, size, seed=seed)
+            seed += 1
+    return tile
+
+
+def _splits(root, content):
+    (root / "splits.json").write_text(content if isinstance(content, str) else json.dumps(content))
+
+
+def test_splits_json_assigns_whole_categories(tmp_path):
+    _sources(tmp_path, {"a": 2, "b": 3, "c": 1, "d": 2})
+    _splits(tmp_path, {"val": ["c"], "test": ["a", "d"]})
+    ds = make_dataset(tmp_path, tile_size=32, stride=16)
+    assert ds.split_mode == "by-source"
+    table = ds.tile_table()
+    assert table.groupby("category").split.agg(set).to_dict() == {"a": {"test"}, "b": {"train"}, "c": {"val"},
+                                                                  "d": {"test"}}
+    assert len(ds.split("train")) == 3 * 9  # stride 16 on 64 px: 3 x 3 positions per image
+    assert len(ds.split("test")) == 4 * 4  # held-out tiles never overlap
+    assert ds.describe()["split_mode"] == "by-source"
+    assert ds.describe()["split_categories"] == {"train": ["b"], "val": ["c"], "test": ["a", "d"]}
+    # seed does not matter for a split by source
+    assert make_dataset(tmp_path, tile_size=32, stride=16, seed=7).tiles == ds.tiles
+
+
+def test_without_splits_json_nothing_changes(tmp_path):
+    _sources(tmp_path, {"a": 2, "b": 3})
+    ds = make_dataset(tmp_path, tile_size=32)
+    assert ds.split_mode == "by-image" and "split_categories" not in ds.describe()
+
+
+@pytest.mark.parametrize("content,reason", [
+    ({"test": ["nope"]}, "unknown category 'nope'"),
+    ({"val": ["a"], "test": ["a"]}, "'a' is listed in both val and test"),
+    ({"test": ["b", "b"]}, "'b' is listed twice in test"),
+    ({"val": ["a"], "test": ["b"]}, "no category left for training"),
+    ({"holdout": ["a"]}, "unknown split 'holdout'"),
+    ({"test": "a"}, "must be a list of category names"),
+    (["a"], "expected an object"),
+    ('{"test": ["a"]', "not valid JSON"),
+])
+def test_bad_splits_json_is_one_line_naming_the_file(tmp_path, content, reason):
+    _sources(tmp_path, {"a": 1, "b": 1})
+    _splits(tmp_path, content)
+    with pytest.raises(DataError) as err:
+        make_dataset(tmp_path, tile_size=32)
+    msg = str(err.value)
+    assert "splits.json" in msg and reason in msg and "\n" not in msg
+
+
+# ---------- per-category access ----------
+
+def test_load_by_category(tmp_path):
+    _sources(tmp_path, {"a": 3, "b": 1, "c": 1, "t": 1}, size=96)
+    _splits(tmp_path, {"val": ["c"], "test": ["b"]})
+    ds = make_dataset(tmp_path, tile_size=32)
+    train = ds.load_by_category("train")
+    assert list(train) == ["a", "t"] and train["a"].shape == (27, 32, 32, 3) and train["a"].dtype == np.float32
+    assert list(ds.load_by_category("test")) == ["b"] and list(ds.load_by_category("val")) == ["c"]
+    _splits(tmp_path, {"val": ["c"], "test": ["b", "a"]})
+    ds = make_dataset(tmp_path, tile_size=32)
+    both = ds.load_by_category("test")
+    assert list(both) == ["a", "b"] and len(both["a"]) == 27 and len(both["b"]) == 9
+    np.testing.assert_array_equal(np.concatenate(list(both.values())), ds.load("test"))
+
+
+def test_sample_per_category_spreads_over_images(tmp_path):
+    _sources(tmp_path, {"a": 3, "b": 1}, size=96)
+    _splits(tmp_path, {"test": ["a", "b"], "val": []})
+    (tmp_path / "train").mkdir()
+    _write(tmp_path / "train" / "t.png", 64, 64)
+    ds = make_dataset(tmp_path, tile_size=32)
+    got = ds.sample_per_category("test", 7, seed=3)
+    by_cat = {}
+    for t, px in got:
+        by_cat.setdefault(t.category, []).append(t)
+        assert px.shape == (32, 32, 3) and t.split == "test"
+    assert [t.category for t, _ in got] == sorted(t.category for t, _ in got)  # grouped by category
+    counts = {}
+    for t in by_cat["a"]:
+        counts[t.source] = counts.get(t.source, 0) + 1
+    assert sorted(counts.values()) == [2, 2, 3]  # 7 tiles over 3 images: even
+    assert len(by_cat["b"]) == 7 and len({(t.row, t.col) for t in by_cat["b"]}) == 7  # one image gives all
+    # pixels are the tiles' own
+    t, px = got[0]
+    np.testing.assert_array_equal(px, ds.read_source(t.source)[t.row:t.row + 32, t.col:t.col + 32])
+    # deterministic for a seed, different for another
+    again = ds.sample_per_category("test", 7, seed=3)
+    assert [t for t, _ in again] == [t for t, _ in got]
+    assert [t for t, _ in ds.sample_per_category("test", 7, seed=4)] != [t for t, _ in got]
+    # asking for more than there is gives everything once
+    everything = ds.sample_per_category("test", 100)
+    assert len(everything) == 27 + 9 == len(set(t for t, _ in everything))
+
+
+def test_sample_per_category_min_tissue_and_one_read_per_image(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        img = np.full((64, 128, 3), 250, np.uint8)  # white glass ...
+        img[:, :64] = rng.integers(60, 160, (64, 64, 3))  # ... with tissue in the left half
+        (tmp_path / "a").mkdir(exist_ok=True)
+        Image.fromarray(img).save(tmp_path / "a" / f"{i}.png")
+    _write(tmp_path / "b" / "x.png", 64, 64)
+    _splits(tmp_path, {"test": ["a"], "val": []})
+    ds = make_dataset(tmp_path, tile_size=32, verify=False)
+    reads = []
+    real = data_mod.load_image
+    monkeypatch.setattr(data_mod, "load_image", lambda p: reads.append(Path(p).name) or real(p))
+    got = ds.sample_per_category("test", 100, min_tissue=0.5)
+    assert len(got) == 8 and all(t.col < 64 for t, _ in got)  # the 8 tissue tiles, no glass
+    assert all(tissue_fraction(px) == 1.0 for _, px in got)
+    assert sorted(reads) == ["0.png", "1.png"]  # each image read once
+    assert len(ds.sample_per_category("test", 100)) == 16  # without the filter, glass too
+    assert [t for t, _ in ds.sample_per_category("test", 3, seed=1, min_tissue=0.5)] == \
+           [t for t, _ in ds.sample_per_category("test", 3, seed=1, min_tissue=0.5)]
+
+
+def test_tissue_fraction():
+    white = np.ones((16, 16, 3), np.float32)
+    assert tissue_fraction(white) == 0.0
+    assert tissue_fraction(np.full((16, 16, 3), 0.86, np.float32)) == 0.0  # near-white is background
+    assert tissue_fraction(np.full((16, 16, 3), 0.2, np.float32)) == 1.0
+    half = white.copy()
+    half[:8, :, 2] = 0.5  # one absorbing channel is enough to count as tissue
+    assert tissue_fraction(half) == 0.5
+    assert tissue_fraction(np.full((4, 4, 3), 255, np.uint8)) == 0.0
+    assert tissue_fraction(np.zeros((4, 4, 3), np.uint8)) == 1.0
+
+
+# ---------- which data by default ----------
+
+def test_resolve_data_dir_rules(tmp_path, monkeypatch):
+    monkeypatch.delenv("IHC_DATA_DIR", raising=False)
+    assert resolve_data_dir(tmp_path) == tmp_path
+    assert resolve_data_dir(str(tmp_path)) == tmp_path
+    assert resolve_data_dir("skimage") is None
+    assert resolve_data_dir("./skimage") == Path("skimage")
+    # nothing given: the project data when it has images, else the embedded image
+    with_images = tmp_path / "proj"
+    _write(with_images / "src" / "x.png", 8, 8)
+    monkeypatch.setattr(data_mod, "PROJECT_DATA", with_images)
+    assert resolve_data_dir(None) == with_images and resolve_data_dir("") == with_images
+    empty = tmp_path / "empty"
+    (empty / ".hidden").mkdir(parents=True)
+    _write(empty / ".hidden" / "x.png", 8, 8)
+    (empty / "README.md").write_text("no images here")
+    monkeypatch.setattr(data_mod, "PROJECT_DATA", empty)
+    assert resolve_data_dir(None) is None
+    monkeypatch.setattr(data_mod, "PROJECT_DATA", tmp_path / "missing")
+    assert resolve_data_dir(None) is None
+    # the environment variable wins over the project data, and may ask for the embedded image
+    monkeypatch.setattr(data_mod, "PROJECT_DATA", with_images)
+    monkeypatch.setenv("IHC_DATA_DIR", str(tmp_path / "mine"))
+    assert resolve_data_dir(None) == tmp_path / "mine"
+    assert resolve_data_dir(tmp_path) == tmp_path  # an explicit path still wins
+    monkeypatch.setenv("IHC_DATA_DIR", "skimage")
+    assert resolve_data_dir(None) is None
+
+
+def test_check_data_shows_split_by_source(tmp_path, capsys):
+    _sources(tmp_path, {"a": 2, "b": 1, "c": 1})
+    _splits(tmp_path, {"val": ["c"], "test": ["a"]})
+    assert main(["check-data", str(tmp_path), "--tile-size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "split by-source" in out and "  train: b" in out and "  val: c" in out and "  test: a" in out
+    _splits(tmp_path, "{broken")
+    assert main(["check-data", str(tmp_path), "--tile-size", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "splits.json" in err and "not valid JSON" in err and "Traceback" not in err
+
+
+# ---------- the committed project data ----------
+
+SOURCES = {"ihc-hpa-kidney", "ihc-dab-analyzer", "ihc-kather-cd31", "ihc-borda-pyimsegm", "ki67-openslide",
+           "he-openslide"}
+
+
+def _project_images():
+    if not PROJECT_DATA.is_dir():
+        return []
+    return sorted(p for p in PROJECT_DATA.rglob("*") if p.is_file() and p.suffix.lower() in (".png", ".jpg"))
+
+
+@pytest.mark.skipif(not _project_images(), reason="the project's data/ holds no images (not a full checkout)")
+def test_project_data_scans_with_split_by_source():
+    ds = make_dataset(PROJECT_DATA, tile_size=256, verify=False)
+    assert {s.category for s in ds.sources} == SOURCES
+    assert ds.split_mode == "by-source"
+    cats = ds.describe()["split_categories"]
+    assert cats["test"] == ["ihc-dab-analyzer", "ihc-hpa-kidney"] and cats["val"] == ["ihc-kather-cd31"]
+    assert cats["train"] == ["he-openslide", "ihc-borda-pyimsegm", "ki67-openslide"]
+    assert all(len(ds.split(s)) > 0 for s in ("train", "val", "test"))
+
+
+@pytest.mark.skipif(not _project_images(), reason="the project's data/ holds no images (not a full checkout)")
+def test_project_data_matches_sha256sums():
+    listed = {}
+    for line in (PROJECT_DATA / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        listed[name.lstrip("*")] = digest
+    present = {p.relative_to(PROJECT_DATA).as_posix() for p in _project_images()}
+    assert present == set(listed), "data/SHA256SUMS and the image files differ"
+    for name, digest in listed.items():
+        assert hashlib.sha256((PROJECT_DATA / name).read_bytes()).hexdigest() == digest, name
+    assert max((PROJECT_DATA / n).stat().st_size for n in listed) < 5_000_000  # the project's file limit

@@ -9,7 +9,7 @@ from ihclib.stains import most_stained, stain_statistics
 
 
 def test_stain_statistics_per_split():
-    ds = make_dataset(None, tile_size=128, seed=0)
+    ds = make_dataset("skimage", tile_size=128, seed=0)
     stats = stain_statistics(ds)
     assert list(stats.split) == ["train", "val", "test"]
     assert (stats.tiles == [len(ds.split(s)) for s in ("train", "val", "test")]).all()
@@ -23,7 +23,7 @@ def test_most_stained_picks_the_darkest_tile():
 
 
 def test_region_is_the_held_out_band():
-    ds = make_dataset(None, tile_size=64, stride=16, fractions=(0.6, 0.2, 0.2))
+    ds = make_dataset("skimage", tile_size=64, stride=16, fractions=(0.6, 0.2, 0.2))
     region = ds.region("test")
     assert region.shape == (128, 512, 3)
     np.testing.assert_array_equal(region, ds.read_source(ds.sources[0].name)[384:512])

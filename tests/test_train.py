@@ -113,7 +113,7 @@ def test_val_pairs_fixed_by_seed():
 @pytest.fixture(scope="module")
 def smoke():
     profile = get_profile("smoke").with_overrides(epochs=2, steps_per_epoch=2)
-    return profile, make_dataset(None, tile_size=profile.tile_size, stride=profile.stride, fractions=profile.fractions)
+    return profile, make_dataset("skimage", tile_size=profile.tile_size, stride=profile.stride, fractions=profile.fractions)
 
 
 @pytest.mark.slow
@@ -142,7 +142,7 @@ def test_train_rejects_bad_arguments(smoke, tmp_path):
 @pytest.mark.slow
 def test_train_command_bundles_one_model(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train_cmd, "BUNDLE_DIR", tmp_path / "bundle")
-    rc = cli.main(["train", "--profile", "smoke", "--model", "switching_unet", "--epochs", "1",
+    rc = cli.main(["train", "--profile", "smoke", "--model", "switching_unet", "--epochs", "1", "--data-dir", "skimage",
                    "--out-dir", str(tmp_path / "runs"), "--bundle", "--quiet"])
     assert rc == 0
     assert (tmp_path / "runs" / "switching_unet" / "switching_unet.keras").is_file()

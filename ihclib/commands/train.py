@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", default="quick", choices=list(PROFILES), help="run size (default: quick)")
     p.add_argument("--model", action="append", choices=["all", *MODELS], default=None,
                    help="model to train; repeat for several (default: all of the profile's models)")
-    p.add_argument("--data-dir", default=None, help="folder of IHC images (default: $IHC_DATA_DIR or the embedded image)")
+    p.add_argument("--data-dir", default=None, help="folder of IHC images, or 'skimage' for the embedded image "
+                        "(default: $IHC_DATA_DIR, else the project's data/, else the embedded image)")
     p.add_argument("--out-dir", default=None, help="where runs go (default: runs/<profile>)")
     p.add_argument("--seed", type=int, default=None, help="training seed (default: the profile's)")
     p.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
