@@ -480,8 +480,11 @@ def make_dataset(
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     skip_bad: bool = False,
     verify: bool = True,
+    splits: dict[str, list[str]] | None = None,
 ) -> TileDataset:
     """Scan, split and tile a dataset.
+
+    ``splits`` replaces the folder's ``splits.json`` (same form), e.g. to train on every source.
 
     ``data_dir`` is resolved by ``resolve_data_dir``: a folder, ``"skimage"`` for the embedded
     image, or None for ``$IHC_DATA_DIR``, else the project's ``data/``, else the embedded image.
@@ -507,7 +510,8 @@ def make_dataset(
                                                           "use skip_bad / --skip-bad to continue)" if len(bad) > 1 else ""))
         if not sources:
             raise DataError(root, f"no usable image of at least {tile_size}x{tile_size} px ({len(bad)} bad file(s))")
-    return tile_sources(sources, tile_size, stride, seed, fractions, root, bad, splits=read_splits(root))
+    return tile_sources(sources, tile_size, stride, seed, fractions, root, bad,
+                        splits=read_splits(root) if splits is None else splits)
 
 
 def tile_sources(

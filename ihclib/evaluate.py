@@ -134,9 +134,14 @@ def evaluate_per_image(
     thresholds: Thresholds | None = None,
     min_size: int = 0,
     progress: Callable[[str], None] | None = None,
+    sources: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """One row per (method, noise, amount, tile) with every metric and the seconds per tile."""
+    """One row per (method, noise, amount, tile) with every metric and the seconds per tile.
+
+    ``sources`` (one name per tile) adds a ``source`` column, for per-source summaries."""
     clean_tiles = _check_tiles(clean_tiles)
+    if sources is not None and len(sources) != len(clean_tiles):
+        raise ValueError(f"{len(sources)} source names for {len(clean_tiles)} tiles")
     thresholds = thresholds or fit_thresholds(clean_tiles)
     wrapped = {name: as_method(m) for name, m in methods.items()}
     rows = []
@@ -155,10 +160,12 @@ def evaluate_per_image(
             for i, (c, r) in enumerate(zip(clean_tiles, restored)):
                 rows.append({
                     "method": name, "noise": noise_name(spec), "amount": spec.level, "tile": i,
+                    "source": None if sources is None else sources[i],
                     **image_metrics(c, r), **downstream_scores(c, r, thresholds, min_size),
                     "seconds": float(seconds[i]),
                 })
-    return pd.DataFrame(rows, columns=["method", "noise", "amount", "tile", *METRIC_COLUMNS])
+    df = pd.DataFrame(rows, columns=["method", "noise", "amount", "tile", "source", *METRIC_COLUMNS])
+    return df if sources is not None else df.drop(columns="source")
 
 
 def evaluate(
@@ -177,10 +184,12 @@ def evaluate(
     return long_table(per, confidence)
 
 
-def long_table(per_image_df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """Summarise a per-image table into the long format (mean and t-interval per group)."""
-    return summarise(per_image_df, by=("method", "noise", "amount"), metrics=list(METRIC_COLUMNS),
-                     confidence=confidence)
+def long_table(per_image_df: pd.DataFrame, confidence: float = 0.95, by_source: bool = False) -> pd.DataFrame:
+    """Summarise a per-image table into the long format (mean and t-interval per group);
+    ``by_source`` keeps one group per source (the table then has a ``source`` column)."""
+    by = ("source", "method", "noise", "amount") if by_source else ("method", "noise", "amount")
+    metrics = [m for m in METRIC_COLUMNS if m in per_image_df.columns]
+    return summarise(per_image_df, by=by, metrics=metrics, confidence=confidence)
 
 
 def headline_table(

@@ -106,11 +106,111 @@ def impulse_hint(x):
     return layers.Add(name="impulse_hint")([salt, pepper])
 
 
+@keras.saving.register_keras_serializable(package="ihclib")
+class SpatialFill(layers.Layer):
+    """Fill for every value from its own channel's unflagged neighbours, never from flagged ones.
+
+    Inputs ``[x, flag]``. The mean of the unflagged values of the same channel in the smallest
+    window (3, 5, 7) that holds one (a switching mean filter); where even the 7x7 window holds
+    only flagged values (a saturated background: every value there is exactly 0 or 1), the
+    majority value of that window, i.e. its median. The older "0 where nothing is unflagged"
+    turned white backgrounds black (issue 10); this is what ``baselines.switching_mean`` does
+    up to the last fallback.
+    """
+
+    def __init__(self, windows: tuple[int, ...] = (3, 5, 7), **kwargs):
+        super().__init__(**kwargs)
+        self.windows = tuple(int(w) for w in windows)
+
+    def call(self, inputs):
+        x, flag = inputs
+        keep = 1.0 - flag
+        k = self.windows[-1]
+        # all values flagged: they are 0 or 1, so rounding their mean gives the median
+        fill = keras.ops.round(keras.ops.average_pool(x, k, strides=1, padding="same"))
+        for w in reversed(self.windows):
+            num = keras.ops.average_pool(x * keep, w, strides=1, padding="same")
+            den = keras.ops.average_pool(keep, w, strides=1, padding="same")
+            fill = keras.ops.where(den > 1e-6, keras.ops.divide_no_nan(num, den), fill)
+        return fill
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "windows": list(self.windows)}
+
+
+def _box_sums(x, window: int):
+    """Per-channel sums over ``window`` x ``window`` neighbourhoods (zero padding, exact counts)."""
+    channels = x.shape[-1]
+    kernel = keras.ops.ones((window, window, channels, 1), dtype=x.dtype)
+    return keras.ops.depthwise_conv(x, kernel, strides=1, padding="same")
+
+
+@keras.saving.register_keras_serializable(package="ihclib")
+class CrossChannelFill(layers.Layer):
+    """The cross-channel switching filter as a layer: ``baselines.cross_channel`` in Keras ops.
+
+    Inputs ``[x, flag]``. IHC colours mix two or three stains, so the channels of a pixel are
+    strongly correlated, and per-channel impulses leave most hit pixels with clean channels.
+    Each flagged value is predicted from the clean channels of the same pixel by a linear
+    regression fitted on the fully clean pixels of its ``window`` x ``window`` neighbourhood
+    (one guide: a = cov / (var + eps); two guides: the 2x2 ridge solution). Values with no clean
+    channel, or fewer than ``min_clean`` clean neighbours, keep the :class:`SpatialFill`
+    value, which is passed in as the third input. Returns the fill for every value (the caller
+    switches it in only where flagged).
+    """
+
+    def __init__(self, window: int = 5, eps: float = 1e-3, min_clean: int = 3, **kwargs):
+        super().__init__(**kwargs)
+        self.window, self.eps, self.min_clean = int(window), float(eps), int(min_clean)
+
+    def call(self, inputs):
+        x, flag, fallback = inputs
+        ops = keras.ops
+        clean = ops.prod(1.0 - flag, axis=-1, keepdims=True)  # 1 where all three channels are clean
+        ch = [x[..., i:i + 1] for i in range(3)]
+        pairs = [(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)]
+        stacked = ops.concatenate([clean] + [clean * c for c in ch] + [clean * ch[a] * ch[b] for a, b in pairs], axis=-1)
+        sums = _box_sums(stacked, self.window)
+        n = sums[..., 0:1]
+        enough = n >= self.min_clean - 0.5
+        safe = ops.where(enough, n, ops.ones_like(n))
+        mu = [sums[..., 1 + i:2 + i] / safe for i in range(3)]
+        cov = {}
+        for j, (a, b) in enumerate(pairs):
+            cov[a, b] = cov[b, a] = sums[..., 4 + j:5 + j] / safe - mu[a] * mu[b]
+        f = [flag[..., i:i + 1] > 0.5 for i in range(3)]
+        out = []
+        for c in range(3):
+            d, e = [k for k in range(3) if k != c]
+            one_d = mu[c] + cov[c, d] / (cov[d, d] + self.eps) * (ch[d] - mu[d])
+            one_e = mu[c] + cov[c, e] / (cov[e, e] + self.eps) * (ch[e] - mu[e])
+            a11, a22, a12 = cov[d, d] + self.eps, cov[e, e] + self.eps, cov[d, e]
+            det = a11 * a22 - a12 * a12  # > 0: a covariance matrix plus eps on the diagonal
+            bd = (a22 * cov[c, d] - a12 * cov[c, e]) / det
+            be = (a11 * cov[c, e] - a12 * cov[c, d]) / det
+            two = mu[c] + bd * (ch[d] - mu[d]) + be * (ch[e] - mu[e])
+            fill = fallback[..., c:c + 1]
+            fill = ops.where(enough & ops.logical_not(f[d]) & f[e], one_d, fill)
+            fill = ops.where(enough & f[d] & ops.logical_not(f[e]), one_e, fill)
+            fill = ops.where(enough & ops.logical_not(f[d]) & ops.logical_not(f[e]), two, fill)
+            out.append(fill)
+        return ops.clip(ops.concatenate(out, axis=-1), 0.0, 1.0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "window": self.window, "eps": self.eps, "min_clean": self.min_clean}
+
+
 def impulse_features(x):
     """(features, hint, mean3): input, impulse hint and masked local means (3x3, 5x5), concatenated."""
     hint = impulse_hint(x)
-    mean3 = MaskedLocalMean(3, name="masked_mean_3")([x, hint])
-    mean5 = MaskedLocalMean(5, name="masked_mean_5")([x, hint])
+    mean3 = SpatialFill((3, 5, 7), name="masked_mean_3")([x, hint])
+    mean5 = SpatialFill((5, 7), name="masked_mean_5")([x, hint])
     return layers.Concatenate(name="impulse_features")([x, hint, mean3, mean5]), hint, mean3
 
 
@@ -140,6 +240,17 @@ def _conv_block(x, filters: int, strides: int = 1):
     return layers.LeakyReLU(negative_slope=0.1)(x)
 
 
+def _unet_trunk(x, base: int):
+    """Two-level U-Net body at full, 1/2 and 1/4 resolution; returns full-resolution features."""
+    e1 = _conv_block(_conv_block(x, base), base)  # full resolution
+    e2 = _conv_block(_conv_block(e1, 2 * base, strides=2), 2 * base)  # 1/2
+    e3 = _conv_block(_conv_block(e2, 4 * base, strides=2), 4 * base)  # 1/4
+    u2 = layers.LeakyReLU(negative_slope=0.1)(layers.Conv2DTranspose(2 * base, 3, strides=2, padding="same")(e3))
+    u2 = _conv_block(layers.Concatenate()([u2, e2]), 2 * base)
+    u1 = layers.LeakyReLU(negative_slope=0.1)(layers.Conv2DTranspose(base, 3, strides=2, padding="same")(u2))
+    return _conv_block(layers.Concatenate()([u1, e1]), base)
+
+
 def build_switching_unet(tile_size: int | None = 64, base: int = 24, features: bool = True) -> keras.Model:
     """Small two-level U-Net with a switching head (~0.27M parameters at ``base`` 24).
 
@@ -157,13 +268,7 @@ def build_switching_unet(tile_size: int | None = 64, base: int = 24, features: b
         x, hint, mean3 = impulse_features(inp)
     else:
         x = inp
-    e1 = _conv_block(_conv_block(x, base), base)  # full resolution
-    e2 = _conv_block(_conv_block(e1, 2 * base, strides=2), 2 * base)  # 1/2
-    e3 = _conv_block(_conv_block(e2, 4 * base, strides=2), 4 * base)  # 1/4
-    u2 = layers.LeakyReLU(negative_slope=0.1)(layers.Conv2DTranspose(2 * base, 3, strides=2, padding="same")(e3))
-    u2 = _conv_block(layers.Concatenate()([u2, e2]), 2 * base)
-    u1 = layers.LeakyReLU(negative_slope=0.1)(layers.Conv2DTranspose(base, 3, strides=2, padding="same")(u2))
-    u1 = _conv_block(layers.Concatenate()([u1, e1]), base)
+    u1 = _unet_trunk(x, base)
     if features:
         # mask logit = 12 * hint - 6 + learned term (zero at start): the classical switch, to refine
         from_hint = layers.DepthwiseConv2D(1, depthwise_initializer=keras.initializers.Constant(12.0),
@@ -180,21 +285,75 @@ def build_switching_unet(tile_size: int | None = 64, base: int = 24, features: b
     return keras.Model(inp, out, name="switching_unet")
 
 
+@keras.saving.register_keras_serializable(package="ihclib")
+class SameExtreme(layers.Layer):
+    """1 where all three channels of a pixel are flagged *and* equal (pure white or pure black).
+
+    Per-channel impulses rarely hit all three channels of a pixel with the same value (0.05**3
+    at 10 % s&p), whereas saturated background is exactly that; the network gets it as a
+    feature so that it can learn to keep clean saturated pixels (issue 10)."""
+
+    def call(self, inputs):
+        x, flag = inputs
+        r, g, b = x[..., 0:1], x[..., 1:2], x[..., 2:3]
+        all_flagged = keras.ops.prod(flag, axis=-1, keepdims=True)
+        # flagged values are exactly 0 or 1, so |difference| is 0 (equal) or 1
+        return all_flagged * (1.0 - keras.ops.abs(r - g)) * (1.0 - keras.ops.abs(g - b))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[0][:-1], 1)
+
+
+def build_crosschannel_unet(tile_size: int | None = 64, base: int = 24, mask_bias: float = 8.0) -> keras.Model:
+    """A U-Net that refines the cross-channel switching filter; exact on every unflagged value.
+
+    Features: the input, the impulse flags, the cross-channel fill (:class:`CrossChannelFill`),
+    the spatial fill (:class:`SpatialFill`) and :class:`SameExtreme`. Heads (zero-initialised
+    1x1 convolutions over the :func:`_unet_trunk` features): a fill correction and a mask logit
+    added to ``mask_bias``. Output = input + flag * sigmoid(logit) * (fill + correction - input):
+    a value that is not exactly 0 or 1 cannot be an s&p impulse, so it passes through unchanged
+    (hard gate); a flagged value is replaced unless the network judges it a clean saturated
+    value (white background, saturated stain) from its context. At initialisation the model is
+    the cross-channel filter (up to 1 - sigmoid(mask_bias) = 0.03 % of each replacement).
+    """
+    inp = keras.Input(shape=(tile_size, tile_size, 3))
+    hint = impulse_hint(inp)
+    spatial = SpatialFill((3, 5, 7), name="spatial_fill")([inp, hint])
+    xc = CrossChannelFill(name="cross_channel_fill")([inp, hint, spatial])
+    same = SameExtreme(name="same_extreme")([inp, hint])
+    # the classical results as images (flagged values replaced), so the convolutions see
+    # impulse-free pictures rather than having to learn to ignore the impulses first
+    prior = layers.Add(name="cross_channel_prior")([inp, layers.Multiply()([hint, layers.Subtract()([xc, inp])])])
+    spatial_prior = layers.Add(name="spatial_prior")([inp, layers.Multiply()([hint, layers.Subtract()([spatial, inp])])])
+    x = layers.Concatenate(name="features")([prior, spatial_prior, hint, same, inp])
+    u1 = _unet_trunk(x, base)
+    logit = layers.Conv2D(3, 1, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(mask_bias),
+                          name="mask_logit")(u1)
+    mask = layers.Multiply(name="impulse_mask")([hint, layers.Activation("sigmoid")(logit)])
+    correction = layers.Conv2D(3, 1, kernel_initializer="zeros", name="fill_correction")(u1)
+    fill = layers.Add(name="fill")([xc, correction])
+    delta = layers.Subtract(name="fill_minus_input")([fill, inp])
+    out = layers.Add(name="restored")([inp, layers.Multiply(name="switch")([mask, delta])])
+    return keras.Model(inp, out, name="crosschannel_unet")
+
+
 # ---------------------------------------------------------------- registry
 
 MODELS: dict[str, Callable[..., keras.Model]] = {
     "paper_unet": build_paper_model,
     "dncnn_residual": build_dncnn_residual,
     "switching_unet": build_switching_unet,
+    "crosschannel_unet": build_crosschannel_unet,
 }
 
 # height and width of an input must be multiples of this (stride-2 stages)
-INPUT_MULTIPLE = {"paper_unet": 32, "dncnn_residual": 1, "switching_unet": 4}
+INPUT_MULTIPLE = {"paper_unet": 32, "dncnn_residual": 1, "switching_unet": 4, "crosschannel_unet": 4}
 
 DESCRIPTIONS = {
     "paper_unet": "the paper's encoder-decoder (Figure 3)",
     "dncnn_residual": "full-resolution residual CNN predicting the noise (DnCNN-style)",
     "switching_unet": "small U-Net with a switching head: m*f + (1-m)*input",
+    "crosschannel_unet": "U-Net refining the cross-channel switching filter; unflagged values pass exactly",
 }
 
 

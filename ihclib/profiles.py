@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
+from .data import EMBEDDED, TileDataset, make_dataset, read_splits, resolve_data_dir
 from .noise import NoiseSpec
 
 
@@ -34,6 +35,13 @@ class Profile:
     max_eval_tiles: int | None = None  # None = every test tile
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     early_stopping_patience: int = 3
+    # which data: None = $IHC_DATA_DIR, else the project's data/ (else the embedded image);
+    # "skimage" = the embedded image (see ihclib.data.resolve_data_dir)
+    data: str | None = None
+    augment: bool = True  # the real-slide augmentation of ihclib.train.Augmentation (False: flips only)
+    eval_tile_size: int | None = None  # tiles of the held-out evaluation (None: tile_size)
+    eval_min_tissue: float = 0.25  # held-out tiles hold at least this share of tissue
+    train_on_test: bool = False  # True: the test sources train too (the bundled model, not the study)
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -45,6 +53,23 @@ class Profile:
             raise ValueError(f"tile_size must be a multiple of 32, got {self.tile_size}")
         if self.batch_size < 1 or self.epochs < 1 or (self.steps_per_epoch is not None and self.steps_per_epoch < 1):
             raise ValueError("batch_size, epochs and steps_per_epoch must be positive")
+
+    def dataset(self, data_dir: str | None = None, tile_size: int | None = None) -> TileDataset:
+        """The profile's data cut into its training tiles (or ``tile_size`` tiles).
+
+        ``data_dir`` None takes the profile's ``data``; with ``train_on_test`` the sources that
+        ``splits.json`` holds out for testing are trained on as well."""
+        chosen = self.data if data_dir is None else data_dir
+        size = tile_size or self.tile_size
+        splits = read_splits(resolve_data_dir(chosen)) if self.train_on_test else None
+        if splits is not None:
+            splits = {k: v for k, v in splits.items() if k != "test"}
+        return make_dataset(chosen, tile_size=size, stride=self.stride if size == self.tile_size else size,
+                            seed=self.seed, fractions=self.fractions, splits=splits)
+
+    def eval_dataset(self, data_dir: str | None = None) -> TileDataset:
+        """The same data cut into non-overlapping evaluation tiles (``eval_tile_size``)."""
+        return self.dataset(data_dir, self.eval_tile_size or self.tile_size)
 
     def to_dict(self) -> dict:
         """Plain JSON-ready dict (noise as a dict, tuples as lists)."""
@@ -69,17 +94,29 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", tile_size=32, stride=32, batch_size=4, epochs=2, steps_per_epoch=2,
-        eval_amounts=(0.1, 0.3), max_eval_tiles=4,
-        description="seconds: CI and notebook tests; numbers are meaningless",
+        models=("paper_unet", "switching_unet", "crosschannel_unet"), data=EMBEDDED,
+        eval_amounts=(0.1, 0.3), max_eval_tiles=4, eval_min_tissue=0.0,
+        description="seconds: CI and notebook tests, on the embedded image; numbers are meaningless",
     ),
     "quick": Profile(
-        name="quick", tile_size=64, stride=16, batch_size=16, epochs=10, steps_per_epoch=55,
-        description="default of `make reproduce`: the whole study in about 30 minutes on 2 CPU cores",
+        name="quick", tile_size=64, stride=64, batch_size=16, epochs=8, steps_per_epoch=100,
+        learning_rate=2e-3, models=("paper_unet", "switching_unet", "crosschannel_unet"),
+        eval_tile_size=256, max_eval_tiles=12, eval_amounts=(0.05, 0.1, 0.2, 0.3, 0.5),
+        description="default of `make reproduce`: the project's six sources, two held out; "
+                    "about 30 minutes on 2 CPU cores",
+    ),
+    "bundle": Profile(
+        name="bundle", tile_size=64, stride=64, batch_size=16, epochs=20, steps_per_epoch=150,
+        learning_rate=2e-3, models=("crosschannel_unet",), train_on_test=True,
+        eval_tile_size=256, max_eval_tiles=12, eval_amounts=(0.05, 0.1, 0.2, 0.3, 0.5),
+        description="the bundled default model: crosschannel_unet on every source (none held out), "
+                    "longer; at most 90 minutes on 2 CPU cores",
     ),
     "paper": Profile(
-        name="paper", tile_size=256, stride=128, batch_size=16, epochs=5, steps_per_epoch=None,
+        name="paper", tile_size=256, stride=256, batch_size=16, epochs=5, steps_per_epoch=None,
+        models=("paper_unet",), eval_tile_size=256, max_eval_tiles=12, eval_amounts=(0.05, 0.1, 0.2, 0.3, 0.5),
         fractions=(0.7, 0.15, 0.15),
-        description="the paper's scale: 256 px tiles, 5 epochs (Table 1); for a GPU or a long CPU run",
+        description="the paper's scale: 256 px tiles, 5 epochs of one pass (Table 1), the paper's network",
     ),
 }
 

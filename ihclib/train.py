@@ -18,6 +18,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import keras
 import numpy as np
@@ -61,35 +62,96 @@ def salt_and_pepper_tf(
     return tf.where(hit, impulse, image)
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """How clean training tiles are varied before the noise: the ways real slides differ.
+
+    Applied in this order, each draw stateless (keyed by seed and element index):
+    flips and 90-degree rotations; stain jitter (each channel's optical density scaled by
+    U(1 - stain, 1 + stain), which changes the amount of hematoxylin/DAB colour); gamma
+    exp(U(-gamma, gamma)); contrast U(1 - contrast, 1 + contrast) around mid-grey and
+    brightness U(-brightness, brightness); with probability ``p_saturate`` an over-exposure
+    that clips the bright background to pure white (gain U(1.05, 1.35) plus U(0, 0.08)); with
+    probability ``p_jpeg`` a JPEG re-compression at quality U(jpeg_quality); finally
+    quantisation to 8 bits, as every real scan is. ``enabled`` False keeps only flips/rotations.
+    """
+
+    enabled: bool = True
+    stain: float = 0.15
+    gamma: float = 0.25
+    contrast: float = 0.15
+    brightness: float = 0.06
+    p_saturate: float = 0.25
+    p_jpeg: float = 0.5
+    jpeg_quality: tuple[int, int] = (40, 95)
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def augment_tile(x: tf.Tensor, key: tf.Tensor, aug: Augmentation) -> tf.Tensor:
+    """One clean tile varied as ``aug`` says (see :class:`Augmentation`); ``key`` a shape-[2] seed."""
+    s = tf.unstack(tf.random.experimental.stateless_split(key, 10))
+    x = tf.image.stateless_random_flip_left_right(x, s[0])
+    x = tf.image.rot90(x, tf.random.stateless_uniform([], s[1], 0, 4, dtype=tf.int32))
+    if not aug.enabled:
+        return x
+    uniform = lambda seed, lo, hi, shape=(): tf.random.stateless_uniform(shape, seed, lo, hi)  # noqa: E731
+    od = -tf.math.log(tf.maximum(x, 1.0 / 255.0))  # optical density per channel (Beer-Lambert)
+    x = tf.exp(-od * uniform(s[2], 1.0 - aug.stain, 1.0 + aug.stain, [3]))
+    x = tf.pow(x, tf.exp(uniform(s[3], -aug.gamma, aug.gamma)))
+    x = (x - 0.5) * uniform(s[4], 1.0 - aug.contrast, 1.0 + aug.contrast) + 0.5
+    x = tf.clip_by_value(x + uniform(s[5], -aug.brightness, aug.brightness), 0.0, 1.0)
+    saturate = uniform(s[6], 0.0, 1.0) < aug.p_saturate
+    gain, lift = tf.unstack(uniform(s[7], 0.0, 1.0, [2]))
+    x = tf.where(saturate, tf.clip_by_value(x * (1.05 + 0.3 * gain) + 0.08 * lift, 0.0, 1.0), x)
+    lo, hi = aug.jpeg_quality
+    jpeg = tf.image.stateless_random_jpeg_quality(x, lo, hi, s[8])
+    x = tf.where(uniform(s[9], 0.0, 1.0) < aug.p_jpeg, tf.reshape(jpeg, tf.shape(x)), x)
+    return tf.round(x * 255.0) / 255.0
+
+
 def make_train_pipeline(
-    tiles: np.ndarray,
+    tiles: np.ndarray | Mapping[str, np.ndarray],
     batch_size: int,
     seed: int,
     amount_range: tuple[float, float],
     noise: NoiseSpec = NoiseSpec(),
-    augment: bool = True,
+    augment: Augmentation | bool = True,
 ) -> tf.data.Dataset:
     """Endless batches of (noisy, clean) float32 tiles from clean tiles (N, t, t, 3).
 
-    Shuffled each pass (seeded), flipped / rotated by multiples of 90 degrees, noised with an
-    amount ~ U(amount_range) per tile. Element ``k`` of the stream uses the stateless seed
-    (seed, k), so noise is fresh every epoch and identical between runs with the same seed.
+    ``tiles`` may be a mapping source -> tiles: each source is then drawn equally often
+    (``sample_from_datasets``, seeded), however many tiles it has, so one large slide does not
+    drown the others. Each source's tiles are shuffled each pass (seeded), varied as
+    :class:`Augmentation` says (``True`` = the default augmentation, ``False`` = none), and
+    noised with an amount ~ U(amount_range) per tile. Element ``k`` of the stream uses the
+    stateless seed (seed, k), so noise is fresh every epoch and identical between runs with
+    the same seed.
     """
     if noise.kind != "s&p":
         raise ValueError(f"training noise must be salt-and-pepper, got {noise.kind!r}")
-    if len(tiles) == 0:
+    groups = dict(tiles) if isinstance(tiles, Mapping) else {"all": tiles}
+    groups = {k: v for k, v in groups.items() if len(v)}
+    if not groups:
         raise ValueError("no training tiles")
+    aug = augment if isinstance(augment, Augmentation) else Augmentation(enabled=bool(augment))
     lo, hi = amount_range
-    clean = tf.data.Dataset.from_tensor_slices(np.asarray(tiles, np.float32))
-    clean = clean.shuffle(len(tiles), seed=seed, reshuffle_each_iteration=True).repeat()
+    streams = [
+        tf.data.Dataset.from_tensor_slices(np.asarray(t, np.float32))
+        .shuffle(len(t), seed=seed + i, reshuffle_each_iteration=True).repeat()
+        for i, t in enumerate(groups.values())
+    ]
+    clean = streams[0] if len(streams) == 1 else tf.data.Dataset.sample_from_datasets(streams, seed=seed)
     stream = tf.data.Dataset.zip((clean, tf.data.Dataset.counter()))
 
     def make_pair(x, k):
         key = tf.stack([tf.constant(seed, tf.int64), k])
-        s_flip, s_rot, s_amount, s_noise = tf.unstack(tf.random.experimental.stateless_split(key, 4))
-        if augment:
-            x = tf.image.stateless_random_flip_left_right(x, s_flip)
-            x = tf.image.rot90(x, tf.random.stateless_uniform([], s_rot, 0, 4, dtype=tf.int32))
+        s_aug, s_amount, s_noise = tf.unstack(tf.random.experimental.stateless_split(key, 3))
+        if augment is not False:
+            x = augment_tile(x, s_aug, aug)
         amount = tf.random.stateless_uniform([], s_amount, lo, hi) if hi > lo else tf.constant(lo, tf.float32)
         noisy = salt_and_pepper_tf(x, amount, s_noise, noise.salt_vs_pepper, noise.per_pixel)
         return noisy, x
@@ -194,14 +256,17 @@ def train(
     set_determinism(seed)
     strategy = strategy or default_strategy()
 
-    train_tiles = dataset.load("train")
+    train_groups = dataset.load_by_category("train")  # sources drawn equally often
+    n_train = sum(len(t) for t in train_groups.values())
     val_clean = dataset.load("val")
-    if len(train_tiles) == 0 or len(val_clean) == 0:
-        raise ValueError(f"need training and validation tiles, got {len(train_tiles)} / {len(val_clean)}")
-    train_ds = make_train_pipeline(train_tiles, profile.batch_size, seed, profile.train_amount_range, profile.noise)
+    if n_train == 0 or len(val_clean) == 0:
+        raise ValueError(f"need training and validation tiles, got {n_train} / {len(val_clean)}")
+    augmentation = Augmentation(enabled=profile.augment)
+    train_ds = make_train_pipeline(train_groups, profile.batch_size, seed, profile.train_amount_range, profile.noise,
+                                   augment=augmentation)
     val_noisy = make_val_pairs(val_clean, profile.noise, profile.seed)
     val_ds = tf.data.Dataset.from_tensor_slices((val_noisy, val_clean)).batch(profile.batch_size).with_options(_data_options())
-    steps = profile.steps_per_epoch or math.ceil(len(train_tiles) / profile.batch_size)
+    steps = profile.steps_per_epoch or math.ceil(n_train / profile.batch_size)
 
     with strategy.scope():
         model = build_model(model_name, None)  # any input size: the saved model tiles freely
@@ -250,7 +315,9 @@ def train(
         "profile": profile.to_dict(),
         "noise": {
             "train": {**profile.noise.to_dict(), "amount_range": list(profile.train_amount_range),
-                      "note": "amount drawn per tile, fresh every epoch"},
+                      "note": "amount drawn per tile, fresh every epoch",
+                      "augmentation": augmentation.to_dict(),
+                      "sources": {k: len(v) for k, v in train_groups.items()}},
             "validation": profile.noise.to_dict(),
         },
         "data": dataset.describe(),

@@ -149,3 +149,33 @@ def test_modified_models_start_as_the_switching_mean_filter(name, tol):
     # switching_unet's sigmoid(+-6) switch leaks 0.25% of the difference
     assert np.abs(out - expected).max() < tol
     assert np.abs(noisy - expected).max() > 0.1  # the filter did change the impulses
+
+
+def test_crosschannel_unet_starts_as_the_cross_channel_filter():
+    from ihclib.baselines import cross_channel, impulse_mask
+    from ihclib.data import default_image
+    from ihclib.noise import salt_and_pepper
+
+    clean = default_image()[100:164, 100:164]
+    noisy = salt_and_pepper(clean, 0.1, np.random.default_rng(3))
+    out = build_model("crosschannel_unet", None).predict(noisy[None], verbose=0)[0]
+    flags = impulse_mask(noisy)
+    np.testing.assert_array_equal(out[~flags], noisy[~flags])  # hard gate: unflagged values pass exactly
+    # where a pixel keeps a clean channel, the fill is the regression of baselines.cross_channel
+    # (elsewhere the model's spatial fallback is a mean, the filter's a median)
+    regressed = flags & ~flags.all(axis=-1, keepdims=True)
+    diff = np.abs(out - cross_channel(noisy))[regressed]
+    # up to the 1 - sigmoid(8) = 3e-4 share of each replacement that the soft mask leaves
+    assert np.median(diff) < 5e-4 and np.mean(diff < 2e-3) > 0.97
+
+
+@pytest.mark.parametrize("name", ["switching_unet", "crosschannel_unet", "dncnn_residual"])
+def test_saturated_background_is_not_turned_dark(name):
+    # issue 10: a white background (every value exactly 1) is all "flagged"; the masked mean of
+    # no unflagged neighbour was 0, so untrained and trained models painted it black
+    img = np.ones((1, 32, 32, 3), np.float32)
+    img[0, 8:24, 8:24] = [0.55, 0.35, 0.25]
+    noisy = img.copy()
+    noisy[0, 2, 2, 1] = 0.0  # one pepper value in the white background
+    out = build_model(name, None).predict(noisy, verbose=0)[0]
+    assert np.abs(out[:4, :4] - 1.0).max() < 0.02  # 7x7 windows there hold no tissue

@@ -44,23 +44,72 @@ def long_df():
     return _long(rows)
 
 
-def test_quality_target_picks_best_on_each_side(long_df):
-    t = comparison.quality_target(long_df, ["m1", "m2"], ["filt"], amounts=(0.1, 0.3))
-    assert list(t["best model"]) == ["m1", "m2"]
-    assert list(t.met) == [True, False]
-    assert t.margin.tolist() == [2.0, -1.0]
-    assert list(t["clear (CIs disjoint)"]) == [True, False]
-    text = comparison.conclusion(long_df, t, paper_model="m2")
-    assert "not met" in text and "falls short of it by 1.00 dB" in text and "below the strongest classical filter" in text
+def _per_tile(values: dict) -> pd.DataFrame:
+    """A per-tile table: {(source, amount): {method: [psnr per tile]}}; SSIM = PSNR / 100."""
+    rows = []
+    for (source, amount), methods in values.items():
+        for method, psnrs in methods.items():
+            for i, v in enumerate(psnrs):
+                rows.append({"method": method, "noise": "s&p", "amount": amount, "tile": i, "source": source,
+                             "psnr": v, "ssim": v / 100})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def per_tile():
+    return _per_tile({
+        ("a", 0.1): {"m1": [41, 43], "m2": [35, 35], "filt": [39, 39], NOISY: [15, 15]},
+        ("b", 0.1): {"m1": [39, 39], "m2": [35, 35], "filt": [38, 38], NOISY: [15, 15]},
+        ("a", 0.3): {"m1": [30, 30], "m2": [33, 33], "filt": [34, 34], NOISY: [10, 10]},
+        ("b", 0.3): {"m1": [30, 30], "m2": [35, 35], "filt": [34, 34], NOISY: [10, 10]},
+    })
+
+
+def test_quality_target_pooled_and_per_source(per_tile):
+    t = comparison.quality_target(per_tile, ["m1", "m2"], ["filt"], amounts=(0.1, 0.3))
+    assert list(t.scope) == ["all held-out"] * 2 + ["a", "a", "b", "b"]
+    assert list(t["best model"]) == ["m1", "m2", "m1", "m2", "m1", "m2"]
+    assert t.margin.tolist() == [2.0, 0.0, 3.0, -1.0, 1.0, 1.0]
+    # pooled needs +1.0 dB, a source +0.0 dB; SSIM must not be lower
+    assert list(t.met) == [True, False, True, False, True, True]
+    text = comparison.conclusion(per_tile.pipe(comparison_long), t, paper_model="m2")
+    assert "**not met**" in text and "falls short of it by -0.00 dB" not in text
+    assert "a at 30% (m2 -1.00 dB against filt" in text
+
+
+def comparison_long(per_tile: pd.DataFrame) -> pd.DataFrame:
+    from ihclib.evaluate import summarise
+
+    return summarise(per_tile.drop(columns="source"), metrics=["psnr", "ssim"])
+
+
+def test_per_source_table(per_tile):
+    t = comparison.per_source_table(per_tile, ["m1", "filt"], amounts=(0.1,))
+    assert list(t.source) == ["all held-out", "all held-out", "a", "a", "b", "b"]
+    assert t.loc[(t.source == "b") & (t.method == "m1"), "PSNR @10%"].item() == "39.00 [39.00, 39.00]"
+    assert t.loc[(t.source == "a") & (t.method == "m1"), "PSNR @10%"].item().startswith("42.00 [")
+
+
+def test_clean_input_table_scores_output_against_input():
+    tiles = np.full((2, 16, 16, 3), 0.9, np.float32)
+    tiles[:, 4:12, 4:12] = [0.5, 0.3, 0.2]
+
+    def darken_white(img):
+        return np.where(img >= 1.0, 0.0, img)
+
+    t = comparison.clean_input_table(tiles, {"identity": lambda img: img, "darken": darken_white})
+    assert np.isinf(t.loc[0, "PSNR vs input, clean input"]) and np.isinf(t.loc[1, "PSNR vs input, clean input"])
+    bright = "PSNR vs input, clean, brightened +60/255"
+    assert np.isinf(t.loc[0, bright]) and t.loc[1, bright] < 10  # the brightened background is pure white
+    assert t.loc[0, "saturated pixels, clean, brightened +60/255"] == "75.0%"
+
+
+def test_held_out_tiles_one_array_and_a_source_per_tile():
+    ds = make_dataset("skimage", tile_size=64, seed=0)
+    tiles, sources = comparison.held_out_tiles(ds, 3, seed=0)
+    assert tiles.shape == (3, 64, 64, 3) and sources == ["ihc"] * 3
 
 
 def test_headline_formats_ci(long_df):
     h = comparison.headline(long_df, amounts=(0.1,), metrics={"psnr": "PSNR"})
     assert h.loc["m1", "PSNR @10%"] == "40.00 [39.50, 40.50]"
-
-
-def test_conclusion_names_where_each_side_leads(long_df):
-    t = comparison.quality_target(long_df, ["m1", "m2"], ["filt"], amounts=(0.1,))
-    text = comparison.conclusion(long_df, t, paper_model="m1", model_names=["m1", "m2"], baseline_names=["filt"])
-    assert "leads the classical filters in PSNR at 10%; a filter leads at 30% (filt, -1.00 dB)" in text
-    assert "**met**" in text
