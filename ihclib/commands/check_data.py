@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..data import make_dataset, resolve_data_dir, scan_folder, tile_sources
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check-data", help="summarise a data folder (default: the embedded IHC image)",
@@ -20,6 +18,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Summarise the data folder; 1 if it has bad files (unless --skip-bad) or no usable image."""
+    from ..data import make_dataset, resolve_data_dir, scan_folder, tile_sources  # pandas: not for --help
+
+    # checked here because a folder goes to scan_folder/tile_sources, which trust their arguments
+    if args.tile_size < 8:
+        raise ValueError(f"--tile-size must be at least 8 pixels, got {args.tile_size}")
+    if args.stride is not None and args.stride < 1:
+        raise ValueError(f"--stride must be a positive number of pixels, got {args.stride}")
     root = resolve_data_dir(args.data_dir)
     if root is None:
         ds = make_dataset(None, tile_size=args.tile_size, stride=args.stride, seed=args.seed)
