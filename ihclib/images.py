@@ -322,6 +322,8 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(height, width) of an image file without decoding all its pixels where possible."""
     path = Path(path)
     ext = path.suffix.lower()
+    if ext not in IMAGE_EXTENSIONS:  # Pillow would read a BMP that load_image refuses
+        raise ImageError(path, f"unsupported extension '{ext}' (use PNG, JPEG or TIFF)")
     try:
         if ext in (".tif", ".tiff"):
             import tifffile

@@ -79,9 +79,10 @@ def run(args: argparse.Namespace) -> int:
     for src, dst in zip(args.inputs, outputs):
         start = time.perf_counter()
         try:
-            # everything knowable before the work, not only at the write
-            check_output(dst, overwrite=args.overwrite)
+            # everything knowable before the work, not only at the write: the input's header first,
+            # so that a bad input is named as such
             check_memory(src, *image_size(src), DENOISE_BYTES_PER_PIXEL, task="denoise")
+            check_output(dst, overwrite=args.overwrite)
             image = load_image(src)
             check_output(dst, image.dtype, image.alpha is not None, overwrite=args.overwrite)
             rgb = denoise(model, image.rgb, tile_size=tile_size, overlap=args.overlap, batch_size=args.batch_size,
