@@ -599,6 +599,8 @@ def test_13_tensorflow_start_up_lines_are_silenced():
         os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
         from ihclib.cli import import_tensorflow_quietly
         import_tensorflow_quietly()
+        import tensorflow as tf
+        tf.config.list_physical_devices("GPU")  # without a GPU driver: "failed call to cuInit"
         os.write(2, b"a line of our own\\n")
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(), timeout=120)
