@@ -128,9 +128,10 @@ def _swap_in(build: Path, reports_dir: Path) -> None:
     except BaseException:
         if not reports_dir.exists() and old.exists():
             os.replace(old, reports_dir)
+        if not old.exists():  # never delete the old reports/ unless it is back in place
+            shutil.rmtree(old_parent, ignore_errors=True)
         raise
-    finally:
-        shutil.rmtree(old_parent, ignore_errors=True)
+    shutil.rmtree(old_parent, ignore_errors=True)
 
 
 def run_study(profile: str = "quick", data_dir: str | None = None, reports: str = "reports",
@@ -171,6 +172,7 @@ def run_study(profile: str = "quick", data_dir: str | None = None, reports: str 
 
 def _run_into(build: Path, book: list[Path], prof, profile: str, data_dir: str | None, reports: str,
               reports_dir: Path, runs_path: Path, root: Path, partial: bool) -> int:
+    """Execute ``book`` into ``build``, carry over the files that are not the pipeline's, swap."""
     (build / "notebooks").mkdir(exist_ok=True)
     rel_build = os.path.relpath(build, root)
     timings: dict[str, float] = {}
