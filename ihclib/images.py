@@ -1,22 +1,39 @@
-"""Reading and writing image files: one place for formats, dtypes, alpha and errors.
+"""Reading and writing image files: one place for formats, dtypes, alpha, metadata and errors.
 
 Every image inside the study is float32 RGB in [0, 1], shape (H, W, 3). Files may be PNG,
-JPEG or TIFF, 8- or 16-bit, RGB or RGBA. Grayscale files are *refused* with a clear message:
-the models are trained on colour IHC (hematoxylin + DAB), and a grayscale image is nearly
-always a wrong file, not something to guess at (convert it to RGB yourself if you mean it).
+JPEG or TIFF, 8- or 16-bit (or floating point, TIFF), RGB or RGBA. Grayscale files are
+*refused* with a clear message: the models are trained on colour IHC (hematoxylin + DAB), and a
+grayscale image is nearly always a wrong file, not something to guess at (convert it to RGB
+yourself if you mean it).
+
+What a file says besides its pixels and that a pathologist needs back (the physical pixel
+size, the EXIF orientation, the colour profile) is read into :class:`ImageMeta` and written
+again by :func:`save_image`. Every file this package writes goes through :func:`atomic_write`.
 """
 
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
 import warnings
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+# Memory per pixel, for refusing an image before running out of memory halfway (a 13,500 px
+# square slide is 182 Mpx): loading keeps the decoded file (up to 4 x 16 bit) and float32 RGB;
+# denoising adds the float32 output, the float32 weights and the conversions back to integers.
+LOAD_BYTES_PER_PIXEL = 8 + 12
+DENOISE_BYTES_PER_PIXEL = LOAD_BYTES_PER_PIXEL + 12 + 4 + 24
+# the float scales a floating-point file may use (ImageJ writes 32-bit images on 0-255)
+FLOAT_SCALES = (1.0, 255.0, 65535.0)
 
 
 class ImageError(ValueError):
@@ -28,18 +45,110 @@ class ImageError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
+@dataclass(frozen=True)
+class ImageMeta:
+    """What a file says besides its pixels, kept from input to output.
+
+    ``resolution`` is pixels per ``unit`` ("inch" or "cm") in x and y: the physical pixel size
+    (0.25 um/px is 40000 px/cm). ``orientation`` is the EXIF/TIFF orientation (1-8): pixels are
+    kept as stored, so the tag must travel with them. ``exif`` is a PNG/JPEG file's whole EXIF
+    block, ``icc_profile`` its colour profile.
+    """
+
+    resolution: tuple[float, float] | None = None
+    unit: str | None = None
+    orientation: int | None = None
+    exif: bytes | None = None
+    icc_profile: bytes | None = None
+
+    def dpi(self) -> tuple[float, float] | None:
+        """Pixels per inch, or None when the file states no physical size."""
+        if self.resolution is None or self.unit not in ("inch", "cm"):
+            return None
+        f = 2.54 if self.unit == "cm" else 1.0
+        return (self.resolution[0] * f, self.resolution[1] * f)
+
+    def microns_per_pixel(self) -> tuple[float, float] | None:
+        """Physical pixel size in micrometres (x, y), or None."""
+        dpi = self.dpi()
+        return None if dpi is None or not all(dpi) else (25400.0 / dpi[0], 25400.0 / dpi[1])
+
+
 @dataclass
 class LoadedImage:
     """An image as read from disk: float RGB for the study plus what is needed to write it back."""
 
     rgb: np.ndarray  # float32 (H, W, 3) in [0, 1]
-    dtype: np.dtype  # uint8 or uint16, as stored
-    alpha: np.ndarray | None  # (H, W) in the stored dtype, or None
+    dtype: np.dtype  # uint8 or uint16, as stored (uint16 for floating-point files)
+    alpha: np.ndarray | None  # (H, W) in ``dtype``, or None
     path: str
+    meta: ImageMeta | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.rgb.shape[:2]
+
+
+# ---------------------------------------------------------------- memory
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still use (MemAvailable, capped by a cgroup limit); None if unknown."""
+    avail = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            avail = None
+    # a container's limit is lower than the host's free memory that /proc/meminfo reports
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            if limit == "max" or int(limit) >= 1 << 60:
+                continue
+            left = int(limit) - int(Path(usage_file).read_text().strip())
+            avail = left if avail is None else min(avail, left)
+            break
+        except (OSError, ValueError):
+            continue
+    return avail
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB"
+
+
+def check_memory(path: str | os.PathLike, height: int, width: int, bytes_per_pixel: int, task: str = "load") -> None:
+    """Raise ImageError when a ``width`` x ``height`` image needs more memory for ``task`` than is free."""
+    need = int(height) * int(width) * bytes_per_pixel
+    avail = available_memory()
+    if avail is not None and need > avail:
+        raise ImageError(path, f"{width}x{height} px needs about {_gb(need)} of memory to {task}, "
+                               f"but only {_gb(avail)} is available")
+
+
+@contextmanager
+def _pil_without_pixel_limit():
+    """Pillow with its fixed 179 Mpx "decompression bomb" limit lifted for one call: the limit
+    here is the memory the image needs (:func:`check_memory`), which is checked instead."""
+    from PIL import Image
+
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield Image
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+# ---------------------------------------------------------------- reading
 
 
 def _is_png16_colour(path: Path) -> bool:
@@ -58,8 +167,36 @@ def _imagecodecs():
     return imagecodecs
 
 
-def _read_raw(path: Path) -> np.ndarray:
-    """Decode a file to an ndarray, turning every decoder failure into ImageError."""
+def _tiff_meta(tf) -> ImageMeta:
+    tags = tf.pages[0].tags
+    res = unit = None
+    if "XResolution" in tags and "YResolution" in tags:
+        x, y = tags["XResolution"].value, tags["YResolution"].value  # rationals (numerator, denominator)
+        res = (x[0] / x[1] if x[1] else 0.0, y[0] / y[1] if y[1] else 0.0)
+        code = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2  # TIFF's default: inch
+        unit = {2: "inch", 3: "cm"}.get(code)
+    orientation = int(tags["Orientation"].value) if "Orientation" in tags else None
+    icc = tags["InterColorProfile"].value if "InterColorProfile" in tags else None
+    if not (res and all(res) and unit):  # tifffile writes 1 px per "no unit" when nothing is known
+        res = unit = None
+    return ImageMeta(res, unit, orientation, None, bytes(icc) if icc is not None else None)
+
+
+def _pil_meta(im) -> ImageMeta:
+    info = im.info
+    dpi = info.get("dpi")
+    exif = info.get("exif")
+    try:
+        orientation = im.getexif().get(274)
+    except Exception:  # a damaged EXIF block must not make the pixels unreadable
+        orientation = None
+    res = (float(dpi[0]), float(dpi[1])) if dpi and all(dpi) else None
+    return ImageMeta(res, "inch" if res else None, int(orientation) if orientation else None,
+                     bytes(exif) if exif else None, info.get("icc_profile") or None)
+
+
+def _read_raw(path: Path) -> tuple[np.ndarray, ImageMeta]:
+    """Decode a file to an ndarray and its metadata, turning every decoder failure into ImageError."""
     if not path.exists():
         raise ImageError(path, "no such file")
     if path.is_dir():
@@ -75,12 +212,17 @@ def _read_raw(path: Path) -> np.ndarray:
             if ext in (".tif", ".tiff"):
                 import tifffile
 
-                return np.asarray(tifffile.imread(path))
-            if ext == ".png" and _is_png16_colour(path):
-                return np.asarray(_imagecodecs().png_decode(path.read_bytes()))
-            from PIL import Image
-
-            with Image.open(path) as im:
+                with tifffile.TiffFile(path) as tf:
+                    shape = tf.series[0].shape
+                    planar = len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (3, 4)
+                    if len(shape) >= 2:
+                        check_memory(path, *(shape[1:3] if planar else shape[:2]), LOAD_BYTES_PER_PIXEL)
+                    return np.asarray(tf.asarray()), _tiff_meta(tf)
+            with _pil_without_pixel_limit() as Image, Image.open(path) as im:
+                check_memory(path, im.height, im.width, LOAD_BYTES_PER_PIXEL)
+                meta = _pil_meta(im)
+                if ext == ".png" and _is_png16_colour(path):
+                    return np.asarray(_imagecodecs().png_decode(path.read_bytes())), meta
                 im.load()  # forces a full decode so truncated files fail here
                 if im.mode in ("P", "PA"):
                     im = im.convert("RGBA" if "transparency" in im.info or im.mode == "PA" else "RGB")
@@ -88,9 +230,11 @@ def _read_raw(path: Path) -> np.ndarray:
                     im = im.convert("RGB")
                 elif im.mode == "I;16B":
                     im = im.convert("I;16")
-                return np.asarray(im)
+                return np.asarray(im), meta
     except ImageError:
         raise
+    except MemoryError:
+        raise ImageError(path, "not enough memory to decode this image") from None
     except Exception as exc:  # decoders raise many unrelated types; report them uniformly
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "truncated" in reason.lower() or isinstance(exc, (OSError, EOFError)) and "truncat" in reason.lower():
@@ -113,8 +257,29 @@ def _normalise_layout(arr: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarr
     return arr, None
 
 
+def float_scale(arr: np.ndarray, path: str | os.PathLike = "image") -> float:
+    """The full scale of floating-point pixels: 1, 255 or 65535, whichever their maximum fits.
+
+    A float TIFF may hold [0, 1] or, as ImageJ writes it, 0-255 (or 0-65535); clipping the
+    latter to 1 would turn the image white. NaN/Inf, negative values and values above 65535
+    are refused (ImageError): there is no scale to guess for them.
+    """
+    if arr.size == 0:
+        return 1.0
+    if not np.isfinite(arr).all():
+        raise ImageError(path, "floating-point image holds NaN or infinite values")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < -1e-3:
+        raise ImageError(path, f"floating-point image has negative values (min {lo:.4g}); "
+                               "expected a 0-1, 0-255 or 0-65535 scale")
+    for top in FLOAT_SCALES:
+        if hi <= top * (1 + 1e-3):  # a [0, 1] image rounded to 1.0000001 is still [0, 1]
+            return top
+    raise ImageError(path, f"floating-point image has values up to {hi:.4g}; expected a 0-1, 0-255 or 0-65535 scale")
+
+
 def to_float(arr: np.ndarray) -> np.ndarray:
-    """Integer or float pixels to float32 in [0, 1]."""
+    """Integer or float pixels to float32 in [0, 1] (floats are taken as [0, 1] and clipped)."""
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / 255.0
     if arr.dtype == np.uint16:
@@ -134,14 +299,18 @@ def from_float(rgb: np.ndarray, dtype: np.dtype) -> np.ndarray:
 def load_image(path: str | os.PathLike) -> LoadedImage:
     """Read an RGB(A) image file; raise ImageError naming the file and the reason."""
     path = Path(path)
-    arr = _read_raw(path)
+    arr, meta = _read_raw(path)
     rgb, alpha = _normalise_layout(arr, path)
     if rgb.dtype not in (np.uint8, np.uint16):
-        if rgb.dtype == bool or np.issubdtype(rgb.dtype, np.integer):
+        if rgb.dtype == bool or not np.issubdtype(rgb.dtype, np.floating):
             raise ImageError(path, f"unsupported pixel type {rgb.dtype} (use 8- or 16-bit)")
-        # float TIFFs are taken as [0, 1] and written back as 16-bit
-        return LoadedImage(to_float(rgb), np.dtype(np.uint16), alpha, str(path))
-    return LoadedImage(to_float(rgb), rgb.dtype, alpha, str(path))
+        # floating point: scaled by the range it uses, written back as 16-bit
+        top = float_scale(arr, path)
+        rgb = to_float(np.asarray(rgb, np.float32) / np.float32(top))
+        if alpha is not None:
+            alpha = from_float(np.asarray(alpha, np.float32) / np.float32(top), np.uint16)
+        return LoadedImage(rgb, np.dtype(np.uint16), alpha, str(path), meta)
+    return LoadedImage(to_float(rgb), rgb.dtype, alpha, str(path), meta)
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
@@ -153,6 +322,8 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(height, width) of an image file without decoding all its pixels where possible."""
     path = Path(path)
     ext = path.suffix.lower()
+    if ext not in IMAGE_EXTENSIONS:  # Pillow would read a BMP that load_image refuses
+        raise ImageError(path, f"unsupported extension '{ext}' (use PNG, JPEG or TIFF)")
     try:
         if ext in (".tif", ".tiff"):
             import tifffile
@@ -162,12 +333,13 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
             if len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (3, 4):
                 return int(shape[1]), int(shape[2])
             return int(shape[0]), int(shape[1])
-        from PIL import Image
-
-        with Image.open(path) as im:
+        with _pil_without_pixel_limit() as Image, Image.open(path) as im:
             return im.height, im.width
     except Exception:
         return load_image(path).shape
+
+
+# ---------------------------------------------------------------- writing
 
 
 def default_file_mode() -> int:
@@ -177,50 +349,175 @@ def default_file_mode() -> int:
     return 0o666 & ~mask
 
 
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object], suffix: str = ".tmp") -> Path:
+    """Create or replace ``path`` with what ``write(tmp)`` writes to a temporary file beside it.
+
+    The file appears complete or not at all. The temporary file (``.NAME.XXXX<suffix>``) is
+    removed on every way out, KeyboardInterrupt and SystemExit (SIGTERM in the CLI) included.
+    The new file gets the permissions a plain ``open()`` would give it.
+    """
+    path = Path(path)
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        os.close(fd)
+        write(tmp)
+        os.chmod(tmp, default_file_mode())  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _writable_folder(folder: Path) -> str | None:
+    """Why files cannot be created in ``folder`` (or the ancestor that would hold it), or None."""
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            return None
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is a file, not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"folder {probe} is not writable"
+    return None
+
+
+def check_output(
+    path: str | os.PathLike,
+    dtype: np.dtype | type | None = None,
+    has_alpha: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Raise ImageError if an image cannot be written to ``path``; return it as a Path.
+
+    Everything that can be known before the work: a folder instead of a file name (also
+    ``dir/``), a missing or unsupported extension, an existing file without ``overwrite``, an
+    unwritable folder, and (when ``dtype`` is given) 16-bit or alpha into JPEG.
+    """
+    raw = os.fspath(path)
+    path = Path(path)
+    if raw.endswith(("/", os.sep)) or path.is_dir():
+        raise ImageError(path, "is a folder; give an output file name (or use --out-dir for a folder)")
+    ext = path.suffix.lower()
+    if not ext:
+        raise ImageError(path, "output name has no extension; end it in .png, .jpg or .tif")
+    if ext not in IMAGE_EXTENSIONS:
+        raise ImageError(path, f"unsupported output extension '{ext}' (use .png, .jpg or .tif)")
+    if path.exists() and not overwrite:
+        raise ImageError(path, "already exists (pass --overwrite to replace it)")
+    if dtype is not None and ext in (".jpg", ".jpeg") and (np.dtype(dtype) != np.uint8 or has_alpha):
+        raise ImageError(path, "JPEG holds only 8-bit RGB; write PNG or TIFF to keep 16-bit or alpha")
+    problem = _writable_folder(path.parent)
+    if problem:
+        raise ImageError(path, f"cannot write: {problem}")
+    return path
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _png_with_meta(png: bytes, meta: ImageMeta) -> bytes:
+    """A PNG with pHYs / iCCP / eXIf chunks added after IHDR (imagecodecs writes none)."""
+    chunks = b""
+    dpi = meta.dpi()
+    if dpi:
+        ppm = [int(round(d / 0.0254)) for d in dpi]
+        chunks += _png_chunk(b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1))
+    if meta.icc_profile:
+        chunks += _png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(meta.icc_profile))
+    exif = _exif_bytes(meta)
+    if exif:
+        chunks += _png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
+    end_of_ihdr = 8 + 8 + 13 + 4
+    return png[:end_of_ihdr] + chunks + png[end_of_ihdr:]
+
+
+def _exif_bytes(meta: ImageMeta, resolution_in_exif: bool = False) -> bytes | None:
+    """The EXIF block to write: the input's, or one made for an orientation (and resolution)."""
+    if meta.exif and not resolution_in_exif:
+        return meta.exif
+    if meta.orientation is None and not (resolution_in_exif and meta.resolution) and not meta.exif:
+        return None
+    from PIL import Image
+
+    exif = Image.Exif()
+    if meta.exif:
+        exif.load(meta.exif)
+    if meta.orientation is not None:
+        exif[274] = meta.orientation
+    if resolution_in_exif and meta.resolution:
+        exif[282], exif[283] = float(meta.resolution[0]), float(meta.resolution[1])
+        exif[296] = 3 if meta.unit == "cm" else 2
+    return exif.tobytes()
+
+
+def _write_pixels(tmp: str, pixels: np.ndarray, ext: str, meta: ImageMeta) -> None:
+    if ext in (".tif", ".tiff"):
+        import tifffile
+
+        kwargs: dict = {}
+        if meta.resolution and meta.unit in ("inch", "cm"):
+            kwargs["resolution"] = meta.resolution
+            kwargs["resolutionunit"] = "CENTIMETER" if meta.unit == "cm" else "INCH"
+        if meta.icc_profile:
+            kwargs["iccprofile"] = meta.icc_profile
+        if meta.orientation is not None:
+            kwargs["extratags"] = [(274, "H", 1, int(meta.orientation), True)]
+        tifffile.imwrite(tmp, pixels, photometric="rgb", **kwargs)
+        return
+    if pixels.dtype == np.uint16:
+        # neither PIL nor imageio's PIL plugin writes 16-bit colour PNG
+        Path(tmp).write_bytes(_png_with_meta(_imagecodecs().png_encode(pixels), meta))
+        return
+    from PIL import Image
+
+    kwargs = {}
+    dpi = meta.dpi()
+    # JFIF stores the density in 16 bits: a microscope's 101,600 dpi goes into EXIF instead
+    big_for_jfif = ext in (".jpg", ".jpeg") and dpi is not None and max(dpi) > 65535
+    if dpi and not big_for_jfif:
+        kwargs["dpi"] = dpi
+    exif = _exif_bytes(meta, resolution_in_exif=big_for_jfif)
+    if exif:
+        kwargs["exif"] = exif
+    if meta.icc_profile:
+        kwargs["icc_profile"] = meta.icc_profile
+    if ext == ".png":
+        Image.fromarray(pixels).save(tmp, format="PNG", **kwargs)
+    else:
+        Image.fromarray(pixels).save(tmp, format="JPEG", quality=95, **kwargs)
+
+
 def save_image(
     path: str | os.PathLike,
     rgb: np.ndarray,
     dtype: np.dtype | type = np.uint8,
     alpha: np.ndarray | None = None,
     overwrite: bool = False,
+    meta: ImageMeta | None = None,
 ) -> Path:
-    """Write float RGB (plus optional alpha) atomically: temporary file, then rename.
+    """Write float RGB (plus optional alpha and metadata) atomically: temporary file, then rename.
 
-    An existing file is never touched unless ``overwrite`` is true, and a failed write leaves
-    whatever was there before.
+    An existing file is never touched unless ``overwrite`` is true, and a failed or interrupted
+    write leaves whatever was there before and no temporary file. Every failure is an
+    ImageError naming ``path``.
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise ImageError(path, "already exists (pass overwrite=True / --overwrite to replace it)")
+    path = check_output(path, dtype, alpha is not None, overwrite)
     ext = path.suffix.lower()
-    if ext not in IMAGE_EXTENSIONS:
-        raise ImageError(path, f"unsupported output extension '{ext}' (use .png, .jpg or .tif)")
     pixels = from_float(rgb, dtype)
     if alpha is not None:
         pixels = np.concatenate([pixels, alpha.astype(pixels.dtype)[..., None]], axis=-1)
-    if ext in (".jpg", ".jpeg") and (pixels.dtype != np.uint8 or pixels.shape[-1] == 4):
-        raise ImageError(path, "JPEG holds only 8-bit RGB; write PNG or TIFF to keep 16-bit or alpha")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=ext + ".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        if ext in (".tif", ".tiff"):
-            import tifffile
-
-            tifffile.imwrite(tmp, pixels, photometric="rgb")
-        else:
-            from PIL import Image
-
-            if pixels.dtype == np.uint16:
-                # neither PIL nor imageio's PIL plugin writes 16-bit colour PNG
-                Path(tmp).write_bytes(_imagecodecs().png_encode(pixels))
-            else:
-                Image.fromarray(pixels).save(tmp, format="PNG" if ext == ".png" else "JPEG", quality=95)
-        os.chmod(tmp, default_file_mode())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: _write_pixels(tmp, pixels, ext, meta or ImageMeta()), suffix=ext + ".tmp")
+    except ImageError:
+        raise
     except Exception as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, ImageError):
-            raise
-        raise ImageError(path, f"cannot write ({exc})") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
+        raise ImageError(path, f"cannot write ({reason})") from None
     return path
+

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.resources
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -38,12 +39,16 @@ AUTO_PROGRESS_BATCHES = 4  # show a progress bar when there are more batches tha
 Predictor = Callable[[np.ndarray], np.ndarray]
 
 
-def check_tiling(tile_size: int, overlap: int, batch_size: int = 1) -> None:
-    """Raise ValueError with a clear message for an unusable tile size, overlap or batch size."""
-    if not isinstance(tile_size, (int, np.integer)) or tile_size <= 0 or tile_size % DOWNSAMPLING:
+def check_tiling(tile_size: int, overlap: int, batch_size: int = 1, multiple: int = DOWNSAMPLING) -> None:
+    """Raise ValueError with a clear message for an unusable tile size, overlap or batch size.
+
+    ``multiple``: what the model's input sides must be a multiple of (:func:`input_multiple`
+    reads it from the sidecar); 32 by default, the paper's U-Net.
+    """
+    if not isinstance(tile_size, (int, np.integer)) or tile_size <= 0 or tile_size % multiple:
         raise ValueError(
-            f"tile size must be a positive multiple of {DOWNSAMPLING} (the U-Net downsamples "
-            f"{DOWNSAMPLING}x), got {tile_size}"
+            f"tile size must be a positive multiple of {multiple} (what the model's "
+            f"downsampling needs), got {tile_size}"
         )
     if not 0 <= overlap < tile_size:
         raise ValueError(f"overlap must be in [0, tile size {tile_size}), got {overlap}")
@@ -136,6 +141,7 @@ def denoise(
     progress: bool | None = None,
     jit_compile: bool = False,
     backend: str | None = None,
+    multiple: int = DOWNSAMPLING,
 ) -> np.ndarray:
     """Denoise an RGB image of any size; returns float32 (H, W, 3) like the input.
 
@@ -152,10 +158,13 @@ def denoise(
     ``backend`` (Keras models only): "keras", "openvino", "onnxruntime" or "auto" (the fastest
     installed); ``None`` = the ``IHCLIB_BACKEND`` environment variable, else "keras". See
     :mod:`ihclib.backends`; the converted model is cached on the model object.
-    The output is not clipped (a model may overshoot [0, 1]; writing an image clips).
+    ``multiple``: what tile sides must be a multiple of for this model (``input_multiple`` of
+    its sidecar, see :func:`input_multiple`; default 32, which every registry model accepts).
+    The output is not clipped (a model may overshoot [0, 1]; writing an image clips). A model
+    output with NaN or Inf is refused (ValueError) rather than written as a black image.
     """
     tile_size = resolve_tile_size(model, tile_size)
-    check_tiling(tile_size, overlap, batch_size)
+    check_tiling(tile_size, overlap, batch_size, multiple)
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"expected an RGB image (H, W, 3), got shape {image.shape}")
@@ -200,6 +209,9 @@ def denoise(
             if pred.shape != batch.shape:
                 raise ValueError(f"model returned shape {pred.shape} for input {batch.shape}; "
                                  "denoising needs a fully convolutional RGB -> RGB model")
+            if not np.isfinite(pred[: len(group)]).all():
+                # NaN/Inf would be clipped to black when written, and exit 0: a broken model
+                raise ValueError("model output contains NaN or Inf (a broken or diverged model)")
             for i, (r, c) in enumerate(group):
                 sides = (r > 0, r + tile_size < ph, c > 0, c + tile_size < pw)
                 w = windows.get(sides)
@@ -218,30 +230,95 @@ def denoise(
     return out
 
 
-# --- the bundled model ---------------------------------------------------------------------
+# --- models: loading, checking, the bundled default ----------------------------------------
+
+MODELS_ENV_VAR = "IHCLIB_MODELS_DIR"
+DEFAULT_MODEL_FILE = "default.keras"
 
 
 def load_model(path: str | Path) -> tuple[Any, dict]:
-    """A ``.keras`` model (safe mode) and its JSON sidecar: ``ihclib.train.load_model``.
+    """A ``.keras`` denoiser (safe mode) and its JSON sidecar, checked for use by :func:`denoise`.
 
-    Errors are one line naming the file (FileNotFoundError / ValueError).
+    Errors are one line naming the file (FileNotFoundError / ValueError): not a Keras file,
+    a sidecar that is not JSON, a model that does not map RGB to RGB.
     """
     from .train import load_model as train_load_model  # imports keras: only when a model is needed
 
-    return train_load_model(path)
+    model, sidecar = train_load_model(path)
+    check_denoiser(model, path)
+    return model, sidecar
+
+
+def check_denoiser(model: Any, path: str | Path = "model") -> None:
+    """ValueError naming ``path`` unless ``model`` takes and returns 3 channels (RGB).
+
+    Checked on loading: a model for 1 or 4 channels would otherwise fail deep inside
+    TensorFlow on the first tile, with a page of graph dump instead of a reason.
+    """
+    if not _is_keras_model(model):
+        return
+    try:
+        inputs, outputs = model.inputs, model.outputs
+    except (AttributeError, ValueError):  # a subclassed model that was never built
+        return
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ValueError(f"{path}: model has {len(inputs)} inputs and {len(outputs)} outputs; "
+                         "denoising needs one RGB image in and one out")
+    shape_in, shape_out = tuple(inputs[0].shape), tuple(outputs[0].shape)
+    if len(shape_in) != 4 or shape_in[-1] != 3:
+        raise ValueError(f"{path}: model takes input of shape {shape_in[1:]}; denoising needs "
+                         "RGB images (height, width, 3)")
+    if len(shape_out) != 4 or shape_out[-1] != 3:
+        raise ValueError(f"{path}: model returns shape {shape_out[1:]}; denoising needs RGB out "
+                         "(height, width, 3)")
+
+
+def input_multiple(sidecar: dict | None) -> int:
+    """The number the model's input height and width must be a multiple of, from its sidecar
+    (``input_multiple``, written by ``ihclib train``); 32 (the paper's U-Net) when unknown."""
+    value = (sidecar or {}).get("input_multiple")
+    return int(value) if isinstance(value, int) and value >= 1 else DOWNSAMPLING
+
+
+def user_models_dir() -> Path:
+    """Where ``ihclib train --bundle`` puts the default model: ``$IHCLIB_MODELS_DIR``, else the
+    user's data folder (``~/.local/share/ihclib/models`` on Linux, ``~/Library/Application
+    Support/ihclib/models`` on macOS, ``%LOCALAPPDATA%\\ihclib\\models`` on Windows).
+
+    Not the package folder, which after ``pip install`` is site-packages: often read-only,
+    shared between users and replaced by the next upgrade.
+    """
+    env = os.environ.get(MODELS_ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    home = Path.home()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = home / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share")
+    return base / "ihclib" / "models"
+
+
+def packaged_model_path() -> Path:
+    """The default model shipped inside the package (read-only after installation)."""
+    return Path(str(importlib.resources.files("ihclib") / "models" / DEFAULT_MODEL_FILE))
 
 
 def bundled_model_path() -> Path:
-    """Where the bundled model lives inside the installed package."""
-    return Path(str(importlib.resources.files("ihclib") / "models" / "default.keras"))
+    """The default model ``ihclib denoise`` uses: the user's bundled one if there is one
+    (:func:`user_models_dir`), else the one shipped in the package."""
+    user = user_models_dir() / DEFAULT_MODEL_FILE
+    return user if user.is_file() else packaged_model_path()
 
 
 def load_default_model() -> tuple[Any, dict]:
-    """The bundled model and its sidecar; a clear error if it has not been created."""
+    """The default model and its sidecar; a clear error if there is none."""
     path = bundled_model_path()
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: bundled model missing; create it with `ihclib train --bundle` "
-            "or pass --model PATH.keras"
+            f"(it goes to {user_models_dir()}) or pass --model PATH.keras"
         )
     return load_model(path)

@@ -2,8 +2,13 @@
 
 ``python -m ihclib.pipeline --profile quick`` (what ``make reproduce`` runs):
 
-* builds everything in a temporary folder beside ``reports/`` and swaps it into place only when
-  every notebook has succeeded, so a failure leaves the previous ``reports/`` as it was;
+* runs the notebooks of the checkout it belongs to (``notebooks/`` beside ``ihclib/``), from
+  whatever folder it is started in, and refuses to run without them;
+* builds everything in a temporary folder beside ``reports/`` (``.reports-build-*``, ignored by
+  git) and swaps it into place only when every notebook has succeeded, so a failure or an
+  interruption (Ctrl-C, SIGTERM) leaves the previous ``reports/`` as it was and no build folder;
+* never deletes a file in ``reports/`` that it did not write: the manifest lists the files the
+  pipeline wrote, and any other file is carried over into the new ``reports/``;
 * keeps a failing executed notebook in ``runs/failed/`` and prints its error (the kernels'
   own stderr, TensorFlow's start-up lines, goes to ``runs/kernels.log``);
 * writes ``reports/manifest.json``: profile, seed, data, package versions, git commit, CPU/GPU and
@@ -16,6 +21,7 @@ stored outputs that ``make test`` (nbval) compares against.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -29,11 +35,13 @@ from pathlib import Path
 from .data import data_label
 from .reports import RUNS_ENV_VAR, clean_notebook, git_commit, machine_info, package_versions, runs_dir, write_json
 
-KEEP = ("benchmarks.json",)  # written by `make bench`, not by the notebooks: carried over
+# the checkout this module belongs to: its notebooks/ are the study, wherever it is run from
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MANIFEST = "manifest.json"
 
 
-def notebooks(root: Path) -> list[Path]:
-    """The numbered notebooks, in order."""
+def notebooks(root: Path = REPO_ROOT) -> list[Path]:
+    """The numbered notebooks under ``root/notebooks``, in order."""
     return sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
@@ -75,20 +83,98 @@ def _error_of(path: Path) -> str:
     return "unknown error"
 
 
+def _files(folder: Path) -> set[str]:
+    """Paths (relative, with /) of every file under ``folder``."""
+    if not folder.is_dir():
+        return set()
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+def _written_by_pipeline(reports_dir: Path, new: set[str]) -> set[str]:
+    """The files in ``reports_dir`` that an earlier run of the pipeline wrote.
+
+    Its manifest lists them. A manifest of an older ihclib, which did not, vouches only for the
+    files this run writes again; without a manifest the folder is not the pipeline's at all.
+    """
+    try:
+        manifest = json.loads((reports_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return set()
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    old = _files(reports_dir)
+    if isinstance(files, list):
+        return old & ({str(f) for f in files} | {MANIFEST})
+    return old & (new | {MANIFEST})
+
+
+def _free_name(rel: str, taken: set[str]) -> str:
+    """``dir/name.user.ext`` (then ``.user-2`` ...) for a user's file whose name the study now writes."""
+    path = Path(rel)
+    for i in range(1, 10_000):
+        tag = "user" if i == 1 else f"user-{i}"
+        cand = path.with_name(f"{path.stem}.{tag}{path.suffix}").as_posix()
+        if cand not in taken:
+            return cand
+    raise RuntimeError(f"no free name for {rel}")
+
+
+def _swap_in(build: Path, reports_dir: Path) -> None:
+    """Put ``build`` where ``reports_dir`` is, the old folder restored if this is interrupted."""
+    old_parent = Path(tempfile.mkdtemp(prefix=".reports-old-", dir=reports_dir.parent))
+    old = old_parent / "reports"
+    try:
+        if reports_dir.exists():
+            os.replace(reports_dir, old)
+        os.replace(build, reports_dir)
+    except BaseException:
+        if not reports_dir.exists() and old.exists():
+            os.replace(old, reports_dir)
+        if not old.exists():  # never delete the old reports/ unless it is back in place
+            shutil.rmtree(old_parent, ignore_errors=True)
+        raise
+    shutil.rmtree(old_parent, ignore_errors=True)
+
+
 def run_study(profile: str = "quick", data_dir: str | None = None, reports: str = "reports",
               runs: str | None = None, root: Path | None = None, only: list[str] | None = None) -> int:
-    """Execute every notebook into a fresh copy of ``reports`` and swap it into place."""
+    """Execute every notebook into a fresh copy of ``reports`` and swap it into place.
+
+    ``root`` (default: the source checkout this package belongs to) holds ``notebooks/``;
+    ``reports`` and ``runs`` are relative to it. Files in ``reports`` that the pipeline did not
+    write (its manifest lists what it wrote) are carried over into the new folder; one whose
+    name the study now writes is kept beside it as ``NAME.user.EXT``. Nothing is left behind
+    when the run fails or is interrupted.
+    """
     from .profiles import get_profile
 
-    root = (root or Path.cwd()).resolve()
+    root = (root or REPO_ROOT).resolve()
     prof = get_profile(profile)  # fail early on an unknown profile
+    book = notebooks(root)
+    if not book:
+        print(f"error: no notebooks in {root / 'notebooks'}; the study runs from a source checkout of "
+              "ihc-denoise (nothing was changed)", file=sys.stderr)
+        return 2
+    if only:
+        book = [nb for nb in book if any(nb.name.startswith(o) for o in only)]
+        if not book:
+            print(f"error: no notebook in {root / 'notebooks'} starts with {' or '.join(only)} "
+                  "(nothing was changed)", file=sys.stderr)
+            return 2
     reports_dir = (root / reports).resolve()
     runs_path = runs_dir(runs if runs is not None else root / "runs")
-    build = Path(tempfile.mkdtemp(prefix=".reports-build-", dir=root))
-    if only and reports_dir.exists():  # a partial run keeps the other notebooks' outputs
-        shutil.copytree(reports_dir, build, dirs_exist_ok=True)
+    reports_dir.parent.mkdir(parents=True, exist_ok=True)
+    # beside reports/ (os.replace needs the same file system), named as .gitignore expects
+    build = Path(tempfile.mkdtemp(prefix=".reports-build-", dir=reports_dir.parent))
+    try:
+        return _run_into(build, book, prof, profile, data_dir, reports, reports_dir, runs_path, root, bool(only))
+    finally:
+        shutil.rmtree(build, ignore_errors=True)  # gone already when it became reports/
+
+
+def _run_into(build: Path, book: list[Path], prof, profile: str, data_dir: str | None, reports: str,
+              reports_dir: Path, runs_path: Path, root: Path, partial: bool) -> int:
+    """Execute ``book`` into ``build``, carry over the files that are not the pipeline's, swap."""
     (build / "notebooks").mkdir(exist_ok=True)
-    book = [nb for nb in notebooks(root) if not only or any(nb.name.startswith(o) for o in only)]
     rel_build = os.path.relpath(build, root)
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -115,7 +201,6 @@ def run_study(profile: str = "quick", data_dir: str | None = None, reports: str 
             if out.exists():
                 print(f"the executed notebook is kept for inspection: {os.path.relpath(kept, root)}", file=sys.stderr)
             print(f"{reports} was left as it was.", file=sys.stderr)
-            shutil.rmtree(build, ignore_errors=True)
             return 1
         clean_notebook(out, root, {rel_build: reports})
         print(f"done in {timings[nb.name]:.1f} s", flush=True)
@@ -123,6 +208,22 @@ def run_study(profile: str = "quick", data_dir: str | None = None, reports: str 
     def machine() -> dict:
         with _stderr_to(runs_path / "kernels.log"):  # importing TensorFlow prints its start-up lines
             return machine_info()
+
+    new = _files(build)
+    ours = _written_by_pipeline(reports_dir, new)
+    old = _files(reports_dir)
+    carried_ours = (ours - new) if partial else set()  # a partial run keeps the other notebooks' outputs
+    users = sorted(old - ours)
+    taken = new | carried_ours | set(users) | {MANIFEST}
+    moves: list[tuple[str, str]] = []
+    for rel in users:
+        dest = rel
+        if rel in new or rel == MANIFEST:
+            dest = _free_name(rel, taken)
+            taken.add(dest)
+            print(f"kept your {reports}/{rel} as {reports}/{dest} (the study writes {rel})")
+        moves.append((rel, dest))
+    moves += [(rel, rel) for rel in sorted(carried_ours)]
 
     manifest = {
         "profile": asdict(prof),
@@ -134,18 +235,15 @@ def run_study(profile: str = "quick", data_dir: str | None = None, reports: str 
         "git_commit": git_commit(root),
         "machine": machine(),
         "packages": package_versions(),
+        # what the pipeline wrote: the next run replaces these and carries over anything else
+        "files": sorted(new | carried_ours | {MANIFEST}),
     }
-    write_json(build / "manifest.json", manifest)
-    for name in KEEP:
-        if (reports_dir / name).exists() and not (build / name).exists():
-            shutil.copy2(reports_dir / name, build / name)
-    old = None
-    if reports_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=".reports-old-", dir=root))
-        os.replace(reports_dir, old / "reports")
-    os.replace(build, reports_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    write_json(build / MANIFEST, manifest)
+    for rel, dest in moves:  # copies: the old folder stays whole until the swap
+        target = build / dest
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(reports_dir / rel, target, follow_symlinks=False)
+    _swap_in(build, reports_dir)
     print(f"done: {reports}/ regenerated in {manifest['total_wall_time_s'] / 60:.1f} min "
           f"(figures/, tables/, notebooks/, manifest.json)")
     return 0
@@ -153,7 +251,10 @@ def run_study(profile: str = "quick", data_dir: str | None = None, reports: str 
 
 def make_nbval_refs(dest: str, root: Path | None = None) -> int:
     """Execute every notebook under the smoke profile into ``dest`` (nbval's stored outputs)."""
-    root = (root or Path.cwd()).resolve()
+    root = (root or REPO_ROOT).resolve()
+    if not notebooks(root):
+        print(f"error: no notebooks in {root / 'notebooks'} (nothing was changed)", file=sys.stderr)
+        return 2
     dest_dir = root / dest
     dest_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ihclib-nbval-runs-") as tmp_runs:
@@ -179,10 +280,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nbval-refs", metavar="DIR", help="write smoke-profile reference notebooks for nbval")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the kernels inherit it: no TF C++ log lines
-    if args.nbval_refs:
-        return make_nbval_refs(args.nbval_refs)
-    data_dir = args.data_dir or os.environ.get("IHC_DATA_DIR") or None
-    return run_study(args.profile, data_dir, args.reports, args.runs, only=args.only)
+    from .cli import sigterm_raises
+
+    try:
+        with sigterm_raises():  # SIGTERM unwinds like Ctrl-C: the build folder is removed
+            if args.nbval_refs:
+                return make_nbval_refs(_from_cwd(args.nbval_refs))
+            data_dir = _from_cwd(args.data_dir or os.environ.get("IHC_DATA_DIR") or None)
+            return run_study(args.profile, data_dir, _from_cwd(args.reports), _from_cwd(args.runs), only=args.only)
+    except KeyboardInterrupt:
+        print("\npipeline: interrupted; reports/ was left as it was", file=sys.stderr)
+        return 130
+    except SystemExit as exc:
+        if exc.code == 143:
+            print("\npipeline: terminated; reports/ was left as it was", file=sys.stderr)
+        raise
+
+
+def _from_cwd(path: str | None) -> str | None:
+    """A path given on the command line, made absolute when the user is not in the checkout
+    (the notebooks run with the checkout as their folder); unchanged there, so that the
+    manifest of `make reproduce` does not record this machine's folders."""
+    if path is None or Path(path).is_absolute() or Path.cwd().resolve() == REPO_ROOT:
+        return path
+    return str(Path(path).resolve())
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .images import default_file_mode
+from .images import atomic_write
 
 RUNS_ENV_VAR = "IHC_RUNS_DIR"
 PACKAGES = ("ihclib", "tensorflow", "keras", "numpy", "scikit-image", "scipy", "pandas", "matplotlib",
@@ -62,18 +62,7 @@ def runs_dir(path: str | os.PathLike | None = None) -> Path:
     return path
 
 
-def _atomic_write(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, default_file_mode())  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+_atomic_write = atomic_write  # the package's one atomic writer (ihclib.images)
 
 
 def save_figure(fig, dirs: ReportDirs, name: str, dpi: int = 110) -> Path:

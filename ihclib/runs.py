@@ -34,9 +34,19 @@ def run_dir(runs: str | os.PathLike | None, profile: Profile, model_name: str) -
     return runs_dir(runs) / profile.name / model_name
 
 
-def _fits(sidecar: dict, profile: Profile, ds: TileDataset, seed: int) -> bool:
-    return (sidecar.get("profile") == profile.to_dict() and sidecar.get("data") == ds.describe()
-            and sidecar.get("seed") == seed and sidecar.get("versions", {}).get("ihclib") == __version__)
+def _fits(out: Path, sidecar: dict, model_name: str, profile: Profile, ds: TileDataset, seed: int) -> bool:
+    """Whether the saved run in ``out`` was trained as asked now: the same fingerprint as
+    ``ihclib.train`` records (model, data, profile, seed) and the same ihclib."""
+    from .train import read_fingerprint, run_fingerprint
+
+    said = (sidecar.get("architecture") == model_name and sidecar.get("profile") == profile.to_dict()
+            and sidecar.get("data") == ds.describe() and sidecar.get("seed") == seed
+            and sidecar.get("versions", {}).get("ihclib") == __version__)
+    # the fingerprint also tells apart two data folders of the same name and size; it is written
+    # when training starts, so the sidecar (written at the end) must agree as well. Runs saved
+    # before fingerprints were recorded have only the sidecar.
+    stored = read_fingerprint(out)
+    return said and (stored is None or stored == run_fingerprint(model_name, ds, profile, seed))
 
 
 def trained_model(model_name: str, ds: TileDataset, profile: Profile, runs: str | os.PathLike | None = None,
@@ -50,7 +60,7 @@ def trained_model(model_name: str, ds: TileDataset, profile: Profile, runs: str 
     path = out / f"{model_name}.keras"
     if not retrain and path.exists() and (out / "history.csv").exists():
         model, sidecar = load_model(path)
-        if _fits(sidecar, profile, ds, seed):
+        if _fits(out, sidecar, model_name, profile, ds, seed):
             history = pd.read_csv(out / "history.csv", index_col=0)
             return TrainedModel(model_name, model, sidecar, history, path, reused=True)
     result = train(model_name, ds, profile, out, seed=seed, verbose=verbose)

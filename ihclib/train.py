@@ -15,7 +15,9 @@ import os
 
 import json
 import math
+import shutil
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -26,6 +28,7 @@ import pandas as pd
 import tensorflow as tf
 
 from .data import TileDataset
+from .images import atomic_write
 from .model import DESCRIPTIONS, INPUT_MULTIPLE, MODELS, build_model, count_flops, count_params
 from .noise import NoiseSpec, apply_noise
 from .profiles import Profile
@@ -190,6 +193,52 @@ def set_determinism(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
+FINGERPRINT_FILE = "fingerprint.json"
+
+
+def run_fingerprint(model_name: str, dataset: TileDataset, profile: Profile, seed: int) -> dict:
+    """What decides a training run's outcome: model, data, profile and seed, as plain JSON values.
+
+    Stored as ``fingerprint.json`` in the run folder; an interrupted run is resumed, and a
+    finished one reused (:mod:`ihclib.runs`), only when the fingerprint is the same.
+    ``dataset.describe()`` names the folder and counts; the source list (name and size of
+    every image) tells two folders of the same name apart.
+    """
+    fp = {
+        "model": model_name,
+        "data": dataset.describe(),
+        "sources": [[s.name, s.height, s.width] for s in dataset.sources],
+        "profile": profile.to_dict(),
+        "seed": int(seed),
+    }
+    return json.loads(json.dumps(fp, default=str))  # tuples as lists: compares equal to the stored copy
+
+
+def read_fingerprint(out_dir: str | os.PathLike) -> dict | None:
+    """The fingerprint stored in a run folder, or None (none, or unreadable)."""
+    try:
+        fp = json.loads((Path(out_dir) / FINGERPRINT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return fp if isinstance(fp, dict) else None
+
+
+def _discard_other_run(out: Path, fingerprint: dict) -> None:
+    """Remove the resume state (backup/, log.csv, best weights) of a run with another fingerprint.
+
+    BackupAndRestore would otherwise continue the other run's weights and epoch count, and the
+    sidecar would describe this run's data and seed for them.
+    """
+    backup = out / "backup"
+    if backup.exists() and any(backup.iterdir()) and read_fingerprint(out) != fingerprint:
+        print(f"{out}: the interrupted run there had other data, profile, model or seed; "
+              "discarding it and starting afresh")
+        shutil.rmtree(backup)
+        for name in ("log.csv", "best.weights.h5"):
+            (out / name).unlink(missing_ok=True)
+    _write_text(out / FINGERPRINT_FILE, json.dumps(fingerprint, indent=2) + "\n")
+
+
 @dataclass
 class TrainResult:
     """What a training run produced (the model holds the best-val_loss weights)."""
@@ -253,6 +302,7 @@ def train(
     seed = profile.seed if seed is None else int(seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _discard_other_run(out, run_fingerprint(model_name, dataset, profile, seed))
     set_determinism(seed)
     strategy = strategy or default_strategy()
 
@@ -357,9 +407,7 @@ def versions() -> dict[str, str]:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def save_model(model: keras.Model, path: str | os.PathLike, sidecar: dict) -> dict:
@@ -374,18 +422,13 @@ def save_model(model: keras.Model, path: str | os.PathLike, sidecar: dict) -> di
         raise ValueError(f"{path}: a model file must end in .keras")
     path.parent.mkdir(parents=True, exist_ok=True)
     full = {**sidecar, "params": count_params(model), "versions": versions(), "file": path.name}
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")  # Keras insists on the suffix
     # an uncompiled copy: the file holds architecture + weights only, not Adam's two extra copies
     # of every weight (213 MB instead of 71 MB for the paper's network)
     # (rebuilt from get_config, which has no compile_config: clone_model and model_from_json
     # would compile the copy and build the optimizer again)
     bare = type(model).from_config(model.get_config())
     bare.set_weights(model.get_weights())
-    try:
-        bare.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, bare.save, suffix=".tmp.keras")  # Keras insists on the suffix
     _write_text(path.with_suffix(".json"), json.dumps(full, indent=2, default=str) + "\n")
     return full
 
@@ -395,11 +438,18 @@ def load_model(path: str | os.PathLike) -> tuple[keras.Model, dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file")
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found" for a file that is there
+        raise ValueError(f"{path}: not a Keras model file (a .keras file is a zip archive; this one is not)")
     try:
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # zip, JSON or deserialisation errors: one line naming the file
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{path}: not a loadable Keras model ({reason})") from None
     side = path.with_suffix(".json")
-    sidecar = json.loads(side.read_text()) if side.is_file() else {}
+    try:
+        sidecar = json.loads(side.read_text()) if side.is_file() else {}
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both are
+        raise ValueError(f"{side}: the model's sidecar is not valid JSON ({exc}); fix or delete it") from None
+    if not isinstance(sidecar, dict):
+        raise ValueError(f"{side}: the model's sidecar is not a JSON object; fix or delete it")
     return model, sidecar

@@ -65,13 +65,15 @@ def test_run_study_builds_reports_and_manifest(tmp_path, capsys):
     _project(tmp_path)
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / "benchmarks.json").write_text("{}")
-    (tmp_path / "reports" / "stale.txt").write_text("old")
+    (tmp_path / "reports" / "mine.txt").write_text("the user's")
     assert pipeline.run_study("smoke", root=tmp_path, runs=str(tmp_path / "runs")) == 0
     rep = tmp_path / "reports"
     assert (rep / "tables" / "nb1.csv").read_text() == "smoke"
     assert (rep / "notebooks" / "02_step.ipynb").exists()
-    assert (rep / "benchmarks.json").exists() and not (rep / "stale.txt").exists()
+    # files the pipeline did not write are carried over (issue 11, point 1)
+    assert (rep / "benchmarks.json").exists() and (rep / "mine.txt").read_text() == "the user's"
     manifest = json.loads((rep / "manifest.json").read_text())
+    assert "tables/nb1.csv" in manifest["files"] and "mine.txt" not in manifest["files"]
     assert set(manifest["wall_time_s"]) == {"01_step.ipynb", "02_step.ipynb"}
     assert manifest["profile"]["name"] == "smoke" and "tensorflow" in manifest["packages"]
     executed = (rep / "notebooks" / "01_step.ipynb").read_text()

@@ -10,7 +10,6 @@ import pytest
 import tensorflow as tf
 
 from ihclib import cli
-from ihclib.commands import train as train_cmd
 from ihclib.data import make_dataset
 from ihclib.noise import NoiseSpec, impulse_share
 from ihclib.profiles import PROFILES, Profile, get_profile
@@ -141,7 +140,7 @@ def test_train_rejects_bad_arguments(smoke, tmp_path):
 
 @pytest.mark.slow
 def test_train_command_bundles_one_model(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train_cmd, "BUNDLE_DIR", tmp_path / "bundle")
+    monkeypatch.setenv("IHCLIB_MODELS_DIR", str(tmp_path / "bundle"))
     rc = cli.main(["train", "--profile", "smoke", "--model", "switching_unet", "--epochs", "1", "--data-dir", "skimage",
                    "--out-dir", str(tmp_path / "runs"), "--bundle", "--quiet"])
     assert rc == 0

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..data import EMBEDDED, PROJECT_DATA, SPLITS, data_label, make_dataset, read_splits, resolve_data_dir, scan_folder, tile_sources
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check-data", help="summarise a data folder (default: $IHC_DATA_DIR, else the project's data/)",
@@ -23,6 +21,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Summarise the data folder; 1 if it has bad files (unless --skip-bad) or no usable image."""
+    # pandas: not for --help
+    from ..data import (EMBEDDED, PROJECT_DATA, SPLITS, data_label, make_dataset, read_splits, resolve_data_dir,
+                        scan_folder, tile_sources)
+
+    # checked here because a folder goes to scan_folder/tile_sources, which trust their arguments
+    if args.tile_size < 8:
+        raise ValueError(f"--tile-size must be at least 8 pixels, got {args.tile_size}")
+    if args.stride is not None and args.stride < 1:
+        raise ValueError(f"--stride must be a positive number of pixels, got {args.stride}")
     root = resolve_data_dir(args.data_dir)
     if root is None:
         ds = make_dataset(EMBEDDED, tile_size=args.tile_size, stride=args.stride, seed=args.seed)

@@ -4,7 +4,9 @@ Outputs keep the input's format, bit depth (8 or 16) and alpha channel. With ``-
 each input ``NAME.ext`` is written as ``DIR/NAME_denoised.ext`` (a distinct name, so that an
 output folder equal to the input folder never collides with the originals). Existing files
 are never replaced without ``--overwrite``. A bad input is reported on one line and skipped;
-the others are still processed and the exit status is 1.
+the others are still processed and the exit status is 1. Whatever can be checked before the
+work is (output name and format, existing file, folder, memory), so a wrong ``-o`` does not
+cost a whole denoise. Resolution (physical pixel size), EXIF orientation and ICC profile are kept.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from ..images import ImageError, load_image, save_image
-from ..infer import (DEFAULT_OVERLAP, check_tiling, denoise, load_default_model, load_model,
+from ..images import (DENOISE_BYTES_PER_PIXEL, ImageError, check_memory, check_output, image_size, load_image,
+                      save_image)
+from ..infer import (DEFAULT_OVERLAP, check_tiling, denoise, input_multiple, load_default_model, load_model,
                      resolve_tile_size)
 
 SUFFIX = "_denoised"
@@ -37,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="tiles per model call")
     p.add_argument("--backend", default=None, choices=["auto", "keras", "openvino", "onnxruntime"],
                    help="inference runtime (default: $IHCLIB_BACKEND, else keras)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, needs_tensorflow=True)
 
 
 def _outputs(args: argparse.Namespace) -> list[Path]:
@@ -46,7 +49,8 @@ def _outputs(args: argparse.Namespace) -> list[Path]:
     if args.output is not None:
         if len(inputs) != 1:
             raise ValueError(f"-o/--output takes a single input, got {len(inputs)}; use --out-dir DIR")
-        return [Path(args.output)]
+        # name, format and folder now, before the model loads; an existing file is the file's error
+        return [check_output(args.output, overwrite=True)]
     out_dir = Path(args.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: --out-dir is not a folder")
@@ -60,24 +64,37 @@ def _outputs(args: argparse.Namespace) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Denoise every input; 1 if any failed (each reported on one line), 2 for a bad option."""
     outputs = _outputs(args)
-    model, _ = load_model(args.model) if args.model else load_default_model()
+    if args.model:
+        model, sidecar = load_model(args.model)
+    else:
+        model, sidecar = load_default_model()
     # not the training tile size: a fully convolutional model denoises faster with large tiles
     # (less overlap recomputed) and gives the same result (checked: 49.11 vs 49.12 dB, 64 vs 256)
     tile_size = resolve_tile_size(model, args.tile_size)
-    check_tiling(tile_size, args.overlap, args.batch_size)  # once, before any file
+    multiple = input_multiple(sidecar)
+    check_tiling(tile_size, args.overlap, args.batch_size, multiple)  # once, before any file
     failed = 0
     for src, dst in zip(args.inputs, outputs):
         start = time.perf_counter()
         try:
-            if dst.exists() and not args.overwrite:  # before the work, not only at the write
-                raise ImageError(dst, "already exists (pass --overwrite to replace it)")
+            # everything knowable before the work, not only at the write: the input's header first,
+            # so that a bad input is named as such
+            check_memory(src, *image_size(src), DENOISE_BYTES_PER_PIXEL, task="denoise")
+            check_output(dst, overwrite=args.overwrite)
             image = load_image(src)
+            check_output(dst, image.dtype, image.alpha is not None, overwrite=args.overwrite)
             rgb = denoise(model, image.rgb, tile_size=tile_size, overlap=args.overlap, batch_size=args.batch_size,
-                          backend=args.backend)
-            save_image(dst, rgb, dtype=image.dtype, alpha=image.alpha, overwrite=args.overwrite)
+                          backend=args.backend, multiple=multiple)
+            save_image(dst, rgb, dtype=image.dtype, alpha=image.alpha, overwrite=args.overwrite, meta=image.meta)
         except ImageError as exc:
             print(f"ihclib denoise: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        except (ValueError, OSError, MemoryError) as exc:  # e.g. a model that outputs NaN on this image
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+            print(f"ihclib denoise: error: {src}: {reason}", file=sys.stderr)
             failed += 1
             continue
         h, w = image.shape

@@ -6,12 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-# the bundled default denoiser that `ihclib denoise` uses
-BUNDLE_DIR = Path(__file__).resolve().parents[1] / "models"
+# ihclib.model's registry, named here so that `ihclib --help` need not import Keras to list it
+# (tests/test_reliability.py checks that the two agree)
+MODEL_NAMES = ("paper_unet", "dncnn_residual", "switching_unet")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..model import MODELS
     from ..profiles import PROFILES
 
     p = sub.add_parser("train", help="train denoising models (the paper's and the modified ones)",
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "history.csv (Table 1 format), log.csv. Rerun the same command "
                                    "after an interruption to resume.")
     p.add_argument("--profile", default="quick", choices=list(PROFILES), help="run size (default: quick)")
-    p.add_argument("--model", action="append", choices=["all", *MODELS], default=None,
+    p.add_argument("--model", action="append", choices=["all", *MODEL_NAMES], default=None,
                    help="model to train; repeat for several (default: all of the profile's models)")
     p.add_argument("--data-dir", default=None, help="folder of IHC images, or 'skimage' for the embedded image "
                         "(default: $IHC_DATA_DIR, else the project's data/, else the embedded image)")
@@ -30,13 +30,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--early-stopping", action="store_true", help="stop when val_loss stops improving")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images in the data folder")
     p.add_argument("--bundle", action="store_true",
-                   help="also install the trained model as the package's default denoiser "
-                        "(ihclib/models/default.keras + default.json); needs exactly one --model")
+                   help="also install the trained model as the default denoiser of `ihclib denoise` "
+                        "(default.keras + default.json in $IHCLIB_MODELS_DIR, else ~/.local/share/ihclib/models); "
+                        "needs exactly one --model")
     p.add_argument("--quiet", action="store_true", help="no per-epoch output")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, needs_tensorflow=True)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train the chosen models; with --bundle also install the one as the user's default model."""
     from ..data import make_dataset
     from ..profiles import get_profile
 
@@ -64,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name}: best val_loss {best.val_loss:.3g} (epoch {int(best.name)}), val_accuracy "
               f"{best.val_accuracy:.4f}; {res.wall_time_s:.0f} s, {res.tiles_per_s:.1f} tiles/s -> {res.model_path}")
         if args.bundle:
-            target = BUNDLE_DIR / "default.keras"
+            from ..infer import DEFAULT_MODEL_FILE, user_models_dir
+
+            target = user_models_dir() / DEFAULT_MODEL_FILE
             save_model(res.model, target, {k: v for k, v in res.sidecar.items() if k not in ("params", "versions", "file")})
             print(f"bundled as {target}")
     return 0
