@@ -10,8 +10,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-from .data import EMBEDDED, TileDataset, make_dataset, read_splits, resolve_data_dir
+from typing import TYPE_CHECKING
+
 from .noise import NoiseSpec
+
+if TYPE_CHECKING:  # data imports pandas: not for `ihclib --help`, which lists the profiles
+    from .data import TileDataset
+
+EMBEDDED = "skimage"  # ihclib.data.EMBEDDED: the embedded scikit-image IHC image
 
 
 @dataclass(frozen=True)
@@ -54,20 +60,22 @@ class Profile:
         if self.batch_size < 1 or self.epochs < 1 or (self.steps_per_epoch is not None and self.steps_per_epoch < 1):
             raise ValueError("batch_size, epochs and steps_per_epoch must be positive")
 
-    def dataset(self, data_dir: str | None = None, tile_size: int | None = None) -> TileDataset:
+    def dataset(self, data_dir: str | None = None, tile_size: int | None = None, skip_bad: bool = False) -> "TileDataset":
         """The profile's data cut into its training tiles (or ``tile_size`` tiles).
 
         ``data_dir`` None takes the profile's ``data``; with ``train_on_test`` the sources that
         ``splits.json`` holds out for testing are trained on as well."""
+        from .data import make_dataset, read_splits, resolve_data_dir
+
         chosen = self.data if data_dir is None else data_dir
         size = tile_size or self.tile_size
         splits = read_splits(resolve_data_dir(chosen)) if self.train_on_test else None
         if splits is not None:
             splits = {k: v for k, v in splits.items() if k != "test"}
         return make_dataset(chosen, tile_size=size, stride=self.stride if size == self.tile_size else size,
-                            seed=self.seed, fractions=self.fractions, splits=splits)
+                            seed=self.seed, fractions=self.fractions, splits=splits, skip_bad=skip_bad)
 
-    def eval_dataset(self, data_dir: str | None = None) -> TileDataset:
+    def eval_dataset(self, data_dir: str | None = None) -> "TileDataset":
         """The same data cut into non-overlapping evaluation tiles (``eval_tile_size``)."""
         return self.dataset(data_dir, self.eval_tile_size or self.tile_size)
 
@@ -99,14 +107,14 @@ PROFILES: dict[str, Profile] = {
         description="seconds: CI and notebook tests, on the embedded image; numbers are meaningless",
     ),
     "quick": Profile(
-        name="quick", tile_size=64, stride=64, batch_size=16, epochs=8, steps_per_epoch=100,
+        name="quick", tile_size=64, stride=64, batch_size=16, epochs=10, steps_per_epoch=150,
         learning_rate=2e-3, models=("paper_unet", "switching_unet", "crosschannel_unet"),
         eval_tile_size=256, max_eval_tiles=12, eval_amounts=(0.05, 0.1, 0.2, 0.3, 0.5),
         description="default of `make reproduce`: the project's six sources, two held out; "
                     "about 30 minutes on 2 CPU cores",
     ),
     "bundle": Profile(
-        name="bundle", tile_size=64, stride=64, batch_size=16, epochs=20, steps_per_epoch=150,
+        name="bundle", tile_size=64, stride=64, batch_size=16, epochs=30, steps_per_epoch=200,
         learning_rate=2e-3, models=("crosschannel_unet",), train_on_test=True,
         eval_tile_size=256, max_eval_tiles=12, eval_amounts=(0.05, 0.1, 0.2, 0.3, 0.5),
         description="the bundled default model: crosschannel_unet on every source (none held out), "

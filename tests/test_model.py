@@ -122,7 +122,7 @@ def test_save_and_load_errors(tmp_path):
         load_model(tmp_path / "missing.keras")
     junk = tmp_path / "junk.keras"
     junk.write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="junk.keras: not a loadable Keras model"):
+    with pytest.raises(ValueError, match="junk.keras: not a Keras model file"):
         load_model(junk)
 
 

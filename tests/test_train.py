@@ -13,15 +13,17 @@ from ihclib import cli
 from ihclib.data import make_dataset
 from ihclib.noise import NoiseSpec, impulse_share
 from ihclib.profiles import PROFILES, Profile, get_profile
-from ihclib.train import HISTORY_COLUMNS, load_model, make_train_pipeline, make_val_pairs, salt_and_pepper_tf, train
+from ihclib.train import (HISTORY_COLUMNS, Augmentation, load_model, make_train_pipeline, make_val_pairs,
+                          salt_and_pepper_tf, train)
 
 # ---------------------------------------------------------------- profiles
 
 
 def test_profiles_lookup_and_errors():
-    assert set(PROFILES) == {"smoke", "quick", "paper"}
+    assert set(PROFILES) == {"smoke", "quick", "bundle", "paper"}
     assert get_profile("paper").tile_size == 256 and get_profile("paper").epochs == 5
-    with pytest.raises(ValueError, match="unknown profile 'huge'; choose from smoke, quick, paper"):
+    assert get_profile("bundle").train_on_test and not get_profile("quick").train_on_test
+    with pytest.raises(ValueError, match="unknown profile 'huge'; choose from smoke, quick, bundle, paper"):
         get_profile("huge")
 
 
@@ -71,7 +73,8 @@ def _tiles(n=8, t=32):
 
 def test_train_pipeline_noise_augmentation_and_determinism():
     tiles, tile = _tiles()
-    ds = make_train_pipeline(tiles, batch_size=8, seed=3, amount_range=(0.1, 0.3))
+    flips_only = Augmentation(enabled=False)
+    ds = make_train_pipeline(tiles, batch_size=8, seed=3, amount_range=(0.1, 0.3), augment=flips_only)
     batches = [(a.numpy(), b.numpy()) for a, b in ds.take(4)]
     noisy, clean = batches[0]
     assert noisy.shape == clean.shape == (8, 32, 32, 3) and noisy.dtype == np.float32
@@ -86,9 +89,34 @@ def test_train_pipeline_noise_augmentation_and_determinism():
     assert len(seen) > 2
     # fresh noise on the second pass over the same tiles, same stream for the same seed
     assert not np.array_equal(batches[0][0] != batches[0][1], batches[1][0] != batches[1][1])
-    again = [a.numpy() for a, _ in make_train_pipeline(tiles, 8, 3, (0.1, 0.3)).take(4)]
+    again = [a.numpy() for a, _ in make_train_pipeline(tiles, 8, 3, (0.1, 0.3), augment=flips_only).take(4)]
     for (a, _), b in zip(batches, again):
         np.testing.assert_array_equal(a, b)
+
+
+def test_real_slide_augmentation_varies_saturates_and_quantises():
+    tile = np.full((32, 32, 3), 0.93, np.float32)  # bright background with a stained patch
+    tile[8:24, 8:24] = [0.55, 0.35, 0.25]
+    tiles = tile[None]
+    ds = make_train_pipeline(tiles, batch_size=16, seed=1, amount_range=(0.0, 0.0))
+    clean = np.concatenate([b.numpy() for _, b in ds.take(8)])
+    assert clean.min() >= 0.0 and clean.max() <= 1.0
+    np.testing.assert_allclose(clean * 255, np.round(clean * 255), atol=1e-3)  # 8-bit, as real scans
+    white = (clean == 1.0).all(axis=-1).mean(axis=(1, 2))
+    assert 0.05 < (white > 0.5).mean() < 0.6  # some tiles over-exposed: background pure white
+    means = clean.mean(axis=(1, 2))  # per-tile colour: stain, gamma, brightness jitter
+    assert means.std(axis=0).min() > 0.01
+    again = np.concatenate([b.numpy() for _, b in make_train_pipeline(tiles, 16, 1, (0.0, 0.0)).take(8)])
+    np.testing.assert_array_equal(clean, again)
+
+
+def test_sources_are_drawn_equally_often():
+    big = np.zeros((200, 8, 8, 3), np.float32) + 0.2
+    small = np.zeros((5, 8, 8, 3), np.float32) + 0.8
+    ds = make_train_pipeline({"big": big, "small": small}, 20, 0, (0.0, 0.0), augment=False)
+    clean = np.concatenate([b.numpy() for _, b in ds.take(20)])
+    share_small = float((clean.mean(axis=(1, 2, 3)) > 0.5).mean())
+    assert 0.4 < share_small < 0.6
 
 
 def test_train_pipeline_rejects_other_noise_and_no_tiles():

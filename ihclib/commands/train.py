@@ -8,7 +8,7 @@ from pathlib import Path
 
 # ihclib.model's registry, named here so that `ihclib --help` need not import Keras to list it
 # (tests/test_reliability.py checks that the two agree)
-MODEL_NAMES = ("paper_unet", "dncnn_residual", "switching_unet")
+MODEL_NAMES = ("paper_unet", "dncnn_residual", "switching_unet", "crosschannel_unet")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train the chosen models; with --bundle also install the one as the user's default model."""
-    from ..data import make_dataset
     from ..profiles import get_profile
 
     profile = get_profile(args.profile)
@@ -54,8 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..train import save_model, train  # TensorFlow loads here, after the arguments are checked
 
-    dataset = make_dataset(args.data_dir, tile_size=profile.tile_size, stride=profile.stride, seed=profile.seed,
-                           fractions=profile.fractions, skip_bad=args.skip_bad)
+    dataset = profile.dataset(args.data_dir, skip_bad=args.skip_bad)
     counts = {s: len(dataset.split(s)) for s in ("train", "val", "test")}
     print(f"profile {profile.name}: {profile.tile_size}px tiles, {profile.epochs} epochs x "
           f"{profile.steps_per_epoch or 'all'} steps x batch {profile.batch_size}; tiles {counts}")
