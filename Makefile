@@ -10,7 +10,7 @@ PROFILE ?= quick
 DATA    ?=
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup reproduce test test-lib test-notebooks bench lab nbval-refs clean
+.PHONY: setup reproduce test test-lib test-notebooks bench generalisation bundle lab nbval-refs clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,16 @@ test-lib: setup
 
 bench: setup
 	$(PY) benchmarks/bench.py
+
+# issue 10's re-scoring of the bundled model on every source (two tiles per image)
+generalisation: setup
+	$(PY) benchmarks/generalisation.py
+
+# the bundled default model: crosschannel_unet on every source (profile bundle; about an hour on
+# 2 CPU cores); then copy runs/bundle/crosschannel_unet/crosschannel_unet.{keras,json} to
+# ihclib/models/default.{keras,json} to ship it
+bundle: setup
+	$(PY) -m ihclib.cli train --profile bundle --model crosschannel_unet --out-dir runs/bundle
 
 lab: setup
 	$(PY) -m ipykernel install --sys-prefix --name ihc-denoise --display-name "Python (ihc-denoise)" >/dev/null

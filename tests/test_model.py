@@ -165,8 +165,8 @@ def test_crosschannel_unet_starts_as_the_cross_channel_filter():
     # (elsewhere the model's spatial fallback is a mean, the filter's a median)
     regressed = flags & ~flags.all(axis=-1, keepdims=True)
     diff = np.abs(out - cross_channel(noisy))[regressed]
-    # up to the 1 - sigmoid(8) = 3e-4 share of each replacement that the soft mask leaves
-    assert np.median(diff) < 5e-4 and np.mean(diff < 2e-3) > 0.97
+    # up to the 1.8 % share of the spatial fill and the 1 - sigmoid(8) = 3e-4 the soft mask leaves
+    assert np.median(diff) < 2e-3 and np.mean(diff < 1e-2) > 0.97
 
 
 @pytest.mark.parametrize("name", ["switching_unet", "crosschannel_unet", "dncnn_residual"])
