@@ -7,16 +7,20 @@
 * ``switching_unet``: a small U-Net with a *switching* head, the CNN version of a switching
   median filter: it predicts per value an impulse probability ``m`` (sigmoid) and a fill value
   ``f``; output = m * f + (1 - m) * input, so values it judges clean pass through untouched.
+* ``crosschannel_unet``: the same U-Net body refining the *cross-channel* filter of
+  ``ihclib.baselines`` (each impulse value predicted from the clean channels of its own pixel);
+  unflagged values pass exactly, and it learns which 0/1 values are clean saturation.
 
-Both modifications see :func:`impulse_features` (the input, a flag for exactly saturated
-values, masked local means) and are initialised to reproduce a classical *switching mean
-filter* (replace flagged values by the mean of their unflagged 3x3 neighbours), which their
-learned parts then refine. Without that start they need thousands of steps to learn the sharp
-switch, far beyond a CPU budget. The evaluation should therefore include a switching filter
-among the classical baselines, or the comparison flatters the CNNs.
+``dncnn_residual`` and ``switching_unet`` see :func:`impulse_features` (the input, a flag for
+exactly saturated values, masked local means) and are initialised to reproduce a classical
+*switching mean filter*; ``crosschannel_unet`` starts as the cross-channel filter. Their learned
+parts then refine that start: without it they need thousands of steps to learn the sharp
+switch, far beyond a CPU budget. The evaluation therefore includes those classical filters, or
+the comparison would flatter the CNNs.
 
-Only built-in layers plus one registered custom layer (:class:`MaskedLocalMean`) are used, no
-Lambda, so saved models load with ``safe_mode=True`` once ``ihclib.model`` is imported.
+Only built-in layers plus registered custom layers (:class:`SpatialFill`,
+:class:`CrossChannelFill`, :class:`SameExtreme`, :class:`LocalContrast`) are used, no Lambda, so
+saved models load with ``safe_mode=True`` once ``ihclib.model`` is imported.
 Builders take ``tile_size``; ``None`` gives a fully convolutional model that accepts any
 height and width that is a multiple of ``INPUT_MULTIPLE[name]``.
 """
@@ -67,6 +71,10 @@ def build_paper_model(tile_size: int | None = 256) -> keras.Model:
 @keras.saving.register_keras_serializable(package="ihclib")
 class MaskedLocalMean(layers.Layer):
     """Per channel, the mean of the unflagged values in a ``window`` x ``window`` neighbourhood.
+
+    No longer built (:class:`SpatialFill` replaced it: this layer returns 0 where every value is
+    flagged, which turned saturated background black); kept registered so that models saved by
+    ihclib 0.1.0 before that change still load.
 
     Inputs ``[x, flag]`` (flag 1 = impulse, 0 = trusted); where every value in the window is
     flagged the result is 0. This is the fill of a classical switching mean filter, given to the

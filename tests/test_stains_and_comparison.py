@@ -113,3 +113,26 @@ def test_held_out_tiles_one_array_and_a_source_per_tile():
 def test_headline_formats_ci(long_df):
     h = comparison.headline(long_df, amounts=(0.1,), metrics={"psnr": "PSNR"})
     assert h.loc["m1", "PSNR @10%"] == "40.00 [39.50, 40.50]"
+
+
+def test_score_sources_two_tiles_per_image(tmp_path):
+    from ihclib.images import save_image
+
+    rng = np.random.default_rng(0)
+    for source, n in (("s1", 2), ("s2", 1)):
+        (tmp_path / source).mkdir()
+        for i in range(n):
+            save_image(tmp_path / source / f"im{i}.png", rng.uniform(0.2, 0.8, (48, 40, 3)).astype(np.float32), np.uint8)
+    scores = comparison.score_sources(tmp_path, {"identity": lambda x: x}, amounts=(0.1,), tile=32)
+    assert len(scores) == 6 and set(scores.tile) == {"centre", "top-left"}
+    table = comparison.source_scores_table(scores)
+    assert table.loc[("s1", 0.1), "tiles"] == 4 and table.loc[("s2", 0.1), "tiles"] == 2
+    assert 14 < table.loc[("s1", 0.1), "identity PSNR"] < 18  # the noisy input itself at 10 %
+
+
+def test_saturated_case_is_a_third_white():
+    from ihclib.baselines import switching_median
+
+    t = comparison.saturated_case({"identity": lambda x: x, "switching median": switching_median})
+    assert float(t.loc[0, "pure-white pixels"].rstrip("%")) > 30
+    assert np.isinf(t.loc[0, "PSNR clean"]) and t.loc[1, "PSNR s&p 10%"] > t.loc[0, "PSNR s&p 10%"] + 10
