@@ -20,10 +20,10 @@ from ihclib.train import (HISTORY_COLUMNS, Augmentation, load_model, make_train_
 
 
 def test_profiles_lookup_and_errors():
-    assert set(PROFILES) == {"smoke", "quick", "bundle", "paper"}
+    assert set(PROFILES) == {"smoke", "quick", "long", "bundle", "paper"}
     assert get_profile("paper").tile_size == 256 and get_profile("paper").epochs == 5
     assert get_profile("bundle").train_on_test and not get_profile("quick").train_on_test
-    with pytest.raises(ValueError, match="unknown profile 'huge'; choose from smoke, quick, bundle, paper"):
+    with pytest.raises(ValueError, match="unknown profile 'huge'; choose from smoke, quick, long, bundle, paper"):
         get_profile("huge")
 
 
