@@ -1,5 +1,5 @@
 # ihc-denoise: two commands on a fresh machine (Linux, Python 3.11, make).
-#   make reproduce [PROFILE=quick]   set up .venv and run the whole study -> reports/
+#   make reproduce [PROFILE=quick]   set up .venv and run the whole study -> reports/ (other profiles: reports/<profile>/)
 #   make test                        set up .venv and run pytest + nbval
 # Also: make bench, make lab, make nbval-refs, make clean.
 
@@ -10,7 +10,7 @@ PROFILE ?= quick
 DATA    ?=
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup reproduce test test-lib test-notebooks bench generalisation bundle lab nbval-refs clean
+.PHONY: setup reproduce reproduce-all test test-lib test-notebooks bench generalisation bundle lab nbval-refs clean
 
 setup: $(STAMP)
 
@@ -20,8 +20,17 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+# quick writes reports/; any other profile reports/<profile>/ (kept when quick runs again)
+REPORTS = $(if $(filter quick,$(PROFILE)),reports,reports/$(PROFILE))
+
 reproduce: setup
-	$(PY) -m ihclib.pipeline --profile $(PROFILE) $(if $(DATA),--data-dir $(DATA))
+	$(PY) -m ihclib.pipeline --profile $(PROFILE) --reports $(REPORTS) $(if $(DATA),--data-dir $(DATA))
+
+# every committed report: quick (reports/), long and paper (about 55 minutes on 2 CPU cores)
+reproduce-all: setup
+	$(MAKE) reproduce PROFILE=quick
+	$(MAKE) reproduce PROFILE=long
+	$(MAKE) reproduce PROFILE=paper
 
 # The notebooks run under nbval against stored smoke-profile outputs (tests/notebooks/);
 # IHC_RUNS_DIR gives them a fresh place for the models they train.
