@@ -18,7 +18,7 @@ import math
 import shutil
 import time
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -89,8 +89,6 @@ class Augmentation:
     jpeg_quality: tuple[int, int] = (40, 95)
 
     def to_dict(self) -> dict:
-        from dataclasses import asdict
-
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 

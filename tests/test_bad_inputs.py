@@ -19,6 +19,7 @@ import pytest
 import tifffile
 
 from ihclib import images, pipeline
+from helpers import keras_model, rgb
 from ihclib.cli import main
 from ihclib.images import load_image, save_image
 
@@ -26,23 +27,6 @@ REPO = Path(images.__file__).resolve().parents[1]
 TILE = ["--tile-size", "32", "--overlap", "8"]
 
 
-def rgb(h=40, w=48, seed=0) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(0.05, 0.95, (h, w, 3)).astype(np.float32)
-
-
-def keras_model(path: Path, channels_in: int = 3, weight: float = 1.0, sidecar: dict | None = None) -> str:
-    keras = pytest.importorskip("keras")
-    inp = keras.Input((None, None, channels_in))
-    conv = keras.layers.Conv2D(3, 1, use_bias=False)
-    model = keras.Model(inp, conv(inp))
-    w = np.zeros((1, 1, channels_in, 3), np.float32)
-    for c in range(min(3, channels_in)):
-        w[0, 0, c, c] = weight
-    conv.set_weights([w])
-    model.save(path)
-    if sidecar is not None:
-        path.with_suffix(".json").write_text(json.dumps(sidecar))
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 from PIL import Image
 
 from ihclib import images, infer, pipeline
+from helpers import keras_model, rgb
 from ihclib.cli import main
 from ihclib.images import ImageError, load_image, save_image
 
@@ -32,29 +33,11 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
 
 
-def _rgb(h=40, w=48, seed=0) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(0.05, 0.95, (h, w, 3)).astype(np.float32)
-
-
-def _keras_model(path: Path, channels_in: int = 3, weight: float = 1.0, sidecar: dict | None = None) -> str:
-    """A saved 1x1-convolution model: identity for weight 1, NaN everywhere for weight NaN."""
-    keras = pytest.importorskip("keras")
-    inp = keras.Input((None, None, channels_in))
-    conv = keras.layers.Conv2D(3, 1, use_bias=False)
-    model = keras.Model(inp, conv(inp))
-    w = np.zeros((1, 1, channels_in, 3), np.float32)
-    for c in range(min(3, channels_in)):
-        w[0, 0, c, c] = weight
-    conv.set_weights([w])
-    model.save(path)
-    if sidecar is not None:
-        path.with_suffix(".json").write_text(json.dumps(sidecar))
-    return str(path)
 
 
 @pytest.fixture(scope="module")
 def identity(tmp_path_factory) -> str:
-    return _keras_model(tmp_path_factory.mktemp("m") / "identity.keras")
+    return keras_model(tmp_path_factory.mktemp("m") / "identity.keras")
 
 
 def _one_error_line(err: str, *needles: str) -> str:
@@ -227,7 +210,7 @@ def test_3_bundle_dir_is_the_users(monkeypatch, tmp_path):
 def test_3_default_model_is_found_in_the_user_dir_first(monkeypatch, tmp_path):
     monkeypatch.setenv("IHCLIB_MODELS_DIR", str(tmp_path))
     assert infer.bundled_model_path() == infer.packaged_model_path()  # nothing bundled by the user
-    _keras_model(tmp_path / "default.keras", sidecar={"architecture": "mine", "input_multiple": 1})
+    keras_model(tmp_path / "default.keras", sidecar={"architecture": "mine", "input_multiple": 1})
     assert infer.bundled_model_path() == tmp_path / "default.keras"
     model, sidecar = infer.load_default_model()
     assert sidecar["architecture"] == "mine"
@@ -244,18 +227,18 @@ def test_3_train_command_has_one_bundle_path():
 
 @pytest.mark.parametrize("top", [1.0, 255.0, 65535.0])
 def test_4_float_tiff_is_scaled_by_its_range(tmp_path, top):
-    rgb = _rgb()
-    tifffile.imwrite(tmp_path / "f.tif", rgb * np.float32(top), photometric="rgb")
+    pixels = rgb()
+    tifffile.imwrite(tmp_path / "f.tif", pixels * np.float32(top), photometric="rgb")
     img = load_image(tmp_path / "f.tif")
     assert img.dtype == np.uint16
-    np.testing.assert_allclose(img.rgb, rgb, atol=1e-6)
+    np.testing.assert_allclose(img.rgb, pixels, atol=1e-6)
 
 
 @pytest.mark.parametrize("bad,reason", [(np.nan, "NaN"), (-20.0, "negative"), (1e6, "scale")])
 def test_4_float_tiff_without_a_scale_is_refused(tmp_path, bad, reason):
-    rgb = _rgb() * 255
-    rgb[3, 4, 1] = bad
-    tifffile.imwrite(tmp_path / "f.tif", rgb, photometric="rgb")
+    pixels = rgb() * 255
+    pixels[3, 4, 1] = bad
+    tifffile.imwrite(tmp_path / "f.tif", pixels, photometric="rgb")
     with pytest.raises(ImageError, match=reason) as exc:
         load_image(tmp_path / "f.tif")
     assert "f.tif" in str(exc.value) and "\n" not in str(exc.value)
@@ -266,14 +249,14 @@ def test_4_float_tiff_without_a_scale_is_refused(tmp_path, bad, reason):
 
 def test_5_nan_output_is_refused():
     with pytest.raises(ValueError, match="NaN or Inf"):
-        infer.denoise(lambda b: b * np.nan, _rgb(), tile_size=32, overlap=0)
+        infer.denoise(lambda b: b * np.nan, rgb(), tile_size=32, overlap=0)
     with pytest.raises(ValueError, match="NaN or Inf"):
-        infer.denoise(lambda b: b + np.inf, _rgb(), tile_size=32, overlap=0)
+        infer.denoise(lambda b: b + np.inf, rgb(), tile_size=32, overlap=0)
 
 
 def test_5_nan_model_fails_with_one_line(tmp_path, capsys):
-    save_image(tmp_path / "in.png", _rgb())
-    model = _keras_model(tmp_path / "nan.keras", weight=np.nan)
+    save_image(tmp_path / "in.png", rgb())
+    model = keras_model(tmp_path / "nan.keras", weight=np.nan)
     assert main(["denoise", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--model", model,
                  "--tile-size", "32", "--overlap", "0"]) == 1
     _one_error_line(capsys.readouterr().err, "in.png", "NaN")
@@ -285,7 +268,7 @@ def test_5_nan_model_fails_with_one_line(tmp_path, capsys):
 
 def test_6_output_under_a_file_is_one_line_per_input(tmp_path, identity, capsys):
     for n in ("a", "b"):
-        save_image(tmp_path / f"{n}.png", _rgb(seed=ord(n)))
+        save_image(tmp_path / f"{n}.png", rgb(seed=ord(n)))
     (tmp_path / "file").write_text("not a folder")
     rc = main(["denoise", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--out-dir", str(tmp_path / "file" / "out"),
                "--model", identity, "--tile-size", "32", "--overlap", "8"])
@@ -299,7 +282,7 @@ def test_6_failure_at_the_write_is_one_line_per_input_and_the_batch_goes_on(tmp_
     import tempfile
 
     for n in ("a", "b"):
-        save_image(tmp_path / f"{n}.png", _rgb(seed=ord(n)))
+        save_image(tmp_path / f"{n}.png", rgb(seed=ord(n)))
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
@@ -316,7 +299,7 @@ def test_6_failure_at_the_write_is_one_line_per_input_and_the_batch_goes_on(tmp_
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
 def test_6_read_only_folder(tmp_path, identity, capsys):
-    save_image(tmp_path / "a.png", _rgb())
+    save_image(tmp_path / "a.png", rgb())
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
@@ -345,7 +328,7 @@ def denoise_spy(monkeypatch):
 @pytest.mark.parametrize("out,reason", [("x.bmp", "unsupported output extension"), ("noext", "no extension"),
                                         ("dir/", "is a folder")])
 def test_7_bad_output_name_before_any_work(tmp_path, identity, capsys, denoise_spy, out, reason):
-    save_image(tmp_path / "in.png", _rgb())
+    save_image(tmp_path / "in.png", rgb())
     (tmp_path / "dir").mkdir()
     assert main(["denoise", str(tmp_path / "in.png"), "-o", str(tmp_path) + "/" + out, "--model", identity]) == 2
     _one_error_line(capsys.readouterr().err, reason)
@@ -353,7 +336,7 @@ def test_7_bad_output_name_before_any_work(tmp_path, identity, capsys, denoise_s
 
 
 def test_7_sixteen_bit_into_jpeg_before_any_work(tmp_path, identity, capsys, denoise_spy):
-    save_image(tmp_path / "in.png", _rgb(), dtype=np.uint16)
+    save_image(tmp_path / "in.png", rgb(), dtype=np.uint16)
     assert main(["denoise", str(tmp_path / "in.png"), "-o", str(tmp_path / "o.jpg"), "--model", identity,
                  "--tile-size", "32", "--overlap", "8"]) == 1
     _one_error_line(capsys.readouterr().err, "o.jpg", "JPEG holds only 8-bit")
@@ -371,7 +354,7 @@ def test_8_interrupted_write_leaves_no_temp_file(tmp_path, monkeypatch, exc):
 
     monkeypatch.setattr(Image.Image, "save", interrupted)
     with pytest.raises(exc):
-        save_image(tmp_path / "out.png", _rgb())
+        save_image(tmp_path / "out.png", rgb())
     assert list(tmp_path.iterdir()) == []
 
 
@@ -440,7 +423,7 @@ def test_8_gitignore_matches_the_build_folders():
 
 
 def test_9_text_file_named_keras(tmp_path, capsys):
-    save_image(tmp_path / "in.png", _rgb())
+    save_image(tmp_path / "in.png", rgb())
     (tmp_path / "m.keras").write_text("not a model\n")
     assert main(["denoise", str(tmp_path / "in.png"), "-o", str(tmp_path / "o.png"), "--model", str(tmp_path / "m.keras")]) == 2
     line = _one_error_line(capsys.readouterr().err, "m.keras", "not a Keras model file")
@@ -449,8 +432,8 @@ def test_9_text_file_named_keras(tmp_path, capsys):
 
 @pytest.mark.parametrize("channels", [1, 4])
 def test_9_model_with_other_channel_count(tmp_path, capsys, channels):
-    save_image(tmp_path / "in.png", _rgb())
-    model = _keras_model(tmp_path / f"c{channels}.keras", channels_in=channels)
+    save_image(tmp_path / "in.png", rgb())
+    model = keras_model(tmp_path / f"c{channels}.keras", channels_in=channels)
     assert main(["denoise", str(tmp_path / "in.png"), "-o", str(tmp_path / "o.png"), "--model", model,
                  "--tile-size", "32"]) == 2
     _one_error_line(capsys.readouterr().err, f"c{channels}.keras", "RGB")
@@ -459,7 +442,7 @@ def test_9_model_with_other_channel_count(tmp_path, capsys, channels):
 def test_9_garbage_sidecar_names_the_file(tmp_path, identity, capsys):
     import shutil
 
-    save_image(tmp_path / "in.png", _rgb())
+    save_image(tmp_path / "in.png", rgb())
     shutil.copy(identity, tmp_path / "m.keras")
     (tmp_path / "m.json").write_text("{garbage")
     assert main(["denoise", str(tmp_path / "in.png"), "-o", str(tmp_path / "o.png"), "--model", str(tmp_path / "m.keras")]) == 2
@@ -468,7 +451,7 @@ def test_9_garbage_sidecar_names_the_file(tmp_path, identity, capsys):
 
 @pytest.mark.parametrize("option,value", [("--tile-size", "0"), ("--tile-size", "-3"), ("--stride", "-5"), ("--stride", "0")])
 def test_9_check_data_bad_numbers(tmp_path, capsys, option, value):
-    save_image(tmp_path / "a.png", _rgb(80, 80))
+    save_image(tmp_path / "a.png", rgb(80, 80))
     assert main(["check-data", str(tmp_path), option, value]) == 2
     _one_error_line(capsys.readouterr().err, option)
 
@@ -479,7 +462,7 @@ def test_9_check_data_bad_numbers(tmp_path, capsys, option, value):
 def test_10_no_fixed_pixel_limit(tmp_path, monkeypatch):
     import PIL.Image
 
-    save_image(tmp_path / "big.png", _rgb(50, 60))
+    save_image(tmp_path / "big.png", rgb(50, 60))
     # Pillow refuses images over twice its limit (179 Mpx by default): scaled down here
     monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)
     assert load_image(tmp_path / "big.png").shape == (50, 60)
@@ -489,7 +472,7 @@ def test_10_no_fixed_pixel_limit(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("ext", [".png", ".jpg", ".tif"])
 def test_10_limit_is_the_memory_it_needs(tmp_path, monkeypatch, ext):
-    save_image(tmp_path / f"big{ext}", _rgb(50, 60))
+    save_image(tmp_path / f"big{ext}", rgb(50, 60))
     monkeypatch.setattr(images, "available_memory", lambda: 50 * 60 * 10)
     with pytest.raises(ImageError, match="needs about .* GB of memory to load, but only .* GB is available"):
         load_image(tmp_path / f"big{ext}")
@@ -509,7 +492,7 @@ def _denoise(tmp_path, identity, src: Path, out: Path) -> None:
 
 def test_11_tiff_resolution_kept(tmp_path, identity):
     src = tmp_path / "slide.tif"
-    tifffile.imwrite(src, (_rgb() * 255).astype(np.uint8), photometric="rgb", resolution=(40000, 40000),
+    tifffile.imwrite(src, (rgb() * 255).astype(np.uint8), photometric="rgb", resolution=(40000, 40000),
                      resolutionunit="CENTIMETER")  # 0.25 um/px
     _denoise(tmp_path, identity, src, tmp_path / "out.tif")
     with tifffile.TiffFile(tmp_path / "out.tif") as tf:
@@ -525,7 +508,7 @@ def test_11_png_dpi_and_icc_kept(tmp_path, identity, dtype):
 
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     src = tmp_path / "in.png"
-    save_image(src, _rgb(), dtype=dtype, meta=images.ImageMeta((101600.0, 101600.0), "inch", icc_profile=icc))
+    save_image(src, rgb(), dtype=dtype, meta=images.ImageMeta((101600.0, 101600.0), "inch", icc_profile=icc))
     _denoise(tmp_path, identity, src, tmp_path / "out.png")
     with Image.open(tmp_path / "out.png") as im:
         assert im.info["dpi"] == pytest.approx((101600, 101600), rel=1e-6)
@@ -537,7 +520,7 @@ def test_11_jpeg_exif_orientation_kept(tmp_path, identity):
     exif = Image.Exif()
     exif[274] = 6
     src = tmp_path / "photo.jpg"
-    Image.fromarray((_rgb() * 255).astype(np.uint8)).save(src, exif=exif.tobytes(), dpi=(300, 300))
+    Image.fromarray((rgb() * 255).astype(np.uint8)).save(src, exif=exif.tobytes(), dpi=(300, 300))
     _denoise(tmp_path, identity, src, tmp_path / "out.jpg")
     with Image.open(tmp_path / "out.jpg") as im:
         assert im.getexif().get(274) == 6 and im.info["dpi"] == (300, 300)
@@ -548,7 +531,7 @@ def test_11_jpeg_exif_orientation_kept(tmp_path, identity):
 
 def test_11_microscope_resolution_survives_jpeg(tmp_path):
     meta = images.ImageMeta((40000.0, 40000.0), "cm")  # JFIF's 16 bits cannot hold 101,600 dpi
-    save_image(tmp_path / "o.jpg", _rgb(), meta=meta)
+    save_image(tmp_path / "o.jpg", rgb(), meta=meta)
     assert load_image(tmp_path / "o.jpg").meta.microns_per_pixel() == pytest.approx((0.25, 0.25))
 
 
@@ -556,8 +539,8 @@ def test_11_microscope_resolution_survives_jpeg(tmp_path):
 
 
 def test_12_tile_multiple_comes_from_the_sidecar(tmp_path, capsys):
-    save_image(tmp_path / "in.png", _rgb(70, 90))
-    model = _keras_model(tmp_path / "m4.keras", sidecar={"architecture": "switching_unet", "input_multiple": 4})
+    save_image(tmp_path / "in.png", rgb(70, 90))
+    model = keras_model(tmp_path / "m4.keras", sidecar={"architecture": "switching_unet", "input_multiple": 4})
     assert main(["denoise", str(tmp_path / "in.png"), "-o", str(tmp_path / "o.png"), "--model", model,
                  "--tile-size", "48", "--overlap", "8"]) == 0
     np.testing.assert_allclose(load_image(tmp_path / "o.png").rgb, load_image(tmp_path / "in.png").rgb, atol=1 / 255)
