@@ -313,11 +313,6 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
     return LoadedImage(to_float(rgb), rgb.dtype, alpha, str(path), meta)
 
 
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Float32 RGB (H, W, 3) in [0, 1] from a file (alpha dropped)."""
-    return load_image(path).rgb
-
-
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(height, width) of an image file without decoding all its pixels where possible."""
     path = Path(path)

@@ -132,15 +132,17 @@ def _mean_ci(values: Iterable[float], confidence: float) -> tuple[float, float, 
         return float(np.mean(x)), math.nan, math.nan
     m = float(x.mean())
     sem = float(x.std(ddof=1) / math.sqrt(x.size))
-    try:
-        from scipy import stats
+    from scipy import stats  # a scikit-image dependency, pinned in pyproject.toml
 
-        q = float(stats.t.ppf(0.5 + confidence / 2, df=x.size - 1))
-    except ImportError:  # scipy ships with scikit-image, but keep the module importable without it
-        from statistics import NormalDist
-
-        q = NormalDist().inv_cdf(0.5 + confidence / 2)
+    q = float(stats.t.ppf(0.5 + confidence / 2, df=x.size - 1))
     return m, m - q * sem, m + q * sem
+
+
+def format_ci(mean: float, low: float, high: float, digits: int = 2) -> str:
+    """"mean [low, high]" with ``digits`` decimals; just the mean when there is no interval."""
+    if np.isfinite(low) and np.isfinite(high):
+        return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+    return f"{mean:.{digits}f}"
 
 
 def summarise(

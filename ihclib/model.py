@@ -27,12 +27,12 @@ height and width that is a multiple of ``INPUT_MULTIPLE[name]``.
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Callable
 
 import keras
-import pandas as pd
 from keras import layers
+
+from .registry import DESCRIPTIONS, INPUT_MULTIPLE, MODEL_NAMES
 
 # ---------------------------------------------------------------- the paper's network
 
@@ -388,15 +388,8 @@ MODELS: dict[str, Callable[..., keras.Model]] = {
     "crosschannel_unet": build_crosschannel_unet,
 }
 
-# height and width of an input must be multiples of this (stride-2 stages)
-INPUT_MULTIPLE = {"paper_unet": 32, "dncnn_residual": 1, "switching_unet": 4, "crosschannel_unet": 4}
-
-DESCRIPTIONS = {
-    "paper_unet": "the paper's encoder-decoder (Figure 3)",
-    "dncnn_residual": "full-resolution residual CNN predicting the noise (DnCNN-style)",
-    "switching_unet": "small U-Net with a switching head: m*f + (1-m)*input",
-    "crosschannel_unet": "U-Net refining the cross-channel switching filter; unflagged values pass exactly",
-}
+if tuple(MODELS) != MODEL_NAMES:  # the light registry (ihclib.registry) must list the builders here
+    raise ImportError(f"ihclib.registry.MODEL_NAMES {MODEL_NAMES} != ihclib.model.MODELS {tuple(MODELS)}")
 
 
 def build_model(name: str, tile_size: int | None = 256) -> keras.Model:
@@ -462,57 +455,3 @@ def count_flops(model: keras.Model | str, tile_size: int | None = None) -> int:
                 positions *= d
             macs += positions * shape[-1] * layer.units
     return int(2 * macs)
-
-
-# ---------------------------------------------------------------- summaries
-
-
-def summary_table(model: keras.Model) -> pd.DataFrame:
-    """One row per layer: name, type, output shape (as Keras prints it), parameters."""
-    rows = []
-    for layer in model.layers:
-        shape = layer.output.shape
-        rows.append({
-            "layer": layer.name,
-            "type": type(layer).__name__,
-            "output_shape": str(tuple(shape)),
-            "params": int(layer.count_params()) if layer.built else 0,
-        })
-    return pd.DataFrame(rows, columns=["layer", "type", "output_shape", "params"])
-
-
-def paper_figure3() -> pd.DataFrame:
-    """The paper's Figure 3 table (layer, type, output_shape, params, connected_to)."""
-    with resources.files("ihclib").joinpath("paper/figure3.csv").open() as f:
-        return pd.read_csv(f)
-
-
-def paper_table1() -> pd.DataFrame:
-    """The paper's Table 1 (epoch, accuracy, loss, val_accuracy, val_loss)."""
-    with resources.files("ihclib").joinpath("paper/table1.csv").open() as f:
-        return pd.read_csv(f)
-
-
-def compare_with_paper(model: keras.Model) -> pd.DataFrame:
-    """Row-by-row comparison of a model's summary with Figure 3 (names are ignored: Keras numbers
-    them by how many layers the session built). Column ``match`` is True where type, output
-    shape and parameters all agree; a missing row on either side counts as a mismatch."""
-    ours = summary_table(model).add_prefix("model_")
-    paper = paper_figure3()[["layer", "type", "output_shape", "params"]].add_prefix("paper_")
-    both = pd.concat([paper, ours], axis=1)
-    both["match"] = (
-        (both.paper_type == both.model_type)
-        & (both.paper_output_shape == both.model_output_shape)
-        & (both.paper_params == both.model_params)
-    )
-    return both
-
-
-def cost_table(names: list[str] | None = None, tile_size: int = 256) -> pd.DataFrame:
-    """Parameters and GFLOPs per ``tile_size`` tile of registry models (default: all)."""
-    rows = []
-    for name in names or list(MODELS):
-        model = build_model(name, tile_size)
-        rows.append({"model": name, "description": DESCRIPTIONS[name], "params": count_params(model)["total"],
-                     f"GFLOPs per {tile_size}x{tile_size} tile": count_flops(model) / 1e9})
-    return pd.DataFrame(rows)

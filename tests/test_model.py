@@ -6,17 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from ihclib.model import (
-    INPUT_MULTIPLE,
-    MODELS,
-    build_model,
-    build_paper_model,
-    compare_with_paper,
-    count_flops,
-    count_params,
-    paper_figure3,
-    summary_table,
-)
+from ihclib.architectures import compare_with_paper, paper_figure3, summary_table
+from ihclib.model import INPUT_MULTIPLE, MODELS, build_model, build_paper_model, count_flops, count_params
 from ihclib.train import load_model, save_model
 
 # the conv / transposed-conv parameter counts the paper lists, in order

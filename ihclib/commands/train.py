@@ -6,9 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-# ihclib.model's registry, named here so that `ihclib --help` need not import Keras to list it
-# (tests/test_reliability.py checks that the two agree)
-MODEL_NAMES = ("paper_unet", "dncnn_residual", "switching_unet", "crosschannel_unet")
+from ..registry import MODEL_NAMES  # not ihclib.model: `ihclib --help` must not import Keras
 
 
 def register(sub: argparse._SubParsersAction) -> None:
