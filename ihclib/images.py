@@ -367,6 +367,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object], suffix
     return path
 
 
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Create or replace a text file atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
 def _writable_folder(folder: Path) -> str | None:
     """Why files cannot be created in ``folder`` (or the ancestor that would hold it), or None."""
     probe = folder

@@ -13,7 +13,8 @@ from ihclib import cli
 from ihclib.data import make_dataset
 from ihclib.noise import NoiseSpec, impulse_share
 from ihclib.profiles import PROFILES, Profile, get_profile
-from ihclib.train import (HISTORY_COLUMNS, Augmentation, load_model, make_train_pipeline, make_val_pairs,
+from ihclib.model import load_model
+from ihclib.train import (HISTORY_COLUMNS, Augmentation, make_train_pipeline, make_val_pairs,
                           salt_and_pepper_tf, train)
 
 # ---------------------------------------------------------------- profiles

@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--bundle installs one model: pass exactly one --model")
     out_root = Path(args.out_dir) if args.out_dir else Path("runs") / profile.name
 
-    from ..train import save_model, train  # TensorFlow loads here, after the arguments are checked
+    from ..model import save_model
+    from ..train import train  # TensorFlow loads here, after the arguments are checked
 
     dataset = profile.dataset(args.data_dir, skip_bad=args.skip_bad)
     counts = {s: len(dataset.split(s)) for s in ("train", "val", "test")}
