@@ -83,18 +83,6 @@ def image_metrics(clean: np.ndarray, restored: np.ndarray) -> dict[str, float]:
     }
 
 
-def per_image_metrics(clean_batch: np.ndarray, restored_batch: np.ndarray) -> pd.DataFrame:
-    """One row per image (column ``image`` = index in the batch) with psnr, ssim, accuracy, mse."""
-    clean_batch = np.asarray(clean_batch)
-    restored_batch = np.asarray(restored_batch)
-    if clean_batch.ndim == 3:
-        clean_batch, restored_batch = clean_batch[None], restored_batch[None]
-    if clean_batch.shape != restored_batch.shape:
-        raise ValueError(f"shape mismatch: clean {clean_batch.shape} vs restored {restored_batch.shape}")
-    rows = [{"image": i, **image_metrics(c, r)} for i, (c, r) in enumerate(zip(clean_batch, restored_batch))]
-    return pd.DataFrame(rows, columns=["image", *METRICS])
-
-
 def mean_ci(
     values: Iterable[float],
     confidence: float = 0.95,

@@ -74,39 +74,6 @@ def build_paper_model(tile_size: int | None = 256) -> keras.Model:
 # ---------------------------------------------------------------- modifications
 
 
-@keras.saving.register_keras_serializable(package="ihclib")
-class MaskedLocalMean(layers.Layer):
-    """Per channel, the mean of the unflagged values in a ``window`` x ``window`` neighbourhood.
-
-    No longer built (:class:`SpatialFill` replaced it: this layer returns 0 where every value is
-    flagged, which turned saturated background black); kept registered so that models saved by
-    ihclib 0.1.0 before that change still load.
-
-    Inputs ``[x, flag]`` (flag 1 = impulse, 0 = trusted); where every value in the window is
-    flagged the result is 0. This is the fill of a classical switching mean filter, given to the
-    network as a starting point that it refines. Registered, so ``safe_mode=True`` loads it once
-    ``ihclib.model`` is imported (``ihclib.model.load_model`` does that).
-    """
-
-    def __init__(self, window: int = 3, **kwargs):
-        super().__init__(**kwargs)
-        self.window = int(window)
-
-    def call(self, inputs):
-        x, flag = inputs
-        keep = 1.0 - flag
-        # the ratio of two same-padded averages: padding cancels out, border windows stay exact
-        num = keras.ops.average_pool(x * keep, self.window, strides=1, padding="same")
-        den = keras.ops.average_pool(keep, self.window, strides=1, padding="same")
-        return keras.ops.divide_no_nan(num, den)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape[0]
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "window": self.window}
-
-
 def impulse_hint(x):
     """Per-value flag (0 or 1) for values that are exactly saturated: 1 (salt) or 0 (pepper).
 
