@@ -9,15 +9,27 @@ from pathlib import Path
 from ..registry import MODEL_NAMES  # not ihclib.model: `ihclib --help` must not import Keras
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from ..profiles import PROFILES
+class _ProfileNames:
+    """The profiles' names for argparse's ``choices``, read from the study only when argparse
+    asks (this command's arguments or --help): registering the command imports nothing."""
 
+    def __iter__(self):
+        from ..profiles import PROFILES
+
+        return iter(PROFILES)
+
+    def __contains__(self, name: object) -> bool:
+        return name in list(self)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train denoising models (the paper's and the modified ones)",
                        description="Train registry models on clean tiles with salt-and-pepper noise made on the fly. "
                                    "Each model is written to OUT_DIR/<model>/: <model>.keras + .json sidecar, "
                                    "history.csv (Table 1 format), log.csv. Rerun the same command "
                                    "after an interruption to resume.")
-    p.add_argument("--profile", default="quick", choices=list(PROFILES), help="run size (default: quick)")
+    p.add_argument("--profile", default="quick", choices=_ProfileNames(), metavar="PROFILE",
+                   help="run size: %(choices)s (default: %(default)s)")
     p.add_argument("--model", action="append", choices=["all", *MODEL_NAMES], default=None,
                    help="model to train; repeat for several (default: all of the profile's models)")
     p.add_argument("--data-dir", default=None, help="folder of IHC images, or 'skimage' for the embedded image "
