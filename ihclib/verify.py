@@ -44,6 +44,7 @@ TOLERANCES: tuple[tuple[str, float, float, str], ...] = (
 # data, noise and stain statistics, counts, parameters, FLOPs: numpy on fixed inputs, no training
 DEFAULT_TOLERANCE = ("other", 0.0, 1e-5, "relative: statistics, counts, parameters")
 TABLES = "tables"
+TIMING_TABLES = ("timings",)  # measured, never repeated: not compared
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+|inf|nan)", re.IGNORECASE)
 
 
@@ -136,8 +137,10 @@ def compare_tables(reference: Path, new: Path, same_cpu: bool) -> Comparison:
     """Compare ``new/tables`` with ``reference/tables``: byte for byte on the same CPU, else
     the CSV tables (and text-only tables) within :data:`TOLERANCES`."""
     out = Comparison()
-    ref_files = {p.name for p in (reference / TABLES).glob("*") if p.is_file()}
-    new_files = {p.name for p in (new / TABLES).glob("*") if p.is_file()}
+    def results(folder: Path) -> set[str]:
+        return {p.name for p in (folder / TABLES).glob("*") if p.is_file() and p.stem not in TIMING_TABLES}
+
+    ref_files, new_files = results(reference), results(new)
     for missing in sorted(ref_files - new_files):
         out.differences.append(f"{missing}: committed, not written by this run")
     for extra in sorted(new_files - ref_files):
@@ -147,13 +150,17 @@ def compare_tables(reference: Path, new: Path, same_cpu: bool) -> Comparison:
         out.files += 1
         if a.read_bytes() == b.read_bytes():
             continue
+        # on the same CPU any byte counts; the cell comparison still measures by how much
+        found = Comparison() if same_cpu else out
+        if fname.endswith(".csv"):
+            compare_csv(a, b, found)
+        elif not (a.with_suffix(".csv")).exists():  # a .md with a .csv is its rendering
+            compare_cell(a.read_text(), b.read_text(), (a.stem,), fname, found)
         if same_cpu:
             out.differences.append(f"{fname}: not byte-identical on the same CPU; "
                                    + _first_line_diff(a.read_text(), b.read_text()))
-        elif fname.endswith(".csv"):
-            compare_csv(a, b, out)
-        elif not (a.with_suffix(".csv")).exists():  # a .md with a .csv is its rendering
-            compare_cell(a.read_text(), b.read_text(), (a.stem,), fname, out)
+            for key, value in found.largest.items():
+                out.largest[key] = max(out.largest.get(key, 0.0), value)
     return out
 
 
