@@ -34,6 +34,8 @@ from .noise import GAUSSIAN_SIGMAS, SP_AMOUNTS, NoiseSpec, apply_noise
 NOISY = "noisy input"
 CLEAN = "clean"
 METRIC_COLUMNS = ("psnr", "ssim", "accuracy", "mse", "dice_dab", "dice_nuclei", "dab_fraction_error", "seconds")
+# measured, not computed: they vary from run to run, so result tables leave them out (issue 16)
+TIMING_COLUMNS = ("seconds",)
 LONG_COLUMNS = ("method", "noise", "amount", "metric", "mean", "ci_low", "ci_high", "n")
 DEFAULT_SWEEP: tuple[NoiseSpec, ...] = (
     *(NoiseSpec("s&p", a) for a in SP_AMOUNTS),
@@ -182,11 +184,14 @@ def evaluate(
     return long_table(per, confidence)
 
 
-def long_table(per_image_df: pd.DataFrame, confidence: float = 0.95, by_source: bool = False) -> pd.DataFrame:
+def long_table(per_image_df: pd.DataFrame, confidence: float = 0.95, by_source: bool = False,
+               timings: bool = False) -> pd.DataFrame:
     """Summarise a per-image table into the long format (mean and t-interval per group);
-    ``by_source`` keeps one group per source (the table then has a ``source`` column)."""
+    ``by_source`` keeps one group per source (the table then has a ``source`` column).
+    Results only, unless ``timings``: then the timing columns (seconds per tile) only."""
     by = ("source", "method", "noise", "amount") if by_source else ("method", "noise", "amount")
-    metrics = [m for m in METRIC_COLUMNS if m in per_image_df.columns]
+    wanted = TIMING_COLUMNS if timings else tuple(m for m in METRIC_COLUMNS if m not in TIMING_COLUMNS)
+    metrics = [m for m in wanted if m in per_image_df.columns]
     return summarise(per_image_df, by=by, metrics=metrics, confidence=confidence)
 
 
