@@ -145,3 +145,79 @@ def test_missing_bundled_model_says_how_to_create_it(monkeypatch, tmp_path):
     monkeypatch.setattr(infer, "bundled_model_path", lambda: tmp_path / "default.keras")
     with pytest.raises(FileNotFoundError, match="ihclib train --bundle"):
         infer.load_default_model()
+
+
+@pytest.fixture(scope="module")
+def gated_model():
+    """crosschannel_unet with random head weights (so the network's share is not zero)."""
+    keras = pytest.importorskip("keras")
+    from ihclib.model import build_crosschannel_unet
+
+    keras.utils.set_random_seed(1)
+    model = build_crosschannel_unet(None, base=4)
+    rng = np.random.default_rng(1)
+    for name in ("mask_logit", "correction_in_contrast_units", "spatial_share_logit"):
+        layer = model.get_layer(name)
+        layer.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in layer.get_weights()])
+    return model
+
+
+def noisy_with_clean_corner(h: int = 160, w: int = 192) -> np.ndarray:
+    """Values in [0.1, 0.9], with s&p impulses everywhere but the top-left 96x96 corner."""
+    img = 0.1 + 0.8 * rand_image(h, w, seed=7)
+    noise = np.random.default_rng(8).random(img.shape)
+    noisy = np.where(noise < 0.05, 0.0, np.where(noise > 0.95, 1.0, img)).astype(np.float32)
+    noisy[:96, :96] = img[:96, :96]
+    return noisy
+
+
+def test_hard_gate_is_recognised(gated_model):
+    from ihclib.model import build_switching_unet
+
+    assert infer.has_hard_gate(gated_model)
+    assert not infer.has_hard_gate(build_switching_unet(None, base=4))  # its mask is never exactly 0
+    assert not infer.has_hard_gate(identity)
+
+
+def test_gated_model_returns_unflagged_tiles_bit_for_bit(gated_model):
+    tile = (0.1 + 0.8 * rand_image(32, 32, seed=9))[None]
+    np.testing.assert_array_equal(np.asarray(gated_model(tile)), tile)
+    tile[0, 5, 5, 1] = 1.0  # one impulse: the model does change something
+    assert not np.array_equal(np.asarray(gated_model(tile)), tile)
+
+
+def test_skipping_unflagged_tiles_changes_nothing(gated_model):
+    img = noisy_with_clean_corner()
+    kwargs = dict(tile_size=32, overlap=8, batch_size=4, multiple=4)
+    ref = denoise(gated_model, img, skip_unflagged=False, threads=False, **kwargs)
+    np.testing.assert_array_equal(denoise(gated_model, img, **kwargs), ref)  # auto: skips, threaded
+    assert not np.array_equal(ref, img)  # the noisy part was changed
+
+
+def test_skipped_tiles_never_reach_the_model():
+    img = noisy_with_clean_corner()
+    calls = []
+
+    def model(batch):
+        calls.append(int((batch.reshape(len(batch), -1).max(axis=1) > 0).sum()))  # real tiles
+        return batch
+
+    out = denoise(model, img, tile_size=32, overlap=8, batch_size=4, skip_unflagged=True)
+    n_tiles = len(tile_starts(160, 32, 8)) * len(tile_starts(192, 32, 8))
+    clean = sum(1 for r in tile_starts(160, 32, 8) for c in tile_starts(192, 32, 8) if r + 32 <= 96 and c + 32 <= 96)
+    assert clean > 0 and sum(calls) == n_tiles - clean
+    np.testing.assert_allclose(out, img, atol=1e-6)
+
+
+def test_threads_give_the_same_result(conv_model):
+    img = rand_image(150, 101, seed=5)
+    ref = denoise(conv_model, img, tile_size=32, overlap=8, batch_size=3, threads=False)
+    np.testing.assert_array_equal(denoise(conv_model, img, tile_size=32, overlap=8, batch_size=3, threads=True), ref)
+
+
+def test_model_error_in_pipeline_is_raised():
+    def broken(batch):
+        return np.full_like(batch, np.nan)
+
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        denoise(broken, rand_image(100, 100), tile_size=32, overlap=8, batch_size=2)
