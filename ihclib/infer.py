@@ -368,6 +368,32 @@ def denoise(
     return blender.result(height, width)
 
 
+def bfloat16_copy(model: Any) -> Any:
+    """A copy of a Keras model whose convolution trunk computes in bfloat16 (weights float32).
+
+    Convolutions larger than 1x1, their activations and concatenations get Keras'
+    ``mixed_bfloat16`` policy, so oneDNN can run them with bf16 dot products where the CPU has
+    them (AVX512_BF16, AMX); 1x1 heads, the custom layers (impulse flags, fills, the gate) and
+    the output layer stay float32, so a hard gate stays exact. Not the default: ``make bench``
+    measures its speed and its PSNR change on held-out images (reports/benchmarks.json).
+    """
+    import keras
+
+    outputs = {id(t) for t in model.outputs}
+    trunk = (keras.layers.Conv2D, keras.layers.Conv2DTranspose, keras.layers.LeakyReLU, keras.layers.Concatenate)
+
+    def clone(layer: Any) -> Any:
+        config = layer.get_config()
+        one_by_one = getattr(layer, "kernel_size", None) == (1, 1)
+        if isinstance(layer, trunk) and not one_by_one and id(layer.output) not in outputs:
+            config["dtype"] = "mixed_bfloat16"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 # --- models: loading, checking, the bundled default ----------------------------------------
 
 MODELS_ENV_VAR = "IHCLIB_MODELS_DIR"

@@ -221,3 +221,15 @@ def test_model_error_in_pipeline_is_raised():
 
     with pytest.raises(ValueError, match="NaN or Inf"):
         denoise(broken, rand_image(100, 100), tile_size=32, overlap=8, batch_size=2)
+
+
+def test_bfloat16_copy_keeps_the_gate_exact_and_stays_close(gated_model):
+    img = noisy_with_clean_corner(128, 128)
+    ref = np.asarray(gated_model(img[None]))[0]
+    copy = infer.bfloat16_copy(gated_model)
+    got = np.asarray(copy(img[None]))[0]
+    assert got.dtype == np.float32
+    assert any(layer.dtype_policy.name == "mixed_bfloat16" for layer in copy.layers)
+    unflagged = (img > 0.01) & (img < 0.99)
+    np.testing.assert_array_equal(got[unflagged], img[unflagged])  # the gate is float32: exact
+    assert 0 < np.abs(got - ref).max() < 0.05  # bf16 rounding shows, but only as rounding
