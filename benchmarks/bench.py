@@ -432,10 +432,12 @@ def bench_denoise_cli(model_path: str | Path, image_path: Path, out_dir: Path, c
     if not found:
         raise RuntimeError(f"ihclib denoise did not report its time:\n{output[-2000:]}")
     seconds = float(found.group(1))
+    if seconds <= 0:  # the command prints tenths of a second
+        raise RuntimeError(f"ihclib denoise reported {seconds} s: the image is too small to time")
     size = cfg.denoise_size
     return {"backend": backend, "size": size, "tiles": len(tile_starts(size, cfg.tile_size, cfg.denoise_overlap)) ** 2,
             "seconds": seconds, "wall_s": round(wall, 2), "peak_rss_mib": round(rss, 1),
-            "mp_per_s": round(size * size / seconds / 1e6, 3), "load_1min": load_average()[:1]}
+            "mp_per_s": float(f"{size * size / seconds / 1e6:.4g}"), "load_1min": load_average()[:1]}
 
 
 def bench_switching_median(image: np.ndarray) -> dict:
@@ -444,7 +446,7 @@ def bench_switching_median(image: np.ndarray) -> dict:
     from ihclib.images import to_float
 
     _, seconds = timed(lambda: switching_median(to_float(image)))
-    return {"seconds": round(seconds, 2), "mp_per_s": round(image.shape[0] * image.shape[1] / seconds / 1e6, 3),
+    return {"seconds": round(seconds, 4), "mp_per_s": float(f"{image.shape[0] * image.shape[1] / seconds / 1e6:.4g}"),
             "load_1min": load_average()[:1]}
 
 

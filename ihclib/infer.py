@@ -191,24 +191,31 @@ def _unflagged(tile: np.ndarray) -> bool:
     return bool(tile.min() > GATE_LOW and tile.max() < GATE_HIGH)
 
 
-def _cut_batches(image: np.ndarray, plan: _Plan, skip_unflagged: bool) -> Iterator[tuple[list, np.ndarray | None]]:
-    """Yield (starts, batch) for the tiles the network must see, and (starts, None) for tiles it
-    would return unchanged (``skip_unflagged``); every batch has the fixed shape (one trace)."""
+Entry = tuple[int, int, int]  # (row, column, index in the batch or -1: the tile is its own output)
+
+
+def _cut_batches(image: np.ndarray, plan: _Plan, skip_unflagged: bool) -> Iterator[tuple[list[Entry], np.ndarray | None]]:
+    """Yield (entries, batch) in the plan's order: each batch of fixed shape (one trace) with the
+    entries of its tiles and, in between, of tiles the model would return unchanged
+    (``skip_unflagged``), so that blending adds tiles in the same order either way."""
     t, n = plan.tile, plan.batch_size
-    group: list[tuple[int, int]] = []
+    entries: list[Entry] = []
     batch = np.zeros((n, t, t, 3), np.float32)
+    filled = 0
     for r, c in plan.starts:
         tile = image[r : r + t, c : c + t]
         if skip_unflagged and _unflagged(tile):
-            yield [(r, c)], None
+            entries.append((r, c, -1))
             continue
-        batch[len(group)] = tile
-        group.append((r, c))
-        if len(group) == n:
-            yield group, batch
-            group, batch = [], np.zeros((n, t, t, 3), np.float32)  # a new buffer: the old one is in flight
-    if group:
-        yield group, batch  # the rest of the last batch stays zero: padding
+        batch[filled] = tile
+        entries.append((r, c, filled))
+        filled += 1
+        if filled == n:
+            yield entries, batch
+            entries, filled = [], 0
+            batch = np.zeros((n, t, t, 3), np.float32)  # a new buffer: the old one is in flight
+    if entries:
+        yield entries, batch if filled else None  # the rest of a last batch stays zero: padding
 
 
 def _checked(predict: Predictor, batch: np.ndarray, n: int) -> np.ndarray:
@@ -231,11 +238,13 @@ class _Blender:
         self.out = np.zeros((plan.height, plan.width, 3), np.float32)
         self.weight = np.zeros((plan.height, plan.width), np.float32)
 
-    def add(self, group: list[tuple[int, int]], tiles: np.ndarray) -> None:
+    def add(self, entries: list[Entry], tiles: np.ndarray | None, image: np.ndarray) -> None:
+        """Add predicted ``tiles`` (index >= 0) and unchanged tiles of ``image`` (index -1)."""
         t = self.plan.tile
-        for i, (r, c) in enumerate(group):
+        for r, c, i in entries:
             w = self.plan.window(r, c)
-            self.out[r : r + t, c : c + t] += tiles[i] * w[..., None]
+            tile = image[r : r + t, c : c + t] if i < 0 else tiles[i]
+            self.out[r : r + t, c : c + t] += tile * w[..., None]
             self.weight[r : r + t, c : c + t] += w
 
     def result(self, height: int, width: int) -> np.ndarray:
@@ -249,33 +258,29 @@ def _run_tiles(image: np.ndarray, plan: _Plan, predict: Predictor, skip_unflagge
                bar: Any, threads: bool) -> _Blender:
     """Cut, predict and blend every tile. With ``threads``, cutting runs one batch ahead and
     blending one batch behind, each in its own thread, beside the model (TensorFlow and numpy's
-    copies release the GIL); blending stays in one thread, as tiles overlap."""
+    copies release the GIL); blending stays in one thread and in order, as tiles overlap."""
     blender = _Blender(plan)
-    t = plan.tile
 
-    def blend(group: list[tuple[int, int]], tiles: np.ndarray) -> None:
-        blender.add(group, tiles)
+    def blend(entries: list[Entry], tiles: np.ndarray | None) -> None:
+        blender.add(entries, tiles, image)
         if bar is not None:
-            bar.update(len(group))
+            bar.update(len(entries))
 
-    def predicted(items: Iterator) -> Iterator[tuple[list, np.ndarray]]:
-        for group, batch in items:
-            if batch is None:  # a tile the model would return unchanged: the input is its output
-                (r, c), = group
-                yield group, image[None, r : r + t, c : c + t]
-            else:
-                yield group, _checked(predict, batch, len(group))
+    def predicted(items: Iterator) -> Iterator[tuple[list[Entry], np.ndarray | None]]:
+        for entries, batch in items:
+            n = sum(i >= 0 for _, _, i in entries)
+            yield entries, None if batch is None else _checked(predict, batch, n)
 
     if not threads:
-        for group, tiles in predicted(_cut_batches(image, plan, skip_unflagged)):
-            blend(group, tiles)
+        for entries, tiles in predicted(_cut_batches(image, plan, skip_unflagged)):
+            blend(entries, tiles)
         return blender
     with ThreadPoolExecutor(1, "ihclib-cut") as cutter, ThreadPoolExecutor(1, "ihclib-blend") as blender_thread:
         last: Future | None = None
-        for group, tiles in predicted(_prefetched(cutter, _cut_batches(image, plan, skip_unflagged))):
+        for entries, tiles in predicted(_prefetched(cutter, _cut_batches(image, plan, skip_unflagged))):
             if last is not None:
                 last.result()  # at most one batch waiting to be blended: memory stays O(batch)
-            last = blender_thread.submit(blend, group, tiles)
+            last = blender_thread.submit(blend, entries, tiles)
         if last is not None:
             last.result()
     return blender

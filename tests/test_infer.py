@@ -192,6 +192,12 @@ def test_skipping_unflagged_tiles_changes_nothing(gated_model):
     ref = denoise(gated_model, img, skip_unflagged=False, threads=False, **kwargs)
     np.testing.assert_array_equal(denoise(gated_model, img, **kwargs), ref)  # auto: skips, threaded
     assert not np.array_equal(ref, img)  # the noisy part was changed
+    # a few scattered impulses: skipped and predicted tiles interleave, and overlaps add in order
+    sparse = (0.1 + 0.8 * rand_image(160, 192, seed=10)).astype(np.float32)
+    rng = np.random.default_rng(11)
+    sparse[rng.integers(0, 160, 12), rng.integers(0, 192, 12), rng.integers(0, 3, 12)] = 1.0
+    ref = denoise(gated_model, sparse, skip_unflagged=False, threads=False, **kwargs)
+    np.testing.assert_array_equal(denoise(gated_model, sparse, **kwargs), ref)
 
 
 def test_skipped_tiles_never_reach_the_model():
