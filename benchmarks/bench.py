@@ -62,6 +62,7 @@ class Config:
     train_batch: int = 8
     train_steps: int = 4
     train_warmup: int = 1  # the first step traces the graph and creates the optimizer's slots
+    profile_steps: int = 2  # steps under TensorFlow's profiler, per training variant
     denoise_size: int = 4096
     denoise_batch: int = 8
     denoise_overlap: int = 32  # the CLI's default
@@ -74,7 +75,7 @@ class Config:
 
 FULL = Config()
 QUICK = Config(name="quick", gemm_sizes=(256, 512), gemm_repeats=2, tile_size=64, batch_sizes=(1, 2), main_batch=2,
-               min_time=0.05, min_calls=1, train_batch=2, train_steps=1, denoise_size=256, denoise_batch=2,
+               min_time=0.05, min_calls=1, train_batch=2, train_steps=1, profile_steps=1, denoise_size=256, denoise_batch=2,
                pipeline_size=256, psnr_tile=64, held_out=False, backends=("keras",))
 
 
@@ -280,11 +281,11 @@ def bench_bf16(model, cfg: Config, flops_per_tile: int, peak: dict) -> dict:
     """The bundled model with a bfloat16 trunk (:func:`ihclib.infer.bfloat16_copy`) against
     float32: tiles/s (the two take turns, best of rounds) and mean PSNR on held-out tiles."""
     from ihclib.backends import predictor
-    from ihclib.infer import bfloat16_copy, denoise
+    from ihclib.infer import _cached_bfloat16_copy, denoise
     from ihclib.metrics import psnr
     from ihclib.noise import salt_and_pepper
 
-    copy = bfloat16_copy(model)
+    copy = _cached_bfloat16_copy(model)
     t, b = cfg.tile_size, cfg.main_batch
     tiles = np.random.default_rng(3).random((b, t, t, 3), dtype=np.float32)
     tiles[tiles < 0.05], tiles[tiles > 0.95] = 0.0, 1.0
@@ -299,9 +300,9 @@ def bench_bf16(model, cfg: Config, flops_per_tile: int, peak: dict) -> dict:
     for i, tile in enumerate(clean):
         for amount in cfg.psnr_amounts:
             noisy = salt_and_pepper(tile, amount, np.random.default_rng(i))
-            for name, m in (("float32", model), ("bfloat16", copy)):
-                scores[name].append(psnr(tile, np.clip(denoise(m, noisy, tile_size=cfg.psnr_tile, overlap=0,
-                                                               multiple=4, progress=False), 0, 1)))
+            for name in scores:
+                scores[name].append(psnr(tile, np.clip(denoise(model, noisy, tile_size=cfg.psnr_tile, overlap=0,
+                                                               multiple=4, progress=False, precision=name), 0, 1)))
     mean = {name: float(np.mean(v)) for name, v in scores.items()}
     speed = {name: rates(b / s, flops_per_tile, peak["peak_gflops"]) for name, s in best.items()}
     if peak.get("bf16_theoretical_gflops"):  # bf16 runs against the bf16 peak, not float32's
@@ -331,12 +332,42 @@ def training_tiles(tile_size: int, n: int = 16, seed: int = 0) -> np.ndarray:
     return np.stack([img[r : r + tile_size, c : c + tile_size] for r, c in zip(rows, cols)]).astype(np.float32)
 
 
+def op_profile(step: Callable[[], Any], steps: int, top: int = 8) -> list[dict]:
+    """ms per step of the ``top`` TensorFlow op types over ``steps`` calls of ``step``, from the
+    TensorFlow profiler's trace (ops run in parallel, so the sum can exceed the step's time)."""
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    with tempfile.TemporaryDirectory(prefix="ihclib-profile-") as logdir:
+        tf.profiler.experimental.start(logdir)
+        try:
+            for _ in range(steps):
+                step()
+        finally:
+            tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        space.ParseFromString(next(Path(logdir).rglob("*.xplane.pb")).read_bytes())
+    totals: dict[str, float] = {}
+    for plane in space.planes:
+        names = {k: v.name for k, v in plane.event_metadata.items()}
+        for line in plane.lines:
+            for event in line.events:
+                name = names.get(event.metadata_id, "")
+                op = name.rsplit(":", 1)[1].strip() if ":" in name else ""  # "op_name:OpType" events
+                if op and not op.startswith("__"):  # not the whole function's event
+                    totals[op] = totals.get(op, 0.0) + event.duration_ps / 1e9 / steps
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
+    return [{"op": op, "ms_per_step": round(ms, 1)} for op, ms in ranked]
+
+
 def bench_training(tile_size: int, batch_size: int, steps: int, warmup: int, flops_per_tile: int,
-                   peak_gflops: float, determinism: bool = False, learning_rate: float = 1e-3) -> dict:
+                   peak_gflops: float, determinism: bool = False, learning_rate: float = 1e-3,
+                   profile_steps: int = 0) -> dict:
     """Training tiles/s of the paper's network with ``ihclib.train``'s compile settings (Adam,
     MSE, "accuracy"), stepped with ``train_on_batch`` (the step ``model.fit`` runs) on batches of
     ``ihclib.train.make_train_pipeline``. ``determinism``: TF op determinism, as
-    ``ihclib.train.set_determinism`` sets it (process-wide: it stays on once set)."""
+    ``ihclib.train.set_determinism`` sets it (process-wide: it stays on once set).
+    ``profile_steps``: then that many steps under the profiler (:func:`op_profile`)."""
     import keras
     import tensorflow as tf
 
@@ -356,7 +387,9 @@ def bench_training(tile_size: int, batch_size: int, steps: int, warmup: int, flo
         batch, wait = timed(lambda: next(batches))  # time spent waiting for the input pipeline
         times.append(timed(lambda: model.train_on_batch(*batch))[1])
         waits.append(wait)
+    profile = op_profile(lambda: model.train_on_batch(*next(batches)), profile_steps) if profile_steps else []
     return {"variant": "op determinism" if determinism else "no op determinism", "batch": batch_size,
+            "op_profile": profile,
             "steps": steps, "seconds": round(sum(times), 2), "input_wait_s": round(sum(waits), 3),
             "warmup_s": round(warm, 2), **rates(batch_size / min(times), flops_per_tile, peak_gflops, TRAIN_FLOP_FACTOR),
             "mean_tiles_per_s": round(steps * batch_size / sum(times), 3), "load_1min": load_average()[:1]}
@@ -450,27 +483,43 @@ def bench_switching_median(image: np.ndarray) -> dict:
             "load_1min": load_average()[:1]}
 
 
+def recompute(size: int, tile: int, overlap: int) -> float:
+    """Pixels the model computes per pixel of a ``size`` x ``size`` image (overlapping tiles)."""
+    from ihclib.infer import tile_starts
+
+    return (len(tile_starts(size, tile, overlap)) * tile / size) ** 2
+
+
 def bench_tile_pipeline(model, cfg: Config) -> dict:
-    """In-process ``infer.denoise`` on a ``pipeline_size`` image: with and without the cutting and
-    blending threads (noisy image), and with and without skipping unflagged tiles (clean image)."""
-    from ihclib.infer import _Plan, _unflagged, denoise
+    """In-process ``infer.denoise`` on a ``pipeline_size`` image as the CLI runs it, and with one
+    thing changed each: no threads, float32, tiles twice as large (a quarter of the batch); and
+    on the clean image, with and without skipping unflagged tiles."""
+    from ihclib.infer import _Plan, _unflagged, denoise, resolve_precision
 
     kwargs = dict(tile_size=cfg.tile_size, overlap=cfg.denoise_overlap, batch_size=cfg.denoise_batch,
                   multiple=4, progress=False)
     noisy, clean = make_test_image(cfg.pipeline_size), make_test_image(cfg.pipeline_size, amount=0.0)
-    denoise(model, noisy[: 2 * cfg.tile_size, : 2 * cfg.tile_size], **kwargs)  # trace outside the timing
-    out: dict[str, Any] = {"size": cfg.pipeline_size}
+    out: dict[str, Any] = {"size": cfg.pipeline_size, "precision": resolve_precision(model),
+                           "big_tile": 2 * cfg.tile_size}
+    big = 2 * cfg.tile_size
     runs = {"threads": (noisy, dict(threads=True)), "no_threads": (noisy, dict(threads=False)),
+            "float32": (noisy, dict(precision="float32")),
+            f"tile{big}": (noisy, dict(tile_size=big, batch_size=max(1, cfg.denoise_batch // 4))),
             "clean_skip": (clean, dict(skip_unflagged=True)), "clean_no_skip": (clean, dict(skip_unflagged=False))}
     results = {}
     for name, (img, extra) in runs.items():
-        results[name], seconds = timed(lambda: denoise(model, img, **kwargs, **extra))
+        args = {**kwargs, **extra}
+        denoise(model, img[: 2 * args["tile_size"], : 2 * args["tile_size"]], **args)  # tracing, not timed
+        results[name], seconds = timed(lambda: denoise(model, img, **args))
         out[f"{name}_s"] = round(seconds, 2)
     plan = _Plan(clean.shape[:2], cfg.tile_size, cfg.denoise_overlap, cfg.denoise_batch)
     clean_f = clean.astype(np.float32) / 255
     t = cfg.tile_size
     out["clean_tiles_skipped"] = sum(_unflagged(clean_f[r : r + t, c : c + t]) for r, c in plan.starts)
     out["clean_tiles"] = len(plan.starts)
+    for t_size in (cfg.tile_size, 2 * cfg.tile_size):  # pixels computed per image pixel (overlap)
+        for size in (cfg.pipeline_size, cfg.denoise_size):
+            out[f"recompute_tile{t_size}_{size}px"] = round(recompute(size, t_size, cfg.denoise_overlap), 3)
     out["skip_identical"] = bool(np.array_equal(results["clean_skip"], results["clean_no_skip"]))
     out["threads_identical"] = bool(np.array_equal(results["threads"], results["no_threads"]))
     out["load_1min"] = load_average()[:1]
@@ -535,12 +584,14 @@ def whole_image_section(result: dict, cfg: Config, log: Callable[[str], None]) -
         f"peak; switching median {median['seconds']} s")
     result["model"] = {"name": arch, "path": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name,
                        "flops_per_pixel": per_px, "params": int(model.count_params())}
-    result["denoise_cli"] = {**run, "image": f"{cfg.denoise_size}x{cfg.denoise_size} uint8 PNG, embedded IHC image "
+    from ihclib.infer import resolve_precision
+
+    result["denoise_cli"] = {**run, "precision": resolve_precision(model), "image": f"{cfg.denoise_size}x{cfg.denoise_size} uint8 PNG, embedded IHC image "
                                              "mirrored out, s&p 0.1", "tile": cfg.tile_size, "batch": cfg.denoise_batch}
     result["switching_median"] = median
     result["tile_pipeline"] = bench_tile_pipeline(model, cfg)
     flops_tile = per_px * cfg.tile_size**2
-    result["bundled_inference"] = bench_inference(model, arch, cfg.tile_size, (cfg.main_batch,), ["keras"], flops_tile,
+    result["bundled_inference"] = bench_inference(model, f"{arch} (float32)", cfg.tile_size, (cfg.main_batch,), ["keras"], flops_tile,
                                                   peak["peak_gflops"], cfg.min_time, cfg.min_calls)
     result["bf16"] = bench_bf16(model, cfg, flops_tile, peak)
     log(f"bf16: x{result['bf16']['speedup']}, PSNR {result['bf16']['psnr_delta_db']:+.4f} dB")
@@ -559,7 +610,7 @@ def paper_section(result: dict, cfg: Config, log: Callable[[str], None]) -> None
     log(f"inference: {len(result['inference'])} measurements")
     result["input_pipeline"] = bench_input_pipeline(cfg.tile_size, cfg.train_batch)
     train = dict(tile_size=cfg.tile_size, batch_size=cfg.train_batch, steps=cfg.train_steps,
-                 warmup=cfg.train_warmup, flops_per_tile=flops, peak_gflops=peak)
+                 warmup=cfg.train_warmup, flops_per_tile=flops, peak_gflops=peak, profile_steps=cfg.profile_steps)
     result["training"] = [bench_training(**train), bench_training(**train, determinism=True)]
     log("training: " + ", ".join(f"{r['variant']} {r['pct_peak']} %" for r in result["training"]))
 
@@ -624,8 +675,9 @@ def targets(result: dict) -> list[dict]:
              inf["pct_peak"] >= 75),
             ("training with op determinism: at least 50 % of the measured peak", det["pct_peak"], "%",
              det["pct_peak"] >= 50),
-            ("bf16 trunk by default only if held-out PSNR changes by less than 0.05 dB",
-             bf16["psnr_delta_db"], "dB", abs(bf16["psnr_delta_db"]) < 0.05)]
+            ("bf16 trunk by default (on CPUs with bf16) only if held-out PSNR changes by less than 0.05 dB",
+             bf16["psnr_delta_db"], "dB", abs(bf16["psnr_delta_db"]) < 0.05),
+            ("... and only if it is faster", bf16["speedup"], "x", bf16["speedup"] > 1)]
     return [{"target": t, "value": v, "unit": u, "met": bool(m)} for t, v, u, m in rows]
 
 
@@ -648,7 +700,9 @@ def _measurement_rows(result: dict) -> list[tuple[str, str, str, str]]:
              f"batch {cli['batch']})", f"{cli['seconds']} s, {cli['mp_per_s']} MP/s (wall {cli['wall_s']} s, "
              f"{cli['peak_rss_mib']:.0f} MiB)", f"{cli['gflops']}", f"{cli['pct_peak']} %"),
             ("switching median, same image, same run", f"{med['seconds']} s, {med['mp_per_s']} MP/s", "", ""),
-            (f"tile pipeline {tp['size']}px, threads on / off", f"{tp['threads_s']} / {tp['no_threads_s']} s", "", ""),
+            (f"in-process {tp['size']}px as the CLI ({tp['precision']}, tile {cli['tile']}) / no threads / float32 / "
+             f"tile {tp['big_tile']}", f"{tp['threads_s']} / {tp['no_threads_s']} / {tp['float32_s']} / "
+             f"{tp['tile' + str(tp['big_tile']) + '_s']} s", "", ""),
             (f"clean {tp['size']}px image, skipping unflagged tiles on / off ({tp['clean_tiles_skipped']} of "
              f"{tp['clean_tiles']} skipped)", f"{tp['clean_skip_s']} / {tp['clean_no_skip_s']} s", "", "")]
     for r in result["bundled_inference"]:
@@ -667,6 +721,10 @@ def _measurement_rows(result: dict) -> list[tuple[str, str, str, str]]:
                      f"{r['tiles_per_s']} tiles/s (input wait {r['input_wait_s']} s)", f"{r['gflops']}",
                      f"{r['pct_peak']} %"))
     rows.append(("training input pipeline alone", f"{result['input_pipeline']['tiles_per_s']} tiles/s", "", ""))
+    for r in result["training"]:
+        if r["op_profile"]:
+            ops = ", ".join(f"{p['op']} {p['ms_per_step']:.0f}" for p in r["op_profile"][:5])
+            rows.append((f"where a training step goes ({r['variant']}), ms per step", ops, "", ""))
     return rows
 
 

@@ -310,6 +310,7 @@ def denoise(
     multiple: int = DOWNSAMPLING,
     skip_unflagged: bool | None = None,
     threads: bool = True,
+    precision: str | None = None,
 ) -> np.ndarray:
     """Denoise an RGB image of any size; returns float32 (H, W, 3) like the input.
 
@@ -340,6 +341,9 @@ def denoise(
         None: when :func:`has_hard_gate` says the model does exactly that itself.
     threads : bool
         Cut and blend tiles in threads beside the model (same result either way).
+    precision : str, optional
+        "float32", "bfloat16" (:func:`bfloat16_copy`) or "auto"; None: the ``IHCLIB_PRECISION``
+        variable, else "auto" (see :func:`resolve_precision`).
 
     Returns
     -------
@@ -351,13 +355,18 @@ def denoise(
     height, width = np.shape(image)[:2]
     image = _prepare_image(image, tile_size)
     plan = _Plan(image.shape[:2], tile_size, overlap, batch_size)
+    skip = has_hard_gate(model) if skip_unflagged is None else skip_unflagged
     if _is_keras_model(model):
-        from .backends import predictor
+        from .backends import predictor, resolve_backend
 
+        backend = resolve_backend(backend)
+        if resolve_precision(model, precision, backend) == "bfloat16":
+            model = _cached_bfloat16_copy(model)
         predict = predictor(model, tile_size, plan.batch_size, backend, jit_compile)
+    elif precision not in (None, "auto", "float32"):
+        raise ValueError(f"precision {precision!r} needs a Keras model")
     else:
         predict = model
-    skip = has_hard_gate(model) if skip_unflagged is None else skip_unflagged
     n_batches = math.ceil(len(plan.starts) / plan.batch_size)
     show = n_batches > AUTO_PROGRESS_BATCHES if progress is None else bool(progress)
     bar = None
@@ -379,8 +388,9 @@ def bfloat16_copy(model: Any) -> Any:
     Convolutions larger than 1x1, their activations and concatenations get Keras'
     ``mixed_bfloat16`` policy, so oneDNN can run them with bf16 dot products where the CPU has
     them (AVX512_BF16, AMX); 1x1 heads, the custom layers (impulse flags, fills, the gate) and
-    the output layer stay float32, so a hard gate stays exact. Not the default: ``make bench``
-    measures its speed and its PSNR change on held-out images (reports/benchmarks.json).
+    the output layer stay float32, so a hard gate stays exact. ``make bench`` measures its speed
+    and its PSNR change on held-out images (reports/benchmarks.json); :func:`denoise` uses it
+    where :func:`resolve_precision` says so.
     """
     import keras
 
@@ -397,6 +407,49 @@ def bfloat16_copy(model: Any) -> Any:
     copy = keras.models.clone_model(model, clone_function=clone)
     copy.set_weights(model.get_weights())
     return copy
+
+
+PRECISION_ENV = "IHCLIB_PRECISION"
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU has bf16 dot products (AVX512_BF16 or AMX-BF16), from /proc/cpuinfo."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux: assume not
+            return False
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(model: Any, precision: str | None = None, backend: str = "keras") -> str:
+    """"float32" or "bfloat16" for ``precision`` (None: $IHCLIB_PRECISION, else "auto").
+
+    "auto" is bfloat16 only for a hard-gated Keras model (:func:`has_hard_gate`, the bundled
+    architecture, whose held-out PSNR ``make bench`` checks against float32) on the Keras
+    backend of a CPU with bf16 dot products, else float32.
+    """
+    if precision is None:
+        precision = os.environ.get(PRECISION_ENV) or "auto"
+    precision = precision.strip().lower()
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        use = backend == "keras" and has_hard_gate(model) and cpu_has_bf16()
+        return "bfloat16" if use else "float32"
+    return precision
+
+
+def _cached_bfloat16_copy(model: Any) -> Any:
+    """:func:`bfloat16_copy` of ``model``, made once per model object."""
+    from .backends import _model_cache
+
+    cache = _model_cache(model)
+    if "bfloat16_copy" not in cache:
+        cache["bfloat16_copy"] = bfloat16_copy(model)
+    return cache["bfloat16_copy"]
 
 
 # --- models: loading, checking, the bundled default ----------------------------------------

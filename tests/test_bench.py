@@ -97,7 +97,7 @@ def test_report_is_written_and_consistent(tiny_run, bench):
         assert r["pct_peak"] == pytest.approx(100 * r["gflops"] / peak["peak_gflops"], abs=0.1)
     assert [r["variant"] for r in result["training"]] == ["no op determinism", "op determinism"]
     assert bench.ratio_violations(result) == []
-    assert len(result["targets"]) == 6 and all(isinstance(t["met"], bool) for t in result["targets"])
+    assert len(result["targets"]) == 7 and all(isinstance(t["met"], bool) for t in result["targets"])
 
 
 def test_denoise_cli_and_median_on_the_same_image(tiny_run):
@@ -116,6 +116,8 @@ def test_tile_pipeline_and_bf16_are_measured(tiny_run):
     tp, bf = result["tile_pipeline"], result["bf16"]
     assert tp["threads_identical"] and tp["skip_identical"]
     assert 0 <= tp["clean_tiles_skipped"] <= tp["clean_tiles"] == 16
+    assert tp["recompute_tile32_96px"] == pytest.approx((4 * 32 / 96) ** 2, abs=1e-3)
+    assert all(r["op_profile"] and r["op_profile"][0]["ms_per_step"] > 0 for r in result["training"])
     assert bf["psnr_tiles"] == 1 and np.isfinite(bf["psnr_delta_db"])
     assert bf["psnr_delta_db"] == pytest.approx(bf["psnr_bfloat16"] - bf["psnr_float32"], abs=2e-3)
 

@@ -239,3 +239,36 @@ def test_bfloat16_copy_keeps_the_gate_exact_and_stays_close(gated_model):
     unflagged = (img > 0.01) & (img < 0.99)
     np.testing.assert_array_equal(got[unflagged], img[unflagged])  # the gate is float32: exact
     assert 0 < np.abs(got - ref).max() < 0.05  # bf16 rounding shows, but only as rounding
+
+
+def test_precision_auto_is_bf16_only_for_gated_models_on_bf16_cpus(gated_model, conv_model, monkeypatch):
+    monkeypatch.delenv(infer.PRECISION_ENV, raising=False)
+    monkeypatch.setattr(infer, "cpu_has_bf16", lambda: True)
+    assert infer.resolve_precision(gated_model) == "bfloat16"
+    assert infer.resolve_precision(gated_model, backend="openvino") == "float32"
+    assert infer.resolve_precision(conv_model) == "float32"  # bf16 not checked for other models
+    monkeypatch.setenv(infer.PRECISION_ENV, "float32")
+    assert infer.resolve_precision(gated_model) == "float32"
+    monkeypatch.setattr(infer, "cpu_has_bf16", lambda: False)
+    assert infer.resolve_precision(gated_model, "auto") == "float32"
+    assert infer.resolve_precision(conv_model, "bfloat16") == "bfloat16"  # asked for explicitly
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        infer.resolve_precision(gated_model, "fp8")
+    with pytest.raises(ValueError, match="needs a Keras model"):
+        denoise(identity, rand_image(40, 40), tile_size=32, overlap=0, precision="bfloat16")
+
+
+def test_cpu_bf16_flag_is_read_from_cpuinfo():
+    assert infer.cpu_has_bf16("processor : 0\nflags : fpu avx2 avx512f avx512_bf16\n")
+    assert infer.cpu_has_bf16("flags : fpu amx_tile amx_bf16\n")
+    assert not infer.cpu_has_bf16("flags : fpu avx2 avx512f avx512_vnni\n")
+
+
+def test_denoise_in_bf16_keeps_unflagged_values_exact(gated_model):
+    img = noisy_with_clean_corner()
+    kwargs = dict(tile_size=32, overlap=8, batch_size=4, multiple=4, skip_unflagged=False)
+    f32 = denoise(gated_model, img, precision="float32", **kwargs)
+    b16 = denoise(gated_model, img, precision="bfloat16", **kwargs)
+    unflagged = (img > 0.01) & (img < 0.99)
+    np.testing.assert_array_equal(b16[unflagged], f32[unflagged])
+    assert 0 < np.abs(b16 - f32).max() < 0.05
