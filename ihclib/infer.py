@@ -298,20 +298,36 @@ def _prefetched(pool: ThreadPoolExecutor, items: Iterator) -> Iterator:
         yield item
 
 
-def denoise(
-    model: Any,
-    image: np.ndarray,
-    tile_size: int | None = None,
-    overlap: int = DEFAULT_OVERLAP,
-    batch_size: int = 8,
-    progress: bool | None = None,
-    jit_compile: bool = False,
-    backend: str | None = None,
-    multiple: int = DOWNSAMPLING,
-    skip_unflagged: bool | None = None,
-    threads: bool = True,
-    precision: str | None = None,
-) -> np.ndarray:
+def _predictor_for(model: Any, tile_size: int, batch_size: int, backend: str | None, jit_compile: bool,
+                   precision: str | None) -> Predictor:
+    """The compiled predictor of a Keras model (in the precision :func:`resolve_precision`
+    picks), or the callable itself."""
+    if not _is_keras_model(model):
+        if precision not in (None, "auto", "float32"):
+            raise ValueError(f"precision {precision!r} needs a Keras model")
+        return model
+    from .backends import predictor, resolve_backend
+
+    backend = resolve_backend(backend)
+    if resolve_precision(model, precision, backend) == "bfloat16":
+        model = _cached_bfloat16_copy(model)
+    return predictor(model, tile_size, batch_size, backend, jit_compile)
+
+
+def _progress_bar(plan: _Plan, progress: bool | None) -> Any:
+    """A tqdm bar over the tiles on stderr, or None (``progress`` None: only for many batches)."""
+    n_batches = math.ceil(len(plan.starts) / plan.batch_size)
+    if not (n_batches > AUTO_PROGRESS_BATCHES if progress is None else progress):
+        return None
+    from tqdm import tqdm  # plain text bar: no widgets in executed notebooks
+
+    return tqdm(total=len(plan.starts), desc="denoise", unit="tile", file=sys.stderr, leave=False)
+
+
+def denoise(model: Any, image: np.ndarray, tile_size: int | None = None, overlap: int = DEFAULT_OVERLAP,
+            batch_size: int = 8, progress: bool | None = None, jit_compile: bool = False,
+            backend: str | None = None, multiple: int = DOWNSAMPLING, skip_unflagged: bool | None = None,
+            threads: bool = True, precision: str | None = None) -> np.ndarray:
     """Denoise an RGB image of any size; returns float32 (H, W, 3) like the input.
 
     Parameters
@@ -322,8 +338,9 @@ def denoise(
         the same shape (every call gets exactly ``min(batch_size, number of tiles)`` tiles).
     image : ndarray
         (H, W, 3) float in [0, 1], or uint8/uint16.
-    tile_size : int, optional
-        A multiple of ``multiple``; default the model's fixed input size, else 256.
+    tile_size, multiple : int
+        Tile side, a multiple of ``multiple`` (:func:`input_multiple` of the sidecar; 32 by
+        default); tile default: the model's fixed input size, else 256.
     overlap : int
         Minimum overlap of neighbouring tiles; its outer quarter is discarded, so
         ``overlap >= 4 * (receptive-field radius + 1)`` gives the whole-image result.
@@ -332,10 +349,7 @@ def denoise(
     progress : bool, optional
         tqdm bar on stderr; None: only when there are more than a few batches.
     jit_compile, backend
-        XLA for the Keras path; the runtime ("keras", "openvino", "auto"; None: the
-        ``IHCLIB_BACKEND`` variable, else "keras"), see :mod:`ihclib.backends`.
-    multiple : int
-        What tile sides must be a multiple of (:func:`input_multiple` of the sidecar).
+        XLA for the Keras path; the runtime (None: ``$IHCLIB_BACKEND``, else "keras").
     skip_unflagged : bool, optional
         Return tiles with no value within 0.002 of 0 or 1 unchanged without calling the model.
         None: when :func:`has_hard_gate` says the model does exactly that itself.
@@ -348,7 +362,7 @@ def denoise(
     Returns
     -------
     ndarray
-        float32 (H, W, 3), not clipped. A model output with NaN or Inf raises ValueError.
+        float32 (H, W, 3), not clipped; a model output with NaN or Inf raises ValueError.
     """
     tile_size = resolve_tile_size(model, tile_size)
     check_tiling(tile_size, overlap, batch_size, multiple)
@@ -356,24 +370,8 @@ def denoise(
     image = _prepare_image(image, tile_size)
     plan = _Plan(image.shape[:2], tile_size, overlap, batch_size)
     skip = has_hard_gate(model) if skip_unflagged is None else skip_unflagged
-    if _is_keras_model(model):
-        from .backends import predictor, resolve_backend
-
-        backend = resolve_backend(backend)
-        if resolve_precision(model, precision, backend) == "bfloat16":
-            model = _cached_bfloat16_copy(model)
-        predict = predictor(model, tile_size, plan.batch_size, backend, jit_compile)
-    elif precision not in (None, "auto", "float32"):
-        raise ValueError(f"precision {precision!r} needs a Keras model")
-    else:
-        predict = model
-    n_batches = math.ceil(len(plan.starts) / plan.batch_size)
-    show = n_batches > AUTO_PROGRESS_BATCHES if progress is None else bool(progress)
-    bar = None
-    if show:
-        from tqdm import tqdm  # plain text bar: no widgets in executed notebooks
-
-        bar = tqdm(total=len(plan.starts), desc="denoise", unit="tile", file=sys.stderr, leave=False)
+    predict = _predictor_for(model, tile_size, plan.batch_size, backend, jit_compile, precision)
+    bar = _progress_bar(plan, progress)
     try:
         blender = _run_tiles(image, plan, predict, skip, bar, threads)
     finally:
