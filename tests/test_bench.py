@@ -88,8 +88,10 @@ def test_report_is_written_and_consistent(tiny_run, bench):
     result, out = tiny_run
     assert json.loads(out.read_text())["peak"] == result["peak"]
     peak = result["peak"]
-    assert peak["peak_gflops"] == max(r["gflops"] for r in peak["gemm"]) > 0
-    assert {(r["lib"], r["n"]) for r in peak["gemm"]} == {(lib, n) for lib in ("numpy", "tensorflow") for n in (64, 128)}
+    assert peak["peak_gflops"] == max(r["gflops"] for r in peak["gemm"] if r["lib"] != "tensorflow-bf16") > 0
+    libs = ("numpy", "tensorflow") + (("tensorflow-bf16",) if result["theoretical"]["bf16_gflops"] else ())
+    assert {(r["lib"], r["n"]) for r in peak["gemm"]} == {(lib, n) for lib in libs for n in (64, 128)}
+    assert peak["bf16_peak_gflops"] == max(r["gflops"] for r in peak["gemm"])
     flops = result["paper_model"]["flops_per_tile"]
     for r in result["inference"] + result["training"]:
         factor = 1 if r in result["inference"] else bench.TRAIN_FLOP_FACTOR
@@ -109,6 +111,8 @@ def test_denoise_cli_and_median_on_the_same_image(tiny_run):
     assert cli["x_median_time"] == pytest.approx(cli["seconds"] / median["seconds"], rel=0.01)
     per_px = result["model"]["flops_per_pixel"]
     assert cli["gflops"] == pytest.approx(cli["mp_per_s"] * per_px / 1e3, rel=0.01, abs=0.01)
+    peak = result["peak"]["bf16_peak_gflops" if cli["precision"] == "bfloat16" else "peak_gflops"]
+    assert cli["pct_peak"] == pytest.approx(100 * cli["gflops"] / peak, abs=0.1)
 
 
 def test_tile_pipeline_and_bf16_are_measured(tiny_run):
