@@ -766,6 +766,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help=f"JSON report (default {DEFAULT_OUT.relative_to(ROOT)}; "
                                                "--quick writes none unless given)")
     p.add_argument("--readme-only", action="store_true", help="only rewrite the README table from the JSON")
+    p.add_argument("--readme", default=str(README), help="README whose table is rewritten (default: the project's)")
     p.add_argument("--wait-idle", type=float, default=None, metavar="LOAD",
                    help="first wait (up to 20 min) until the 1-minute load average is below LOAD")
     args = p.parse_args(argv)
@@ -774,7 +775,10 @@ def main(argv: list[str] | None = None) -> int:
         if out is None or not out.is_file():
             print(f"bench: error: {out}: no benchmark JSON to render (run make bench)", file=sys.stderr)
             return 1
-        return 0 if update_readme(json.loads(out.read_text())) else 1
+        if update_readme(json.loads(out.read_text()), Path(args.readme)):
+            return 0
+        print(f"bench: error: {args.readme}: no {MARK_START} ... {MARK_END} block to fill", file=sys.stderr)
+        return 1
     # read when TensorFlow is first imported (all TF imports here are inside functions)
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -787,7 +791,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print("\n" + render_table(result))
     if out is not None:
-        print(f"\nwrote {out}" + (" and the README table" if out == DEFAULT_OUT and update_readme(result) else ""))
+        table = out == DEFAULT_OUT and update_readme(result, Path(args.readme))
+        print(f"\nwrote {out}" + (f" and the table in {args.readme}" if table else ""))
     return 0
 
 

@@ -139,6 +139,18 @@ def test_readme_table_is_rendered_between_markers(tiny_run, bench, tmp_path):
     assert not bench.update_readme(result, readme)
 
 
+def test_readme_only_renders_from_the_json(tiny_run, bench, tmp_path, capsys):
+    _, out = tiny_run
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{bench.MARK_START}\n{bench.MARK_END}\n")
+    assert bench.main(["--readme-only", "--out", str(out), "--readme", str(readme)]) == 0
+    assert "| target (issue 13) |" in readme.read_text()
+    readme.write_text("no markers")
+    assert bench.main(["--readme-only", "--out", str(out), "--readme", str(readme)]) == 1
+    assert bench.main(["--readme-only", "--out", str(tmp_path / "missing.json")]) == 1
+    assert "missing.json: no benchmark JSON" in capsys.readouterr().err
+
+
 def test_peak_rss_is_the_childs_own(bench):
     touch = "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"
     code, _, _, rss_big = bench.run_measured([sys.executable, "-c", touch])
