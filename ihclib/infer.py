@@ -19,7 +19,9 @@ the image size. A model with a hard gate (:func:`has_hard_gate`: ``crosschannel_
 returns a tile with no value near 0 or 1 unchanged, so such tiles skip the model (exactly the
 same result). Keras models are called through one ``tf.function`` with a fixed input signature
 ``(batch_size, tile_size, tile_size, 3)``: the last batch is padded to that size, so the model
-is traced once per (model, tile size, batch size) and not per call.
+is traced once per (model, tile size, batch size) and not per call. On CPUs with bf16 dot
+products the hard-gated model runs its convolution trunk in bfloat16 (:func:`resolve_precision`;
+``IHCLIB_PRECISION=float32`` turns it off).
 """
 
 from __future__ import annotations
