@@ -429,7 +429,7 @@ def resolve_precision(model: Any, precision: str | None = None, backend: str = "
 
     "auto" is bfloat16 only for a hard-gated Keras model (:func:`has_hard_gate`, the bundled
     architecture, whose held-out PSNR ``make bench`` checks against float32) on the Keras
-    backend of a CPU with bf16 dot products, else float32.
+    backend of a CPU with bf16 dot products and no GPU (not measured there), else float32.
     """
     if precision is None:
         precision = os.environ.get(PRECISION_ENV) or "auto"
@@ -437,9 +437,16 @@ def resolve_precision(model: Any, precision: str | None = None, backend: str = "
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     if precision == "auto":
-        use = backend == "keras" and has_hard_gate(model) and cpu_has_bf16()
+        use = backend == "keras" and has_hard_gate(model) and cpu_has_bf16() and not _gpu_visible()
         return "bfloat16" if use else "float32"
     return precision
+
+
+def _gpu_visible() -> bool:
+    """Whether TensorFlow (imported by then: the model is a Keras model) sees a GPU."""
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 def _cached_bfloat16_copy(model: Any) -> Any:

@@ -244,9 +244,13 @@ def test_bfloat16_copy_keeps_the_gate_exact_and_stays_close(gated_model):
 def test_precision_auto_is_bf16_only_for_gated_models_on_bf16_cpus(gated_model, conv_model, monkeypatch):
     monkeypatch.delenv(infer.PRECISION_ENV, raising=False)
     monkeypatch.setattr(infer, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(infer, "_gpu_visible", lambda: False)
     assert infer.resolve_precision(gated_model) == "bfloat16"
     assert infer.resolve_precision(gated_model, backend="openvino") == "float32"
     assert infer.resolve_precision(conv_model) == "float32"  # bf16 not checked for other models
+    monkeypatch.setattr(infer, "_gpu_visible", lambda: True)
+    assert infer.resolve_precision(gated_model) == "float32"  # measured on CPUs only
+    monkeypatch.setattr(infer, "_gpu_visible", lambda: False)
     monkeypatch.setenv(infer.PRECISION_ENV, "float32")
     assert infer.resolve_precision(gated_model) == "float32"
     monkeypatch.setattr(infer, "cpu_has_bf16", lambda: False)
