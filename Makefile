@@ -50,6 +50,8 @@ test: setup
 test-lib: setup
 	$(PY) -m pytest tests
 
+# speed against this machine's peak -> reports/benchmarks.json and the README's performance table
+# (a few minutes on a quiet 2-core machine; fails when any share of a peak is above 100 %)
 bench: setup
 	$(PY) benchmarks/bench.py
 
