@@ -19,6 +19,8 @@ import os
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
+CONNECT_TIMEOUT = "10s"  # to reach an existing scheduler
+
 
 def default_workers() -> int:
     """The number of cores this process may use."""
@@ -37,11 +39,12 @@ def local_cluster(workers: int | None = None, processes: bool = True, threads_pe
     tf_threads = str(max(1, default_workers() // workers))
     env = {"TF_NUM_INTRAOP_THREADS": tf_threads, "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": tf_threads,
            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
-    kwargs: dict = {"env": env} if processes else {}
+    # threads (processes=False) talk in-process: no host, no environment of their own
+    kwargs: dict = {"env": env, "host": "127.0.0.1"} if processes else {}
     if not processes:
         os.environ.update({k: v for k, v in env.items() if k not in os.environ})
     return LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=processes,
-                        dashboard_address=None, host="127.0.0.1", silence_logs=40, **kwargs)
+                        dashboard_address=None, silence_logs=40, **kwargs)
 
 
 @contextmanager
@@ -52,7 +55,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, proces
 
     if scheduler:
         try:
-            client = Client(scheduler, timeout="20s")
+            client = Client(scheduler, timeout=CONNECT_TIMEOUT)
         except OSError as exc:
             raise ValueError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
         try:
