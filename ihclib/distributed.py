@@ -71,6 +71,18 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, proces
         cluster.close()
 
 
+def load_on_workers(client: Any, model: str) -> None:
+    """Load ``model`` on every worker now: a worker that cannot see the file fails here, before
+    any block, and the first blocks do not pay for TensorFlow's start."""
+    client.run(_load_model, model)
+
+
+def _load_model(path: str) -> None:
+    from .slides import _model
+
+    _model(path)  # cached in the worker; returns nothing (a Keras model does not serialise back)
+
+
 def worker_peak_rss(client: Any) -> int:
     """Largest peak resident memory (bytes) of any worker process so far."""
     def peak() -> int:

@@ -279,6 +279,12 @@ _SOURCES: dict[tuple[str, str], SlideSource] = {}
 _MODELS: dict[str, Any] = {}
 
 
+def use_model(path: str, model: Any) -> None:
+    """Let blocks that name ``path`` use ``model``, already loaded in this process (the
+    in-process path: the command has loaded it once to check it; no second copy)."""
+    _MODELS[path] = model
+
+
 def _source(job: BlockJob) -> SlideSource:
     key = (job.slide, job.reader)
     if key not in _SOURCES:

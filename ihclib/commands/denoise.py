@@ -106,12 +106,14 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux: kB
 
 
-def _denoise_slide(args: argparse.Namespace, src: str, dst: Path, tile_size: int, multiple: int,
+def _denoise_slide(args: argparse.Namespace, src: str, dst: Path, model: Any, tile_size: int, multiple: int,
                    clients: dict, stack: ExitStack) -> None:
     """One slide on Dask (the client made on the first slide and kept for the next) or in this
     process (``--workers 0``); prints its summary line."""
-    from ..slides import denoise_slide
+    from ..slides import denoise_slide, open_slide, use_model
 
+    check_output(dst, overwrite=args.overwrite)  # a bad output or slide is named before a cluster starts
+    open_slide(src).close()
     if "client" not in clients:
         clients["client"] = None
         if args.scheduler or args.workers != 0:
@@ -119,9 +121,17 @@ def _denoise_slide(args: argparse.Namespace, src: str, dst: Path, tile_size: int
 
             clients["client"] = stack.enter_context(dask_client(args.scheduler, args.workers))
     client = clients["client"]
-    report = denoise_slide(_slide_job(args, src, tile_size, multiple), dst, client, overwrite=args.overwrite,
+    job = _slide_job(args, src, tile_size, multiple)
+    if client is None:
+        use_model(job.model, model)
+    elif clients.setdefault("loaded", None) != job.model:
+        from ..distributed import load_on_workers
+
+        load_on_workers(client, job.model)
+        clients["loaded"] = job.model
+    report = denoise_slide(job, dst, client, overwrite=args.overwrite,
                            compression=None if args.compression == "none" else args.compression,
-                           progress=sys.stderr.isatty() or None)
+                           progress=sys.stderr.isatty())
     rss = f"peak RSS {_peak_rss_gb():.2f} GB"
     if client is not None:
         from ..distributed import worker_peak_rss
@@ -172,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         for src, dst in zip(args.inputs, outputs):
             try:
                 if is_slide(src):
-                    _denoise_slide(args, src, dst, tile_size, multiple, clients, stack)
+                    _denoise_slide(args, src, dst, model, tile_size, multiple, clients, stack)
                 else:
                     _denoise_image(args, src, dst, model, tile_size, multiple)
             except ImageError as exc:
