@@ -13,9 +13,11 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .architectures import paper_table1
 from .evaluate import NOISY, Method, batched
 from .infer import compiled_predictor
-from .model import count_flops, paper_table1
+from .metrics import format_ci
+from .model import count_flops
 from .runs import TrainedModel
 
 TABLE1_COLUMNS = ["accuracy", "loss", "val_accuracy", "val_loss"]
@@ -108,11 +110,7 @@ def _value(long_df: pd.DataFrame, method: str, metric: str, amount: float, noise
 
 
 def _fmt(row: pd.Series | None, digits: int = 2) -> str:
-    if row is None:
-        return "n/a"
-    if np.isfinite(row.ci_low):
-        return f"{row['mean']:.{digits}f} [{row.ci_low:.{digits}f}, {row.ci_high:.{digits}f}]"
-    return f"{row['mean']:.{digits}f}"
+    return "n/a" if row is None else format_ci(row["mean"], row.ci_low, row.ci_high, digits)
 
 
 ALL_SOURCES = "all held-out"

@@ -28,15 +28,13 @@ import numpy as np
 import pandas as pd
 
 from .downstream import Thresholds, downstream_scores, fit_thresholds
-from .metrics import image_metrics, summarise
-from .noise import NoiseSpec, apply_noise
+from .metrics import format_ci, image_metrics, summarise
+from .noise import GAUSSIAN_SIGMAS, SP_AMOUNTS, NoiseSpec, apply_noise
 
 NOISY = "noisy input"
 CLEAN = "clean"
 METRIC_COLUMNS = ("psnr", "ssim", "accuracy", "mse", "dice_dab", "dice_nuclei", "dab_fraction_error", "seconds")
 LONG_COLUMNS = ("method", "noise", "amount", "metric", "mean", "ci_low", "ci_high", "n")
-SP_AMOUNTS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5)
-GAUSSIAN_SIGMAS = (0.02, 0.05, 0.1)
 DEFAULT_SWEEP: tuple[NoiseSpec, ...] = (
     *(NoiseSpec("s&p", a) for a in SP_AMOUNTS),
     *(NoiseSpec("gaussian", s) for s in GAUSSIAN_SIGMAS),
@@ -210,23 +208,13 @@ def headline_table(
         raise ValueError(f"no rows for metric {metric!r} and noise {noise!r}")
     order = list(dict.fromkeys(df.method))
     if with_ci:
-        def cell(r):
-            if np.isfinite(r["ci_low"]):
-                return f"{r['mean']:.{digits}f} [{r['ci_low']:.{digits}f}, {r['ci_high']:.{digits}f}]"
-            return f"{r['mean']:.{digits}f}"
-        df = df.assign(value=df.apply(cell, axis=1))
+        df = df.assign(value=[format_ci(m, lo, hi, digits) for m, lo, hi in zip(df["mean"], df.ci_low, df.ci_high)])
         table = df.pivot(index="method", columns="amount", values="value")
     else:
         table = df.pivot(index="method", columns="amount", values="mean")
     table = table.reindex(order)
     table.columns.name = f"{metric} / {noise or 'noise'} amount"
     return table
-
-
-def headline_tables(long_df: pd.DataFrame, metrics: Sequence[str] = ("psnr", "ssim", "dice_dab"),
-                    noise: str | None = "s&p", **kwargs) -> dict[str, pd.DataFrame]:
-    """``headline_table`` for several metrics, keyed by metric."""
-    return {m: headline_table(long_df, m, noise, **kwargs) for m in metrics}
 
 
 def plot_metric_vs_amount(

@@ -17,7 +17,6 @@ import json
 import math
 import shutil
 import time
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -28,8 +27,9 @@ import pandas as pd
 import tensorflow as tf
 
 from .data import TileDataset
-from .images import atomic_write
-from .model import DESCRIPTIONS, INPUT_MULTIPLE, MODELS, build_model, count_flops, count_params
+from .images import atomic_write_text
+from .model import MODELS, build_model, count_flops, save_model
+from .registry import DESCRIPTIONS, INPUT_MULTIPLE
 from .noise import NoiseSpec, apply_noise
 from .profiles import Profile
 
@@ -234,7 +234,7 @@ def _discard_other_run(out: Path, fingerprint: dict) -> None:
         shutil.rmtree(backup)
         for name in ("log.csv", "best.weights.h5"):
             (out / name).unlink(missing_ok=True)
-    _write_text(out / FINGERPRINT_FILE, json.dumps(fingerprint, indent=2) + "\n")
+    atomic_write_text(out / FINGERPRINT_FILE, json.dumps(fingerprint, indent=2) + "\n")
 
 
 @dataclass
@@ -352,7 +352,7 @@ def train(
     if best_path.exists():
         model.load_weights(best_path)
     history_path = out / "history.csv"
-    _write_text(history_path, history.to_csv())
+    atomic_write_text(history_path, history.to_csv())
 
     best = history.loc[history.val_loss.idxmin()]
     sidecar = {
@@ -392,62 +392,3 @@ def train(
     best_path.unlink(missing_ok=True)  # its weights are in the saved model now
     return TrainResult(model_name, model, history, out, model_path, model_path.with_suffix(".json"),
                        history_path, log_path, wall, tiles_per_s, sidecar)
-
-
-# ---------------------------------------------------------------- saving
-
-
-def versions() -> dict[str, str]:
-    """Versions of the libraries a saved model depends on."""
-    from . import __version__
-
-    return {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__, "ihclib": __version__}
-
-
-def _write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def save_model(model: keras.Model, path: str | os.PathLike, sidecar: dict) -> dict:
-    """Write ``path`` (.keras, weights without optimizer state) and its JSON sidecar (same stem),
-    each via a temp file + os.replace.
-
-    The sidecar gets ``params`` (total/trainable/non-trainable), ``versions`` and ``file`` added;
-    the completed sidecar is returned.
-    """
-    path = Path(path)
-    if path.suffix != ".keras":
-        raise ValueError(f"{path}: a model file must end in .keras")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    full = {**sidecar, "params": count_params(model), "versions": versions(), "file": path.name}
-    # an uncompiled copy: the file holds architecture + weights only, not Adam's two extra copies
-    # of every weight (213 MB instead of 71 MB for the paper's network)
-    # (rebuilt from get_config, which has no compile_config: clone_model and model_from_json
-    # would compile the copy and build the optimizer again)
-    bare = type(model).from_config(model.get_config())
-    bare.set_weights(model.get_weights())
-    atomic_write(path, bare.save, suffix=".tmp.keras")  # Keras insists on the suffix
-    _write_text(path.with_suffix(".json"), json.dumps(full, indent=2, default=str) + "\n")
-    return full
-
-
-def load_model(path: str | os.PathLike) -> tuple[keras.Model, dict]:
-    """Load a .keras model with ``safe_mode=True`` (uncompiled) and its sidecar ({} if none)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such model file")
-    if not zipfile.is_zipfile(path):  # Keras would say "File not found" for a file that is there
-        raise ValueError(f"{path}: not a Keras model file (a .keras file is a zip archive; this one is not)")
-    try:
-        model = keras.saving.load_model(path, safe_mode=True, compile=False)
-    except Exception as exc:  # zip, JSON or deserialisation errors: one line naming the file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: not a loadable Keras model ({reason})") from None
-    side = path.with_suffix(".json")
-    try:
-        sidecar = json.loads(side.read_text()) if side.is_file() else {}
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both are
-        raise ValueError(f"{side}: the model's sidecar is not valid JSON ({exc}); fix or delete it") from None
-    if not isinstance(sidecar, dict):
-        raise ValueError(f"{side}: the model's sidecar is not a JSON object; fix or delete it")
-    return model, sidecar

@@ -13,7 +13,8 @@ from ihclib import cli
 from ihclib.data import make_dataset
 from ihclib.noise import NoiseSpec, impulse_share
 from ihclib.profiles import PROFILES, Profile, get_profile
-from ihclib.train import (HISTORY_COLUMNS, Augmentation, load_model, make_train_pipeline, make_val_pairs,
+from ihclib.model import load_model
+from ihclib.train import (HISTORY_COLUMNS, Augmentation, make_train_pipeline, make_val_pairs,
                           salt_and_pepper_tf, train)
 
 # ---------------------------------------------------------------- profiles
@@ -35,6 +36,10 @@ def test_profile_round_trip_and_validation():
         p.with_overrides(train_amount_range=(0.5, 0.1))
     with pytest.raises(ValueError, match="multiple of 32"):
         p.with_overrides(tile_size=48)
+    # the constraint is each model's own (ihclib.registry), not a number kept in the profile
+    assert p.with_overrides(tile_size=48, models=("crosschannel_unet",)).tile_size == 48
+    with pytest.raises(ValueError, match="unknown model"):
+        p.with_overrides(models=("no_such_net",))
 
 
 # ---------------------------------------------------------------- noise in the graph

@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     slide.add_argument("--no-tissue-mask", action="store_true", help="denoise background blocks too")
     slide.add_argument("--compression", default="zlib", choices=["zlib", "zstd", "jpeg", "none"],
                        help="compression of the pyramidal OME-TIFF (default zlib, lossless)")
-    p.set_defaults(func=run, needs_tensorflow=True)
+    p.set_defaults(func=run, needs_tensorflow=True, lean_keras=True)
 
 
 def _outputs(args: argparse.Namespace) -> list[Path]:
