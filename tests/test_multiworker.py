@@ -75,7 +75,7 @@ def test_two_workers_train_like_one_with_the_same_global_batch(tmp_path):
     assert training["replicas"] == 2 and training["epochs_run"] == 2
     assert not (tmp_path / "two" / ".worker1").exists()  # the other worker's copy is removed
 
-    from ihclib.train import load_model
+    from ihclib.model import load_model
 
     w2 = load_model(tmp_path / "two" / "crosschannel_unet.keras")[0].get_weights()
     w1 = load_model(tmp_path / "one" / "crosschannel_unet.keras")[0].get_weights()
