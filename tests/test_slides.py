@@ -226,3 +226,11 @@ def test_cli_refuses_bad_block_size(tmp_path, slide, models, capsys):
             "--model", models["identity"], "--block-size", "500"]
     assert main(args) == 2
     assert "block size must be a multiple of 256" in capsys.readouterr().err
+
+
+def test_progress_bar_counts_tiles_and_megapixels(tmp_path, slide, models, capsys):
+    path, _ = slide
+    slides.denoise_slide(job(path, models["identity"]), tmp_path / "o.ome.tif", progress=True)
+    err = capsys.readouterr().err
+    # 600x1100 px in 256 px tiles: 3 rows x 5 columns
+    assert "slide.tif" in err and "15/15" in err and "MP/s" in err, err
