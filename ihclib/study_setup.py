@@ -22,7 +22,11 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    from .data import TileDataset
+    from .profiles import Profile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # for processes this one starts (kernels, tools)
 
@@ -123,7 +127,8 @@ def study_dirs(data_dir: str | None = None, reports_dir: str | os.PathLike | Non
 
 
 def setup(profile: str | None = None, data_dir: str | None = None, reports_dir: str | os.PathLike | None = None,
-          runs_dir: str | os.PathLike | None = None, dataset: bool = True):
+          runs_dir: str | os.PathLike | None = None,
+          dataset: bool = True) -> tuple[Profile, TileDataset | None, StudyDirs]:
     """Profile, training dataset and folders of a study notebook, with one line saying which profile.
 
     Parameters
