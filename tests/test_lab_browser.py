@@ -26,7 +26,7 @@ from ihclib.lab import KERNEL_DISPLAY_NAME, KERNEL_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 CHROMEDRIVER = shutil.which("chromedriver")
 RUN_TIMEOUT_S = 900  # one notebook's Run All under smoke takes 10-60 s on 2 shared CPU cores
 
@@ -135,6 +135,19 @@ def _screenshot(driver, name: str) -> None:
     out = Path(os.environ.get("IHC_LAB_ARTIFACTS") or ROOT / "build" / "lab-browser")
     out.mkdir(parents=True, exist_ok=True)
     driver.save_screenshot(str(out / f"{name}.png"))
+
+
+def test_lab_opens_at_repository_root(lab):
+    """`make lab`'s server: the file browser starts at the root (reports/notebooks/ reachable) and
+    new notebooks get the project's kernel."""
+    import json
+
+    base, token = lab
+    root = json.load(urllib.request.urlopen(f"{base}/api/contents?token={token}"))
+    assert {"notebooks", "reports", "ihclib"} <= {item["name"] for item in root["content"]}
+    specs = json.load(urllib.request.urlopen(f"{base}/api/kernelspecs?token={token}"))
+    assert specs["default"] == KERNEL_NAME
+    assert specs["kernelspecs"][KERNEL_NAME]["spec"]["display_name"] == KERNEL_DISPLAY_NAME
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
