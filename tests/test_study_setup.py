@@ -1,6 +1,7 @@
 """ihclib.study_setup: the notebooks' one setup call (issue 15: quiet, paths from the repository root)."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,21 @@ def test_quiet_and_no_temporary_folder_left(tmp_path):
     assert proc.stderr == ""
     reports = Path(proc.stdout.strip().splitlines()[-1])
     assert reports.name.startswith("ihclib-reports-") and not reports.exists()
+
+
+@pytest.mark.slow
+def test_executed_notebook_reruns_in_its_folder_end_to_end(checkout, monkeypatch):
+    """Notebook 03 as `make reproduce` leaves it (reports_dir="reports" injected), run again by a
+    kernel started in reports/notebooks/ (as JupyterLab does): it writes to the root's reports/."""
+    import nbformat
+    import papermill as pm
+
+    executed = checkout / "reports" / "notebooks" / "03.ipynb"
+    shutil.copy(ROOT / "notebooks" / "03_architecture_summary.ipynb", executed)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    pm.execute_notebook(str(executed), str(executed), parameters={"profile": "smoke", "reports_dir": "reports"},
+                        kernel_name="python3", cwd=str(executed.parent), progress_bar=False)
+    assert (checkout / "reports" / "figures" / "fig4_architecture.png").is_file()
+    assert (checkout / "reports" / "tables" / "architecture_cost.csv").is_file()
+    assert not (checkout / "reports" / "notebooks" / "reports").exists()
+    assert nbformat.read(executed, as_version=4).cells[-1].outputs  # it ran to the end
