@@ -70,6 +70,8 @@ def keep_checked_outputs(path: str | os.PathLike) -> None:
     nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
     for cell in nb.cells:
         cell.metadata = {k: v for k, v in cell.metadata.items() if k in CELL_METADATA_KEPT}
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            cell.id = "injected-parameters"  # papermill draws a random id: a diff at every regeneration
         if cell.cell_type == "code" and not cell.source.startswith(NBVAL_CHECKED):
             cell.outputs = []
             cell.execution_count = None  # nbval takes a checked cell without a count for an unrun one

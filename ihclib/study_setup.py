@@ -10,15 +10,13 @@ block. A later ``import tensorflow`` is then a no-op and prints nothing.
 ``setup`` resolves every relative path from the repository root (the folder above the kernel's
 working folder that holds ``pyproject.toml`` and ``notebooks/``), never from the kernel's folder:
 an executed notebook in ``reports/notebooks/`` re-runs where it is and writes to ``reports/``.
+Without a ``reports_dir`` (an interactive run) figures and tables go to ``runs/reports/``.
 """
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
 import sys
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,10 +53,8 @@ def quiet_stderr() -> Iterator[None]:
 
 def import_tensorflow_quietly() -> None:
     """Import TensorFlow (if installed) and find its devices without its C++ start-up lines."""
-    if "tensorflow" in sys.modules:
+    if "tensorflow" in sys.modules:  # too late to silence; ihclib/__init__ (imported first) set oneDNN
         return
-    import ihclib  # noqa: F401  (turns on oneDNN before TensorFlow loads)
-
     with quiet_stderr():
         try:
             import tensorflow as tf
@@ -101,26 +97,22 @@ def from_root(path: str | os.PathLike | None, root: Path) -> str | None:
     return str(root / path)
 
 
-def _temporary_reports() -> Path:
-    """A temporary reports folder, removed when the kernel exits (an interactive run)."""
-    folder = Path(tempfile.mkdtemp(prefix="ihclib-reports-"))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return folder
-
-
 def study_dirs(data_dir: str | None = None, reports_dir: str | os.PathLike | None = None,
                runs_dir: str | os.PathLike | None = None, root: Path | None = None) -> StudyDirs:
     """Folders of a notebook run, relative paths taken from the repository root.
 
-    ``reports_dir`` None: a temporary folder (an interactive run never touches ``reports/``).
-    ``runs_dir`` None: ``$IHC_RUNS_DIR``, else ``runs/`` in the root."""
+    ``runs_dir`` None: ``$IHC_RUNS_DIR``, else ``runs/`` in the root. ``reports_dir`` None (an
+    interactive run): ``<runs>/reports``, so that it never touches the committed ``reports/`` and
+    leaves no temporary folder behind (a kernel that is killed runs no clean-up); the next
+    interactive run replaces its files."""
     from .reports import RUNS_ENV_VAR, runs_dir as make_runs_dir
 
     root = root or find_root()
-    reports = Path(from_root(reports_dir, root)) if reports_dir is not None else _temporary_reports()
     runs = from_root(runs_dir, root) or from_root(os.environ.get(RUNS_ENV_VAR) or None, root) or root / "runs"
+    runs = make_runs_dir(runs)
+    reports = Path(from_root(reports_dir, root)) if reports_dir is not None else runs / "reports"
     data = data_dir if data_dir == EMBEDDED else from_root(data_dir, root)
-    dirs = StudyDirs(root, reports, reports / "figures", reports / "tables", make_runs_dir(runs), data)
+    dirs = StudyDirs(root, reports, reports / "figures", reports / "tables", runs, data)
     dirs.figures.mkdir(parents=True, exist_ok=True)
     dirs.tables.mkdir(parents=True, exist_ok=True)
     return dirs

@@ -119,3 +119,27 @@ def test_key_outputs_are_checked_by_nbval(prefix, text):
     checked = [c for c in nb.cells if c.cell_type == "code" and c.source.startswith("# NBVAL_CHECK_OUTPUT")]
     outputs = "".join(o.get("text", "") for c in checked for o in c.outputs)
     assert text in outputs
+
+
+def test_strip_command_checks_and_fixes(tmp_path, capsys):
+    from ihclib.lab import main
+
+    dirty = tmp_path / "02.ipynb"
+    nb = json.loads(NOTEBOOKS[1].read_text())
+    nb["metadata"]["language_info"] = {"name": "python", "version": "3.11.2"}
+    nb["cells"][2]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "x\n"}]
+    dirty.write_text(json.dumps(nb))
+    assert main(["strip", "--check", str(dirty)]) == 1 and "02.ipynb" in capsys.readouterr().err
+    assert main(["strip", str(dirty)]) == 0
+    assert main(["strip", "--check", str(dirty)]) == 0
+    assert dirty.read_text() == NOTEBOOKS[1].read_text()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_nbval_reference_is_small_and_labelled(path):
+    """Only the outputs nbval --nbval-lax compares, no machine metadata, marked as generated."""
+    ref = nbformat.read(ROOT / "tests" / "notebooks" / path.name, as_version=4)
+    assert set(ref.metadata) == {"kernelspec", "ihclib"} and "make nbval-refs" in ref.metadata.ihclib.generated
+    for cell in ref.cells:
+        if cell.cell_type == "code" and cell.outputs:
+            assert cell.source.startswith("# NBVAL_CHECK_OUTPUT")

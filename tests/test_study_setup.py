@@ -66,23 +66,24 @@ def test_profile_from_environment(monkeypatch, capsys, tmp_path):
     assert P.name == "quick"  # an explicit profile wins
 
 
-def test_quiet_and_no_temporary_folder_left(tmp_path):
+def test_quiet_and_no_temporary_folder(tmp_path):
     """In a fresh process without TF_CPP_MIN_LOG_LEVEL (a kernel JupyterLab starts): importing
     study_setup, then TensorFlow, running an op and setting up a notebook write nothing to
-    stderr, and the temporary reports folder is gone when the process exits."""
+    stderr, and an interactive run's reports go to <runs>/reports, not to a temporary folder."""
     code = ("from ihclib.study_setup import setup\n"
             "import tensorflow as tf\n"
             "tf.constant([1.0]) + 1\n"
             "P, ds, dirs = setup('smoke', dataset=False)\n"
             "print(dirs.reports)\n")
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    env.update(PYTHONPATH=str(ROOT), IHC_RUNS_DIR=str(tmp_path / "runs"))
+    (tmp_path / "tmp").mkdir()
+    env.update(PYTHONPATH=str(ROOT), IHC_RUNS_DIR=str(tmp_path / "runs"), TMPDIR=str(tmp_path / "tmp"))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
-    reports = Path(proc.stdout.strip().splitlines()[-1])
-    assert reports.name.startswith("ihclib-reports-") and not reports.exists()
+    assert Path(proc.stdout.strip().splitlines()[-1]) == tmp_path / "runs" / "reports"
+    assert not [p for p in (tmp_path / "tmp").iterdir() if p.name.startswith("ihclib-reports-")]
 
 
 @pytest.mark.slow
