@@ -1,5 +1,6 @@
 """ihclib.study_setup: the notebooks' one setup call (issue 15: quiet, paths from the repository root)."""
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -102,3 +103,18 @@ def test_executed_notebook_reruns_in_its_folder_end_to_end(checkout, monkeypatch
     assert (checkout / "reports" / "tables" / "architecture_cost.csv").is_file()
     assert not (checkout / "reports" / "notebooks" / "reports").exists()
     assert nbformat.read(executed, as_version=4).cells[-1].outputs  # it ran to the end
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("bm3d") is not None, reason="bm3d is installed here")
+def test_bm3d_opt_in_says_what_is_missing(tmp_path, monkeypatch):
+    """Notebook 05's `bm3d = True` without the package stops at once with what to install,
+    rather than silently leaving BM3D out."""
+    import papermill as pm
+
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("IHC_RUNS_DIR", str(tmp_path / "runs"))
+    with pytest.raises(pm.PapermillExecutionError, match="pip install bm3d"):
+        pm.execute_notebook(str(ROOT / "notebooks" / "05_comparative_results.ipynb"), str(tmp_path / "05.ipynb"),
+                            parameters={"profile": "smoke", "bm3d": True}, kernel_name="python3", cwd=str(ROOT),
+                            progress_bar=False)
