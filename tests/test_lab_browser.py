@@ -84,7 +84,7 @@ def lab(tmp_path_factory):
     news = tmp / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     news.parent.mkdir(parents=True)
     news.write_text('{"fetchNews": "false"}')  # no "get notified about Jupyter news?" toast in the screenshots
-    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as in a user's shell: the kernel must not need it
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as in a user's shell (the project's kernelspec sets it)
     log = open(tmp / "server.log", "wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "ihclib.lab", "serve", "--kernel-prefix", str(tmp / "prefix"), "--no-browser",
@@ -99,6 +99,8 @@ def lab(tmp_path_factory):
             except OSError:
                 assert server.poll() is None, (tmp / "server.log").read_text()
                 time.sleep(0.5)
+        else:
+            raise AssertionError(f"JupyterLab did not answer in 60 s:\n{(tmp / 'server.log').read_text()}")
         yield base, token
     finally:
         server.terminate()
