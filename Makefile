@@ -2,7 +2,7 @@
 #   make reproduce [PROFILE=quick]   set up .venv and run the whole study -> reports/ (other profiles: reports/<profile>/)
 #   make test                        set up .venv and run pytest + nbval
 #   make verify [QUICK=1]            rerun the smoke (and quick) profile, compare every result table with the committed one
-# Also: make bench, make bench-slides, make lab, make nbval-refs, make clean.
+# Also: make bench, make bench-slides, make lab, make test-lab, make nbval-refs, make clean.
 
 PYTHON  ?= python3
 VENV    ?= .venv
@@ -11,7 +11,7 @@ PROFILE ?= quick
 DATA    ?=
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup reproduce reproduce-all verify test test-lib test-notebooks bench bench-slides generalisation bundle lab nbval-refs clean
+.PHONY: setup reproduce reproduce-all verify test test-lib test-lab test-notebooks bench bench-slides generalisation bundle lab nbval-refs clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,7 @@ verify: setup
 # The notebooks run under nbval against stored smoke-profile outputs (tests/notebooks/);
 # IHC_RUNS_DIR gives them a fresh place for the models they train.
 test: setup
+	$(PY) -m ihclib.lab strip --check
 	$(PY) -m pytest tests
 	IHC_RUNS_DIR=$$(mktemp -d) $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider tests/notebooks
 	$(PY) -m ihclib.verify --profile smoke
@@ -72,9 +73,17 @@ generalisation: setup
 bundle: setup
 	$(PY) -m ihclib.cli train --profile bundle --model crosschannel_unet --out-dir runs/bundle
 
+# JupyterLab at the repository root with the "Python (ihc-denoise)" kernel registered and
+# preselected; source notebooks are stripped of outputs on save; --allow-root added when run as
+# root. More jupyter options: make lab LAB_ARGS="--no-browser --port 8890"
+LAB_ARGS ?=
 lab: setup
-	$(PY) -m ipykernel install --sys-prefix --name ihc-denoise --display-name "Python (ihc-denoise)" >/dev/null
-	$(VENV)/bin/jupyter lab notebooks
+	$(PY) -m ihclib.lab serve $(LAB_ARGS)
+
+# the study in a real JupyterLab in headless Chromium (needs chromium and chromium-driver):
+# Run All + Save of each notebook under the smoke profile; screenshots in build/lab-browser/
+test-lab: setup
+	IHC_LAB_BROWSER=1 $(PY) -m pytest -p no:cacheprovider tests/test_lab_browser.py
 
 # Regenerate the stored outputs nbval compares against (after changing a notebook).
 nbval-refs: setup

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.patches import Rectangle
 
+from .evaluate import CLEAN, METRIC_LABELS, NOISY
 from .noise import adjust_contrast_brightness, salt_and_pepper
 
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:red"}
@@ -72,8 +73,12 @@ def plot_stains(rgb: np.ndarray, hed: np.ndarray):
 
 
 def plot_noise_grid(clean: np.ndarray, amounts: Sequence[float], seed: int = 0):
-    """Figure 2: the same tile under salt-and-pepper at several densities, both conventions."""
-    fig, axes = plt.subplots(2, len(amounts) + 1, figsize=(2.2 * (len(amounts) + 1), 4.8), squeeze=False)
+    """Figure 2: the same tile under salt-and-pepper at several densities, both conventions.
+
+    Constrained layout leaves room for each row's titles (tight_layout with a suptitle let the
+    second row's titles overlap the first row's images)."""
+    ncols = len(amounts) + 1
+    fig, axes = plt.subplots(2, ncols, figsize=(2.2 * ncols, 5.4), squeeze=False, layout="constrained")
     for r, per_pixel in enumerate((False, True)):
         axes[r, 0].imshow(clean)
         axes[r, 0].set_title("clean", fontsize=9)
@@ -86,7 +91,6 @@ def plot_noise_grid(clean: np.ndarray, amounts: Sequence[float], seed: int = 0):
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle("Salt-and-pepper noise: share of values (top) or of whole pixels (bottom)")
-    fig.tight_layout()
     return fig
 
 
@@ -199,4 +203,75 @@ def plot_restoration(clean: np.ndarray, noisy: np.ndarray, restored: Mapping[str
     for ax in axes.flat:
         ax.axis("off")
     fig.tight_layout()
+    return fig
+
+
+def plot_metric_vs_amount(
+    long_df: pd.DataFrame,
+    metric: str,
+    ax=None,
+    noise: str | None = None,
+    methods: Sequence[str] | None = None,
+    band: bool = True,
+    legend: bool = True,
+):
+    """Mean of ``metric`` against the noise amount, one line per method, 95 % CI as a band.
+
+    ``band`` draws the CI as a shaded band; ``legend`` adds a legend to ``ax``.
+    ``noise`` picks the noise kind; by default the only one present, else "s&p". Non-finite
+    means (the clean image's PSNR) are not drawn. Returns the matplotlib Axes.
+    """
+    df = long_df[long_df.metric == metric]
+    kinds = list(dict.fromkeys(df.noise))
+    if noise is None:
+        if len(kinds) == 1:
+            noise = kinds[0]
+        elif "s&p" in kinds:
+            noise = "s&p"
+        else:
+            raise ValueError(f"several noise kinds {kinds}; pass noise=")
+    df = df[df.noise == noise]
+    if df.empty:
+        raise ValueError(f"no rows for metric {metric!r} and noise {noise!r}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    # one colour per method across every plot of the same table, whatever is drawn
+    others = [m for m in dict.fromkeys(long_df.method) if m not in (NOISY, CLEAN)]
+    palette = plt.get_cmap("tab20").colors  # 20 distinct colours: a dozen methods never share one
+    styles = {NOISY: {"color": "k", "linestyle": "--"}, CLEAN: {"color": "0.6", "linestyle": ":"},
+              **{m: {"color": palette[(2 * i) % 20 + (2 * i) // 20 % 2]} for i, m in enumerate(others)}}
+    for name in methods or list(dict.fromkeys(df.method)):
+        d = df[(df.method == name) & np.isfinite(df["mean"])].sort_values("amount")
+        if d.empty:
+            continue
+        style = styles.get(name, {})
+        ax.plot(d.amount, d["mean"], marker="o", label=name, **style)
+        ok = np.isfinite(d.ci_low) & np.isfinite(d.ci_high)
+        if band:
+            ax.fill_between(d.amount[ok], d.ci_low[ok], d.ci_high[ok], color=style.get("color"), alpha=0.12)
+    ax.set_xlabel("s&p amount" if noise.startswith("s&p") else f"{noise} level")
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    ax.set_title(f"{METRIC_LABELS.get(metric, metric)} vs {noise} level (mean, 95% CI)")
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize="small")
+    return ax
+
+
+def plot_metrics_vs_amount(long_df: pd.DataFrame, metrics: Sequence[str], noise: str = "s&p",
+                           bands: Sequence[str] = ()):
+    """One panel per metric (``plot_metric_vs_amount``) and one legend for all, below them.
+
+    ``bands`` names the metrics drawn with their 95 % CI band (a wide band hides the lines). The
+    legend sits under the panels in several columns, in the panels' own font size, so that it
+    stays readable when the notebook scales the figure to its width."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.6), squeeze=False,
+                             layout="constrained")
+    for ax, metric in zip(axes.flat, metrics):
+        plot_metric_vs_amount(long_df, metric, ax=ax, noise=noise, band=metric in bands, legend=False)
+        ax.set_title(METRIC_LABELS.get(metric, metric))
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5), fontsize="large",
+               frameon=False)
+    fig.suptitle(f"Mean against the {noise} amount (bands: 95 % CI)")
     return fig

@@ -36,6 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .data import data_label
+from .lab import keep_checked_outputs
 from .reports import RUNS_ENV_VAR, clean_notebook, git_commit, machine_info, package_versions, runs_dir, write_json
 from .verify import reproducibility_statement
 
@@ -352,6 +353,7 @@ def make_nbval_refs(dest: str, root: Path | None = None) -> int:
             out = dest_dir / nb.name
             seconds = _execute(nb, out, {"profile": "smoke"}, root, Path(tmp_runs) / "kernels.log")
             clean_notebook(out, root)
+            keep_checked_outputs(out)  # only what nbval --nbval-lax compares (ihclib.lab)
             print(f"{seconds:.1f} s")
     return 0
 
