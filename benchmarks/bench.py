@@ -505,9 +505,9 @@ def bench_tile_pipeline(model, cfg: Config) -> dict:
     from ihclib.infer import _Plan, _unflagged, denoise, resolve_precision
 
     kwargs = dict(tile_size=cfg.tile_size, overlap=cfg.denoise_overlap, batch_size=cfg.denoise_batch,
-                  multiple=4, progress=False)
+                  multiple=4, progress=False, precision="auto")  # as `ihclib denoise` runs it
     noisy, clean = make_test_image(cfg.pipeline_size), make_test_image(cfg.pipeline_size, amount=0.0)
-    out: dict[str, Any] = {"size": cfg.pipeline_size, "precision": resolve_precision(model),
+    out: dict[str, Any] = {"size": cfg.pipeline_size, "precision": resolve_precision(model, "auto"),
                            "big_tile": 2 * cfg.tile_size}
     big = 2 * cfg.tile_size
     runs = {"threads": (noisy, dict(threads=True)), "no_threads": (noisy, dict(threads=False)),
@@ -587,7 +587,7 @@ def whole_image_section(result: dict, cfg: Config, log: Callable[[str], None]) -
         run = bench_denoise_cli(path, src, Path(tmp), cfg)
     from ihclib.infer import resolve_precision
 
-    precision = resolve_precision(model)
+    precision = resolve_precision(model, "auto")  # what the command runs in
     run.update({k: v for k, v in rates(run["mp_per_s"] * 1e6, per_px, peak_for(precision, peak)).items()
                 if k != "tiles_per_s"})
     median = bench_switching_median(image)

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="multiple of 32 (default: the model's fixed input size, else 256)")
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="minimum tile overlap in pixels")
     p.add_argument("--batch-size", type=int, default=8, help="tiles per model call")
-    p.add_argument("--backend", default=None, choices=["auto", "keras", "openvino", "onnxruntime"],
+    p.add_argument("--backend", default=None, choices=["auto", "keras", "openvino"],
                    help="inference runtime (default: $IHCLIB_BACKEND, else keras)")
     p.set_defaults(func=run, needs_tensorflow=True)
 
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             image = load_image(src)
             check_output(dst, image.dtype, image.alpha is not None, overwrite=args.overwrite)
             rgb = denoise(model, image.rgb, tile_size=tile_size, overlap=args.overlap, batch_size=args.batch_size,
-                          backend=args.backend, multiple=multiple)
+                          backend=args.backend, multiple=multiple, precision="auto")
             save_image(dst, rgb, dtype=image.dtype, alpha=image.alpha, overwrite=args.overwrite, meta=image.meta)
         except ImageError as exc:
             print(f"ihclib denoise: error: {exc}", file=sys.stderr)
