@@ -457,14 +457,16 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[int, str, flo
 
 
 def bench_denoise_cli(model_path: str | Path, image_path: Path, out_dir: Path, cfg: Config,
-                      backend: str = "keras") -> dict:
-    """``ihclib denoise`` on ``image_path`` as a subprocess: ``seconds`` is what the command
-    reports for the image (load, denoise, save); ``wall_s`` adds start-up and model loading."""
+                      backend: str = "keras", tile: int | None = None, batch: int | None = None) -> dict:
+    """``ihclib denoise`` on ``image_path`` as a subprocess (tile and batch: the config's unless
+    given): ``seconds`` is what the command reports for the image (load, denoise, save);
+    ``wall_s`` adds start-up and model loading."""
     from ihclib.infer import tile_starts
 
-    dst = out_dir / f"denoised_{backend}.png"
+    tile, batch = tile or cfg.tile_size, batch or cfg.denoise_batch
+    dst = out_dir / f"denoised_{backend}_{tile}.png"
     cmd = [sys.executable, "-m", "ihclib", "denoise", str(image_path), "-o", str(dst), "--overwrite",
-           "--model", str(model_path), "--batch-size", str(cfg.denoise_batch), "--tile-size", str(cfg.tile_size),
+           "--model", str(model_path), "--batch-size", str(batch), "--tile-size", str(tile),
            "--overlap", str(cfg.denoise_overlap)]
     code, output, wall, rss = run_measured(cmd, {**os.environ, "IHCLIB_BACKEND": backend})
     if code != 0:
@@ -476,7 +478,8 @@ def bench_denoise_cli(model_path: str | Path, image_path: Path, out_dir: Path, c
     if seconds <= 0:  # the command prints tenths of a second
         raise RuntimeError(f"ihclib denoise reported {seconds} s: the image is too small to time")
     size = cfg.denoise_size
-    return {"backend": backend, "size": size, "tiles": len(tile_starts(size, cfg.tile_size, cfg.denoise_overlap)) ** 2,
+    return {"backend": backend, "size": size, "tile": tile, "batch": batch,
+            "tiles": len(tile_starts(size, tile, cfg.denoise_overlap)) ** 2,
             "seconds": seconds, "wall_s": round(wall, 2), "peak_rss_mib": round(rss, 1),
             "mp_per_s": float(f"{size * size / seconds / 1e6:.4g}"), "load_1min": load_average()[:1]}
 
@@ -505,9 +508,9 @@ def bench_tile_pipeline(model, cfg: Config) -> dict:
     from ihclib.infer import _Plan, _unflagged, denoise, resolve_precision
 
     kwargs = dict(tile_size=cfg.tile_size, overlap=cfg.denoise_overlap, batch_size=cfg.denoise_batch,
-                  multiple=4, progress=False)
+                  multiple=4, progress=False, precision="auto")  # as `ihclib denoise` runs it
     noisy, clean = make_test_image(cfg.pipeline_size), make_test_image(cfg.pipeline_size, amount=0.0)
-    out: dict[str, Any] = {"size": cfg.pipeline_size, "precision": resolve_precision(model),
+    out: dict[str, Any] = {"size": cfg.pipeline_size, "precision": resolve_precision(model, "auto"),
                            "big_tile": 2 * cfg.tile_size}
     big = 2 * cfg.tile_size
     runs = {"threads": (noisy, dict(threads=True)), "no_threads": (noisy, dict(threads=False)),
@@ -585,9 +588,11 @@ def whole_image_section(result: dict, cfg: Config, log: Callable[[str], None]) -
         src = Path(tmp) / f"noisy_{cfg.denoise_size}.png"
         save_image(src, image)
         run = bench_denoise_cli(path, src, Path(tmp), cfg)
+        # twice the tile, a quarter of the batch (same pixels per call): less overlap recomputed
+        big = bench_denoise_cli(path, src, Path(tmp), cfg, tile=2 * cfg.tile_size, batch=max(1, cfg.denoise_batch // 4))
     from ihclib.infer import resolve_precision
 
-    precision = resolve_precision(model)
+    precision = resolve_precision(model, "auto")  # what the command runs in
     run.update({k: v for k, v in rates(run["mp_per_s"] * 1e6, per_px, peak_for(precision, peak)).items()
                 if k != "tiles_per_s"})
     median = bench_switching_median(image)
@@ -596,8 +601,11 @@ def whole_image_section(result: dict, cfg: Config, log: Callable[[str], None]) -
         f"peak; switching median {median['seconds']} s")
     result["model"] = {"name": arch, "path": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name,
                        "flops_per_pixel": per_px, "params": int(model.count_params())}
+    big["recompute"] = round(recompute(cfg.denoise_size, big["tile"], cfg.denoise_overlap), 3)
+    run["recompute"] = round(recompute(cfg.denoise_size, run["tile"], cfg.denoise_overlap), 3)
+    result["denoise_cli_big_tile"] = big
     result["denoise_cli"] = {**run, "precision": precision, "image": f"{cfg.denoise_size}x{cfg.denoise_size} uint8 PNG, embedded IHC image "
-                                             "mirrored out, s&p 0.1", "tile": cfg.tile_size, "batch": cfg.denoise_batch}
+                                             "mirrored out, s&p 0.1"}
     result["switching_median"] = median
     result["tile_pipeline"] = bench_tile_pipeline(model, cfg)
     flops_tile = per_px * cfg.tile_size**2
@@ -708,9 +716,12 @@ def _machine_text(result: dict) -> str:
 
 def _measurement_rows(result: dict) -> list[tuple[str, str, str, str]]:
     cli, med, tp, bf = result["denoise_cli"], result["switching_median"], result["tile_pipeline"], result["bf16"]
+    big = result["denoise_cli_big_tile"]
     rows = [(f"`ihclib denoise` {cli['size']}x{cli['size']} ({result['model']['name']}, tile {cli['tile']}, "
              f"batch {cli['batch']})", f"{cli['seconds']} s, {cli['mp_per_s']} MP/s (wall {cli['wall_s']} s, "
              f"{cli['peak_rss_mib']:.0f} MiB)", f"{cli['gflops']}", f"{cli['pct_peak']} %"),
+            (f"... tile {big['tile']}, batch {big['batch']} (overlap recomputed: x{big['recompute']} instead of "
+             f"x{cli['recompute']})", f"{big['seconds']} s, {big['mp_per_s']} MP/s", "", ""),
             ("switching median, same image, same run", f"{med['seconds']} s, {med['mp_per_s']} MP/s", "", ""),
             (f"in-process {tp['size']}px as the CLI ({tp['precision']}, tile {cli['tile']}) / no threads / float32 / "
              f"tile {tp['big_tile']}", f"{tp['threads_s']} / {tp['no_threads_s']} / {tp['float32_s']} / "

@@ -19,9 +19,10 @@ the image size. A model with a hard gate (:func:`has_hard_gate`: ``crosschannel_
 returns a tile with no value near 0 or 1 unchanged, so such tiles skip the model (exactly the
 same result). Keras models are called through one ``tf.function`` with a fixed input signature
 ``(batch_size, tile_size, tile_size, 3)``: the last batch is padded to that size, so the model
-is traced once per (model, tile size, batch size) and not per call. On CPUs with bf16 dot
-products the hard-gated model runs its convolution trunk in bfloat16 (:func:`resolve_precision`;
-``IHCLIB_PRECISION=float32`` turns it off).
+is traced once per (model, tile size, batch size) and not per call. With ``precision="auto"``
+(``ihclib denoise``), on CPUs with bf16 dot products the hard-gated model runs its convolution
+trunk in bfloat16 (:func:`resolve_precision`; ``IHCLIB_PRECISION=float32`` turns it off); the
+library's default stays float32.
 """
 
 from __future__ import annotations
@@ -358,8 +359,9 @@ def denoise(model: Any, image: np.ndarray, tile_size: int | None = None, overlap
     threads : bool
         Cut and blend tiles in threads beside the model (same result either way).
     precision : str, optional
-        "float32", "bfloat16" (:func:`bfloat16_copy`) or "auto"; None: the ``IHCLIB_PRECISION``
-        variable, else "auto" (see :func:`resolve_precision`).
+        "float32", "bfloat16" (:func:`bfloat16_copy`) or "auto" (bf16 where checked, as
+        ``ihclib denoise`` runs); None: ``$IHCLIB_PRECISION``, else float32
+        (:func:`resolve_precision`).
 
     Returns
     -------
@@ -425,14 +427,17 @@ def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
 
 
 def resolve_precision(model: Any, precision: str | None = None, backend: str = "keras") -> str:
-    """"float32" or "bfloat16" for ``precision`` (None: $IHCLIB_PRECISION, else "auto").
+    """"float32" or "bfloat16" for ``precision``.
 
-    "auto" is bfloat16 only for a hard-gated Keras model (:func:`has_hard_gate`, the bundled
-    architecture, whose held-out PSNR ``make bench`` checks against float32) on the Keras
-    backend of a CPU with bf16 dot products and no GPU (not measured there), else float32.
+    None (the library's default): ``$IHCLIB_PRECISION``, else float32, so the study's numbers
+    stay bit for bit. "auto" (what ``ihclib denoise`` asks for): ``$IHCLIB_PRECISION`` if set,
+    else bfloat16 for a hard-gated Keras model (:func:`has_hard_gate`, the bundled architecture,
+    whose held-out PSNR ``make bench`` checks against float32) on the Keras backend of a CPU
+    with bf16 dot products and no GPU (not measured there), else float32.
     """
-    if precision is None:
-        precision = os.environ.get(PRECISION_ENV) or "auto"
+    env = os.environ.get(PRECISION_ENV)
+    if precision is None or precision == "auto":
+        precision = env or ("float32" if precision is None else "auto")
     precision = precision.strip().lower()
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")

@@ -320,7 +320,8 @@ def denoise_block(job: BlockJob, y: int, x: int) -> tuple[np.ndarray, bool]:
     from .infer import denoise
 
     out = denoise(_model(job.model), to_float(region), tile_size=job.tile_size, overlap=job.overlap,
-                  batch_size=job.batch_size, progress=False, backend=job.backend, multiple=job.multiple)
+                  batch_size=job.batch_size, progress=False, backend=job.backend, multiple=job.multiple,
+                  precision="auto")  # as `ihclib denoise` on a whole image
     return from_float(out[y - top : y - top + h, x - left : x - left + w], src.dtype), True
 
 

@@ -109,6 +109,9 @@ def test_denoise_cli_and_median_on_the_same_image(tiny_run):
     assert cli["mp_per_s"] == pytest.approx(192 * 192 / cli["seconds"] / 1e6, rel=0.01)
     assert 0 < cli["seconds"] < cli["wall_s"] and cli["peak_rss_mib"] > 100
     assert cli["x_median_time"] == pytest.approx(cli["seconds"] / median["seconds"], rel=0.01)
+    big = result["denoise_cli_big_tile"]
+    assert (big["tile"], big["batch"], cli["tile"], cli["batch"]) == (64, 1, 32, 2)
+    assert big["tiles"] == 16 and cli["recompute"] == pytest.approx((8 * 32 / 192) ** 2, abs=1e-3)
     per_px = result["model"]["flops_per_pixel"]
     assert cli["gflops"] == pytest.approx(cli["mp_per_s"] * per_px / 1e3, rel=0.01, abs=0.01)
     peak = result["peak"]["bf16_peak_gflops" if cli["precision"] == "bfloat16" else "peak_gflops"]

@@ -245,15 +245,19 @@ def test_precision_auto_is_bf16_only_for_gated_models_on_bf16_cpus(gated_model, 
     monkeypatch.delenv(infer.PRECISION_ENV, raising=False)
     monkeypatch.setattr(infer, "cpu_has_bf16", lambda: True)
     monkeypatch.setattr(infer, "_gpu_visible", lambda: False)
-    assert infer.resolve_precision(gated_model) == "bfloat16"
-    assert infer.resolve_precision(gated_model, backend="openvino") == "float32"
-    assert infer.resolve_precision(conv_model) == "float32"  # bf16 not checked for other models
+    assert infer.resolve_precision(gated_model) == "float32"  # the library's default: the study's numbers
+    assert infer.resolve_precision(gated_model, "auto") == "bfloat16"  # what `ihclib denoise` asks for
+    assert infer.resolve_precision(gated_model, "auto", backend="openvino") == "float32"
+    assert infer.resolve_precision(conv_model, "auto") == "float32"  # bf16 not checked for other models
     monkeypatch.setattr(infer, "_gpu_visible", lambda: True)
-    assert infer.resolve_precision(gated_model) == "float32"  # measured on CPUs only
+    assert infer.resolve_precision(gated_model, "auto") == "float32"  # measured on CPUs only
     monkeypatch.setattr(infer, "_gpu_visible", lambda: False)
     monkeypatch.setenv(infer.PRECISION_ENV, "float32")
-    assert infer.resolve_precision(gated_model) == "float32"
+    assert infer.resolve_precision(gated_model, "auto") == "float32"
+    monkeypatch.setenv(infer.PRECISION_ENV, "bfloat16")
+    assert infer.resolve_precision(conv_model) == "bfloat16"
     monkeypatch.setattr(infer, "cpu_has_bf16", lambda: False)
+    monkeypatch.delenv(infer.PRECISION_ENV)
     assert infer.resolve_precision(gated_model, "auto") == "float32"
     assert infer.resolve_precision(conv_model, "bfloat16") == "bfloat16"  # asked for explicitly
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):

@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="multiple of 32 (default: the model's fixed input size, else 256)")
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="minimum tile overlap in pixels")
     p.add_argument("--batch-size", type=int, default=8, help="tiles per model call")
-    p.add_argument("--backend", default=None, choices=["auto", "keras", "openvino", "onnxruntime"],
+    p.add_argument("--backend", default=None, choices=["auto", "keras", "openvino"],
                    help="inference runtime (default: $IHCLIB_BACKEND, else keras)")
     slide = p.add_argument_group("whole slides (SVS, NDPI, MRXS, tiled/pyramidal/OME-TIFF)")
     slide.add_argument("--workers", type=int, default=None,
@@ -152,7 +152,7 @@ def _denoise_image(args: argparse.Namespace, src: str, dst: Path, model: Any, ti
     image = load_image(src)
     check_output(dst, image.dtype, image.alpha is not None, overwrite=args.overwrite)
     rgb = denoise(model, image.rgb, tile_size=tile_size, overlap=args.overlap, batch_size=args.batch_size,
-                  backend=args.backend, multiple=multiple)
+                  backend=args.backend, multiple=multiple, precision="auto")
     save_image(dst, rgb, dtype=image.dtype, alpha=image.alpha, overwrite=args.overwrite, meta=image.meta)
     h, w = image.shape
     print(f"{src} -> {dst} ({w}x{h}, {image.dtype}, {time.perf_counter() - start:.1f} s)")
