@@ -40,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ihclib.images import IMAGE_EXTENSIONS, ImageMeta, atomic_write, from_float, read_rgb  # noqa: E402
+from ihclib.images import IMAGE_EXTENSIONS, ImageMeta, atomic_write, from_float, load_image  # noqa: E402
 from ihclib.slides import OUTPUT_TILE, write_pyramid  # noqa: E402
 
 PATCH = 2048
@@ -54,7 +54,7 @@ class SyntheticSlide:
     def __init__(self, size: int, tissue: float, amount: float, seed: int = 0):
         self.size, self.amount, self.seed = size, amount, seed
         paths = sorted(p for p in (ROOT / "data").glob("*/*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-        self.images = [from_float(read_rgb(p), np.uint8) for p in paths]
+        self.images = [from_float(load_image(p).rgb, np.uint8) for p in paths]
         n = math.ceil(size / PATCH)
         cy, cx = np.mgrid[:n, :n] + 0.5 - n / 2
         # the disc of patches nearest the centre whose area is the asked share

@@ -120,10 +120,11 @@ def ordered_map(
                 pending.append([client.submit(fn, *args, pure=False, retries=retries) for args in rows[submitted]])
                 submitted += 1
             futures = pending.pop(0)
-            results = client.gather(futures)
+            box = [client.gather(futures)]
             for f in futures:
-                f.release()
-            yield results
+                f.release()  # the workers may drop their copies now
+            del futures
+            yield box.pop()  # not kept in this frame while the caller writes it
     finally:
         for futures in pending:  # an error or an interrupt: stop what is still queued
             client.cancel(futures)
