@@ -1,6 +1,7 @@
 # ihc-denoise: two commands on a fresh machine (Linux, Python 3.11, make).
 #   make reproduce [PROFILE=quick]   set up .venv and run the whole study -> reports/ (other profiles: reports/<profile>/)
 #   make test                        set up .venv and run pytest + nbval
+#   make verify [QUICK=1]            rerun the smoke (and quick) profile, compare every result table with the committed one
 # Also: make bench, make lab, make test-lab, make nbval-refs, make clean.
 
 PYTHON  ?= python3
@@ -10,7 +11,7 @@ PROFILE ?= quick
 DATA    ?=
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup reproduce reproduce-all test test-lib test-lab test-notebooks bench generalisation bundle lab nbval-refs clean
+.PHONY: setup reproduce reproduce-all verify test test-lib test-lab test-notebooks bench generalisation bundle lab nbval-refs clean
 
 setup: $(STAMP)
 
@@ -23,8 +24,9 @@ $(STAMP): pyproject.toml
 # quick writes reports/; any other profile reports/<profile>/ (kept when quick runs again)
 REPORTS = $(if $(filter quick,$(PROFILE)),reports,reports/$(PROFILE))
 
+# reports come from a clean commit; ALLOW_DIRTY=1 writes them anyway (the manifest says so)
 reproduce: setup
-	$(PY) -m ihclib.pipeline --profile $(PROFILE) --reports $(REPORTS) $(if $(DATA),--data-dir $(DATA))
+	$(PY) -m ihclib.pipeline --profile $(PROFILE) --reports $(REPORTS) $(if $(DATA),--data-dir $(DATA)) $(if $(ALLOW_DIRTY),--allow-dirty)
 
 # every committed report: quick (reports/), long and paper (about 55 minutes on 2 CPU cores)
 reproduce-all: setup
@@ -32,12 +34,19 @@ reproduce-all: setup
 	$(MAKE) reproduce PROFILE=long
 	$(MAKE) reproduce PROFILE=paper
 
+# Reruns the smoke profile (QUICK=1: also quick, about 20 minutes on 2 cores) into a temporary
+# folder and compares every result table with the committed one (reports/smoke/, reports/):
+# byte-identical on the CPU that made them, within the manifest's tolerances on another.
+verify: setup
+	$(PY) -m ihclib.verify --profile smoke $(if $(QUICK),--profile quick)
+
 # The notebooks run under nbval against stored smoke-profile outputs (tests/notebooks/);
 # IHC_RUNS_DIR gives them a fresh place for the models they train.
 test: setup
 	$(PY) -m ihclib.lab strip --check
 	$(PY) -m pytest tests
 	IHC_RUNS_DIR=$$(mktemp -d) $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider tests/notebooks
+	$(PY) -m ihclib.verify --profile smoke
 
 test-lib: setup
 	$(PY) -m pytest tests

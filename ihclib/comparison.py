@@ -13,9 +13,11 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .evaluate import NOISY, Method, batched
+from .architectures import paper_table1
+from .evaluate import NOISY, Method, batched, long_table
 from .infer import compiled_predictor
-from .model import count_flops, paper_table1
+from .metrics import format_ci
+from .model import count_flops
 from .runs import TrainedModel
 
 TABLE1_COLUMNS = ["accuracy", "loss", "val_accuracy", "val_loss"]
@@ -82,7 +84,7 @@ def table1_side_by_side(history: pd.DataFrame, epochs: int = 5) -> pd.DataFrame:
 
 
 def training_summary(models: Mapping[str, TrainedModel]) -> pd.DataFrame:
-    """One row per trained model: size, cost, training time and best validation scores."""
+    """One row per trained model: size, epochs and best validation scores (timings: :func:`timings_table`)."""
     rows = []
     for name, tm in models.items():
         s = tm.sidecar
@@ -92,8 +94,6 @@ def training_summary(models: Mapping[str, TrainedModel]) -> pd.DataFrame:
             "model": name,
             "params": s.get("params", {}).get("total"),
             "epochs": training.get("epochs_run"),
-            "training time (s)": training.get("wall_time_s"),
-            "training tiles/s": training.get("tiles_per_s"),
             "best epoch": best.get("best_epoch"),
             "val_loss (MSE)": best.get("val_loss"),
             "val_accuracy": best.get("val_accuracy"),
@@ -108,11 +108,7 @@ def _value(long_df: pd.DataFrame, method: str, metric: str, amount: float, noise
 
 
 def _fmt(row: pd.Series | None, digits: int = 2) -> str:
-    if row is None:
-        return "n/a"
-    if np.isfinite(row.ci_low):
-        return f"{row['mean']:.{digits}f} [{row.ci_low:.{digits}f}, {row.ci_high:.{digits}f}]"
-    return f"{row['mean']:.{digits}f}"
+    return "n/a" if row is None else format_ci(row["mean"], row.ci_low, row.ci_high, digits)
 
 
 ALL_SOURCES = "all held-out"
@@ -139,8 +135,6 @@ def _scopes(per_image: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 def per_source_table(per_image: pd.DataFrame, methods: Sequence[str], amounts: Sequence[float] = (0.1, 0.3),
                      metrics: Mapping[str, str] = {"psnr": "PSNR", "ssim": "SSIM"}, noise: str = "s&p") -> pd.DataFrame:
     """Rows (source, method), columns "metric @amount": "mean [95 % CI]" over that source's tiles."""
-    from .evaluate import long_table
-
     rows = []
     for scope, g in _scopes(per_image):
         long_df = long_table(g)
@@ -217,21 +211,39 @@ def clean_input_table(tiles: np.ndarray, methods: Mapping[str, object], brightne
 
 def architecture_table(models: Mapping[str, TrainedModel], long_df: pd.DataFrame, amount: float = 0.1,
                        noise: str = "s&p", tile_size: int = 256) -> pd.DataFrame:
-    """Architectures side by side: size, cost, training and inference time, and quality at ``amount``."""
+    """Architectures side by side: size, cost and quality at ``amount`` (timings: :func:`timings_table`)."""
     rows = []
     for name, tm in models.items():
-        training = tm.sidecar.get("training", {})
         row = {
             "model": name,
             "params": tm.sidecar.get("params", {}).get("total"),
             f"GFLOPs / {tile_size}px tile": count_flops(tm.model, tile_size) / 1e9,
-            "training time (s)": training.get("wall_time_s"),
         }
-        secs = _value(long_df, name, "seconds", amount, noise)
-        row["inference ms / eval tile"] = None if secs is None else 1e3 * secs["mean"]
         for metric in ("psnr", "ssim", "accuracy", "dice_dab", "dice_nuclei"):
             v = _value(long_df, name, metric, amount, noise)
             row[metric] = None if v is None else v["mean"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def timings_table(models: Mapping[str, TrainedModel], per_image_df: pd.DataFrame | None = None,
+                  amount: float = 0.1, noise: str = "s&p") -> pd.DataFrame:
+    """What was measured rather than computed, one row per model: training wall time and tiles/s
+    (from the sidecar), the intra-op threads it trained with, and inference ms per evaluation
+    tile at ``amount`` (from the per-image table). Apart from the results: it differs run to run."""
+    secs = None
+    if per_image_df is not None:
+        timing = long_table(per_image_df, timings=True)
+        secs = timing[(timing.metric == "seconds") & (timing.noise == noise) & np.isclose(timing.amount, amount)]
+    rows = []
+    for name, tm in models.items():
+        training = tm.sidecar.get("training", {})
+        row = {"model": name, "training time (s)": training.get("wall_time_s"),
+               "training tiles/s": training.get("tiles_per_s"),
+               "intra-op threads": (training.get("threads") or {}).get("intra_op")}
+        if secs is not None:
+            mine = secs[secs.method == name]
+            row["inference ms / eval tile"] = 1e3 * float(mine["mean"].iloc[0]) if len(mine) else None
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -52,15 +52,6 @@ UNCATEGORISED = "uncategorised"
 BACKGROUND_LEVEL = 0.85
 
 
-class DataError(ValueError):
-    """A data folder that cannot be used (empty, missing, no usable image)."""
-
-    def __init__(self, path: str | os.PathLike, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
-
-
 @dataclass(frozen=True)
 class SourceImage:
     """One usable image: where it is, its category and size."""
@@ -162,15 +153,15 @@ def read_splits(root: str | os.PathLike | None) -> dict[str, list[str]] | None:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(path, f"not valid JSON ({str(exc).splitlines()[0]})") from None
+        raise ImageError(path, f"not valid JSON ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
-        raise DataError(path, 'expected an object like {"val": ["category"], "test": ["category", ...]}')
+        raise ImageError(path, 'expected an object like {"val": ["category"], "test": ["category", ...]}')
     splits: dict[str, list[str]] = {}
     for key, names in raw.items():
         if key not in SPLITS:
-            raise DataError(path, f"unknown split {key!r} (use {', '.join(SPLITS)})")
+            raise ImageError(path, f"unknown split {key!r} (use {', '.join(SPLITS)})")
         if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
-            raise DataError(path, f"split {key!r} must be a list of category names")
+            raise ImageError(path, f"split {key!r} must be a list of category names")
         splits[key] = list(names)
     return splits
 
@@ -182,14 +173,14 @@ def _assign_categories(splits: dict[str, list[str]], categories: set[str], path:
         for name in splits.get(split, []):
             if name in assign:
                 where = "twice in " + split if assign[name] == split else f"in both {assign[name]} and {split}"
-                raise DataError(path, f"category {name!r} is listed {where}")
+                raise ImageError(path, f"category {name!r} is listed {where}")
             if name not in categories:
-                raise DataError(path, f"unknown category {name!r} (categories: {', '.join(sorted(categories))})")
+                raise ImageError(path, f"unknown category {name!r} (categories: {', '.join(sorted(categories))})")
             assign[name] = split
     for cat in categories:
         assign.setdefault(cat, "train")
     if "train" not in assign.values():
-        raise DataError(path, "no category left for training (every category is listed for val or test)")
+        raise ImageError(path, "no category left for training (every category is listed for val or test)")
     return assign
 
 
@@ -201,16 +192,16 @@ def scan_folder(root: str | os.PathLike, min_size: int = 1, verify: bool = True)
     """
     root = Path(root).expanduser()
     if not root.exists():
-        raise DataError(root, "no such folder")
+        raise ImageError(root, "no such folder")
     if not root.is_dir():
-        raise DataError(root, "not a folder")
+        raise ImageError(root, "not a folder")
     files = sorted(
         p for p in root.rglob("*")
         if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
     if not files:
-        raise DataError(root, "no image files (PNG, JPEG or TIFF) found")
+        raise ImageError(root, "no image files (PNG, JPEG or TIFF) found")
     good: list[SourceImage] = []
     bad: list[BadFile] = []
     for p in files:
@@ -257,9 +248,7 @@ def _regions(h: int, w: int, size: int, fractions: tuple[float, float, float]) -
         a, b = n_train * size, (n_train + n_val) * size
         return {"train": (0, a, 0, w), "val": (a, b, 0, w), "test": (b, rows * size, 0, w)}
     if rows * cols < 3:
-        raise DataError("image", f"{w}x{h} holds {rows * cols} tile(s) of {size}px; need 3 for train/val/test")
-    if rows == 1:  # 1 x cols with cols >= 3 is handled by the flip above; keep for safety
-        raise DataError("image", f"{w}x{h} is too narrow for a region split at tile size {size}")
+        raise ImageError("image", f"{w}x{h} holds {rows * cols} tile(s) of {size}px; need 3 for train/val/test")
     half = max(1, cols // 2) * size
     top = (rows - 1) * size
     return {"train": (0, top, 0, w), "val": (top, rows * size, 0, half), "test": (top, rows * size, half, cols * size)}
@@ -509,7 +498,7 @@ def make_dataset(
             raise ImageError(bad[0].path, bad[0].reason + (f" (and {len(bad) - 1} more bad files; "
                                                           "use skip_bad / --skip-bad to continue)" if len(bad) > 1 else ""))
         if not sources:
-            raise DataError(root, f"no usable image of at least {tile_size}x{tile_size} px ({len(bad)} bad file(s))")
+            raise ImageError(root, f"no usable image of at least {tile_size}x{tile_size} px ({len(bad)} bad file(s))")
     return tile_sources(sources, tile_size, stride, seed, fractions, root, bad,
                         splits=read_splits(root) if splits is None else splits)
 
@@ -562,8 +551,8 @@ def tile_sources(
         for src in sources:
             try:
                 regions = _regions(src.height, src.width, tile_size, fractions)
-            except DataError as exc:
-                raise DataError(src.path or src.name, exc.reason) from None
+            except ImageError as exc:
+                raise ImageError(src.path or src.name, exc.reason) from None
             for split, (y0, y1, x0, x1) in regions.items():
                 step = stride if split == "train" else tile_size
                 for y in _positions(y0, y1, tile_size, step):

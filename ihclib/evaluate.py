@@ -28,15 +28,15 @@ import numpy as np
 import pandas as pd
 
 from .downstream import Thresholds, downstream_scores, fit_thresholds
-from .metrics import image_metrics, summarise
-from .noise import NoiseSpec, apply_noise
+from .metrics import format_ci, image_metrics, summarise
+from .noise import GAUSSIAN_SIGMAS, SP_AMOUNTS, NoiseSpec, apply_noise
 
 NOISY = "noisy input"
 CLEAN = "clean"
 METRIC_COLUMNS = ("psnr", "ssim", "accuracy", "mse", "dice_dab", "dice_nuclei", "dab_fraction_error", "seconds")
+# measured, not computed: they vary from run to run, so result tables leave them out (issue 16)
+TIMING_COLUMNS = ("seconds",)
 LONG_COLUMNS = ("method", "noise", "amount", "metric", "mean", "ci_low", "ci_high", "n")
-SP_AMOUNTS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5)
-GAUSSIAN_SIGMAS = (0.02, 0.05, 0.1)
 DEFAULT_SWEEP: tuple[NoiseSpec, ...] = (
     *(NoiseSpec("s&p", a) for a in SP_AMOUNTS),
     *(NoiseSpec("gaussian", s) for s in GAUSSIAN_SIGMAS),
@@ -184,11 +184,14 @@ def evaluate(
     return long_table(per, confidence)
 
 
-def long_table(per_image_df: pd.DataFrame, confidence: float = 0.95, by_source: bool = False) -> pd.DataFrame:
+def long_table(per_image_df: pd.DataFrame, confidence: float = 0.95, by_source: bool = False,
+               timings: bool = False) -> pd.DataFrame:
     """Summarise a per-image table into the long format (mean and t-interval per group);
-    ``by_source`` keeps one group per source (the table then has a ``source`` column)."""
+    ``by_source`` keeps one group per source (the table then has a ``source`` column).
+    Results only, unless ``timings``: then the timing columns (seconds per tile) only."""
     by = ("source", "method", "noise", "amount") if by_source else ("method", "noise", "amount")
-    metrics = [m for m in METRIC_COLUMNS if m in per_image_df.columns]
+    wanted = TIMING_COLUMNS if timings else tuple(m for m in METRIC_COLUMNS if m not in TIMING_COLUMNS)
+    metrics = [m for m in wanted if m in per_image_df.columns]
     return summarise(per_image_df, by=by, metrics=metrics, confidence=confidence)
 
 
@@ -210,20 +213,10 @@ def headline_table(
         raise ValueError(f"no rows for metric {metric!r} and noise {noise!r}")
     order = list(dict.fromkeys(df.method))
     if with_ci:
-        def cell(r):
-            if np.isfinite(r["ci_low"]):
-                return f"{r['mean']:.{digits}f} [{r['ci_low']:.{digits}f}, {r['ci_high']:.{digits}f}]"
-            return f"{r['mean']:.{digits}f}"
-        df = df.assign(value=df.apply(cell, axis=1))
+        df = df.assign(value=[format_ci(m, lo, hi, digits) for m, lo, hi in zip(df["mean"], df.ci_low, df.ci_high)])
         table = df.pivot(index="method", columns="amount", values="value")
     else:
         table = df.pivot(index="method", columns="amount", values="mean")
     table = table.reindex(order)
     table.columns.name = f"{metric} / {noise or 'noise'} amount"
     return table
-
-
-def headline_tables(long_df: pd.DataFrame, metrics: Sequence[str] = ("psnr", "ssim", "dice_dab"),
-                    noise: str | None = "s&p", **kwargs) -> dict[str, pd.DataFrame]:
-    """``headline_table`` for several metrics, keyed by metric."""
-    return {m: headline_table(long_df, m, noise, **kwargs) for m in metrics}

@@ -313,11 +313,6 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
     return LoadedImage(to_float(rgb), rgb.dtype, alpha, str(path), meta)
 
 
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Float32 RGB (H, W, 3) in [0, 1] from a file (alpha dropped)."""
-    return load_image(path).rgb
-
-
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(height, width) of an image file without decoding all its pixels where possible."""
     path = Path(path)
@@ -371,6 +366,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object], suffix
         raise
     return path
 
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Create or replace a text file atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 def _writable_folder(folder: Path) -> str | None:
     """Why files cannot be created in ``folder`` (or the ancestor that would hold it), or None."""

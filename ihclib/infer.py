@@ -242,7 +242,7 @@ def load_model(path: str | Path) -> tuple[Any, dict]:
     Errors are one line naming the file (FileNotFoundError / ValueError): not a Keras file,
     a sidecar that is not JSON, a model that does not map RGB to RGB.
     """
-    from .train import load_model as train_load_model  # imports keras: only when a model is needed
+    from .model import load_model as train_load_model  # imports keras: only when a model is needed
 
     model, sidecar = train_load_model(path)
     check_denoiser(model, path)

@@ -83,18 +83,6 @@ def image_metrics(clean: np.ndarray, restored: np.ndarray) -> dict[str, float]:
     }
 
 
-def per_image_metrics(clean_batch: np.ndarray, restored_batch: np.ndarray) -> pd.DataFrame:
-    """One row per image (column ``image`` = index in the batch) with psnr, ssim, accuracy, mse."""
-    clean_batch = np.asarray(clean_batch)
-    restored_batch = np.asarray(restored_batch)
-    if clean_batch.ndim == 3:
-        clean_batch, restored_batch = clean_batch[None], restored_batch[None]
-    if clean_batch.shape != restored_batch.shape:
-        raise ValueError(f"shape mismatch: clean {clean_batch.shape} vs restored {restored_batch.shape}")
-    rows = [{"image": i, **image_metrics(c, r)} for i, (c, r) in enumerate(zip(clean_batch, restored_batch))]
-    return pd.DataFrame(rows, columns=["image", *METRICS])
-
-
 def mean_ci(
     values: Iterable[float],
     confidence: float = 0.95,
@@ -132,15 +120,17 @@ def _mean_ci(values: Iterable[float], confidence: float) -> tuple[float, float, 
         return float(np.mean(x)), math.nan, math.nan
     m = float(x.mean())
     sem = float(x.std(ddof=1) / math.sqrt(x.size))
-    try:
-        from scipy import stats
+    from scipy import stats  # a scikit-image dependency, pinned in pyproject.toml
 
-        q = float(stats.t.ppf(0.5 + confidence / 2, df=x.size - 1))
-    except ImportError:  # scipy ships with scikit-image, but keep the module importable without it
-        from statistics import NormalDist
-
-        q = NormalDist().inv_cdf(0.5 + confidence / 2)
+    q = float(stats.t.ppf(0.5 + confidence / 2, df=x.size - 1))
     return m, m - q * sem, m + q * sem
+
+
+def format_ci(mean: float, low: float, high: float, digits: int = 2) -> str:
+    """"mean [low, high]" with ``digits`` decimals; just the mean when there is no interval."""
+    if np.isfinite(low) and np.isfinite(high):
+        return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+    return f"{mean:.{digits}f}"
 
 
 def summarise(

@@ -27,12 +27,18 @@ height and width that is a multiple of ``INPUT_MULTIPLE[name]``.
 
 from __future__ import annotations
 
-from importlib import resources
+import json
+import os
+import zipfile
+from pathlib import Path
 from typing import Callable
 
 import keras
-import pandas as pd
+import numpy as np
 from keras import layers
+
+from .images import atomic_write, atomic_write_text
+from .registry import INPUT_MULTIPLE, MODEL_NAMES
 
 # ---------------------------------------------------------------- the paper's network
 
@@ -66,39 +72,6 @@ def build_paper_model(tile_size: int | None = 256) -> keras.Model:
 
 
 # ---------------------------------------------------------------- modifications
-
-
-@keras.saving.register_keras_serializable(package="ihclib")
-class MaskedLocalMean(layers.Layer):
-    """Per channel, the mean of the unflagged values in a ``window`` x ``window`` neighbourhood.
-
-    No longer built (:class:`SpatialFill` replaced it: this layer returns 0 where every value is
-    flagged, which turned saturated background black); kept registered so that models saved by
-    ihclib 0.1.0 before that change still load.
-
-    Inputs ``[x, flag]`` (flag 1 = impulse, 0 = trusted); where every value in the window is
-    flagged the result is 0. This is the fill of a classical switching mean filter, given to the
-    network as a starting point that it refines. Registered, so ``safe_mode=True`` loads it once
-    ``ihclib.model`` is imported (``ihclib.train.load_model`` does that).
-    """
-
-    def __init__(self, window: int = 3, **kwargs):
-        super().__init__(**kwargs)
-        self.window = int(window)
-
-    def call(self, inputs):
-        x, flag = inputs
-        keep = 1.0 - flag
-        # the ratio of two same-padded averages: padding cancels out, border windows stay exact
-        num = keras.ops.average_pool(x * keep, self.window, strides=1, padding="same")
-        den = keras.ops.average_pool(keep, self.window, strides=1, padding="same")
-        return keras.ops.divide_no_nan(num, den)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape[0]
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "window": self.window}
 
 
 def impulse_hint(x):
@@ -388,15 +361,8 @@ MODELS: dict[str, Callable[..., keras.Model]] = {
     "crosschannel_unet": build_crosschannel_unet,
 }
 
-# height and width of an input must be multiples of this (stride-2 stages)
-INPUT_MULTIPLE = {"paper_unet": 32, "dncnn_residual": 1, "switching_unet": 4, "crosschannel_unet": 4}
-
-DESCRIPTIONS = {
-    "paper_unet": "the paper's encoder-decoder (Figure 3)",
-    "dncnn_residual": "full-resolution residual CNN predicting the noise (DnCNN-style)",
-    "switching_unet": "small U-Net with a switching head: m*f + (1-m)*input",
-    "crosschannel_unet": "U-Net refining the cross-channel switching filter; unflagged values pass exactly",
-}
+if tuple(MODELS) != MODEL_NAMES:  # the light registry (ihclib.registry) must list the builders here
+    raise ImportError(f"ihclib.registry.MODEL_NAMES {MODEL_NAMES} != ihclib.model.MODELS {tuple(MODELS)}")
 
 
 def build_model(name: str, tile_size: int | None = 256) -> keras.Model:
@@ -464,55 +430,58 @@ def count_flops(model: keras.Model | str, tile_size: int | None = None) -> int:
     return int(2 * macs)
 
 
-# ---------------------------------------------------------------- summaries
+# ---------------------------------------------------------------- model files (.keras + JSON sidecar)
 
 
-def summary_table(model: keras.Model) -> pd.DataFrame:
-    """One row per layer: name, type, output shape (as Keras prints it), parameters."""
-    rows = []
-    for layer in model.layers:
-        shape = layer.output.shape
-        rows.append({
-            "layer": layer.name,
-            "type": type(layer).__name__,
-            "output_shape": str(tuple(shape)),
-            "params": int(layer.count_params()) if layer.built else 0,
-        })
-    return pd.DataFrame(rows, columns=["layer", "type", "output_shape", "params"])
+def versions() -> dict[str, str]:
+    """Versions of the libraries a saved model depends on."""
+    import tensorflow as tf  # already loaded: Keras runs on it
+
+    from . import __version__
+
+    return {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__, "ihclib": __version__}
 
 
-def paper_figure3() -> pd.DataFrame:
-    """The paper's Figure 3 table (layer, type, output_shape, params, connected_to)."""
-    with resources.files("ihclib").joinpath("paper/figure3.csv").open() as f:
-        return pd.read_csv(f)
+def save_model(model: keras.Model, path: str | os.PathLike, sidecar: dict) -> dict:
+    """Write ``path`` (.keras, weights without optimizer state) and its JSON sidecar (same stem),
+    each via a temp file + os.replace.
+
+    The sidecar gets ``params`` (total/trainable/non-trainable), ``versions`` and ``file`` added;
+    the completed sidecar is returned.
+    """
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ValueError(f"{path}: a model file must end in .keras")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    full = {**sidecar, "params": count_params(model), "versions": versions(), "file": path.name}
+    # an uncompiled copy: the file holds architecture + weights only, not Adam's two extra copies
+    # of every weight (213 MB instead of 71 MB for the paper's network)
+    # (rebuilt from get_config, which has no compile_config: clone_model and model_from_json
+    # would compile the copy and build the optimizer again)
+    bare = type(model).from_config(model.get_config())
+    bare.set_weights(model.get_weights())
+    atomic_write(path, bare.save, suffix=".tmp.keras")  # Keras insists on the suffix
+    atomic_write_text(path.with_suffix(".json"), json.dumps(full, indent=2, default=str) + "\n")
+    return full
 
 
-def paper_table1() -> pd.DataFrame:
-    """The paper's Table 1 (epoch, accuracy, loss, val_accuracy, val_loss)."""
-    with resources.files("ihclib").joinpath("paper/table1.csv").open() as f:
-        return pd.read_csv(f)
-
-
-def compare_with_paper(model: keras.Model) -> pd.DataFrame:
-    """Row-by-row comparison of a model's summary with Figure 3 (names are ignored: Keras numbers
-    them by how many layers the session built). Column ``match`` is True where type, output
-    shape and parameters all agree; a missing row on either side counts as a mismatch."""
-    ours = summary_table(model).add_prefix("model_")
-    paper = paper_figure3()[["layer", "type", "output_shape", "params"]].add_prefix("paper_")
-    both = pd.concat([paper, ours], axis=1)
-    both["match"] = (
-        (both.paper_type == both.model_type)
-        & (both.paper_output_shape == both.model_output_shape)
-        & (both.paper_params == both.model_params)
-    )
-    return both
-
-
-def cost_table(names: list[str] | None = None, tile_size: int = 256) -> pd.DataFrame:
-    """Parameters and GFLOPs per ``tile_size`` tile of registry models (default: all)."""
-    rows = []
-    for name in names or list(MODELS):
-        model = build_model(name, tile_size)
-        rows.append({"model": name, "description": DESCRIPTIONS[name], "params": count_params(model)["total"],
-                     f"GFLOPs per {tile_size}x{tile_size} tile": count_flops(model) / 1e9})
-    return pd.DataFrame(rows)
+def load_model(path: str | os.PathLike) -> tuple[keras.Model, dict]:
+    """Load a .keras model with ``safe_mode=True`` (uncompiled) and its sidecar ({} if none)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file")
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found" for a file that is there
+        raise ValueError(f"{path}: not a Keras model file (a .keras file is a zip archive; this one is not)")
+    try:
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:  # zip, JSON or deserialisation errors: one line naming the file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: not a loadable Keras model ({reason})") from None
+    side = path.with_suffix(".json")
+    try:
+        sidecar = json.loads(side.read_text()) if side.is_file() else {}
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both are
+        raise ValueError(f"{side}: the model's sidecar is not valid JSON ({exc}); fix or delete it") from None
+    if not isinstance(sidecar, dict):
+        raise ValueError(f"{side}: the model's sidecar is not a JSON object; fix or delete it")
+    return model, sidecar

@@ -20,6 +20,9 @@ import numpy as np
 from skimage.util import random_noise
 
 KINDS = ("s&p", "gaussian", "poisson", "speckle", "none")
+# the study's sweeps, defined once: s&p amounts (Figure 2, notebook 05) and Gaussian sigmas
+SP_AMOUNTS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5)
+GAUSSIAN_SIGMAS = (0.02, 0.05, 0.1)
 
 
 def _as_float(image: np.ndarray) -> np.ndarray:

@@ -11,8 +11,11 @@
   pipeline wrote, and any other file is carried over into the new ``reports/``;
 * keeps a failing executed notebook in ``runs/failed/`` and prints its error (the kernels'
   own stderr, TensorFlow's start-up lines, goes to ``runs/kernels.log``);
-* writes ``reports/manifest.json``: profile, seed, data, package versions, git commit, CPU/GPU and
-  the wall time of each notebook.
+* refuses to run from a checkout with uncommitted changes unless ``--allow-dirty`` is given
+  (the manifest records both);
+* writes ``reports/manifest.json``: profile, seed, data, package versions, git commit, CPU/GPU,
+  the tolerances the results are held to on another CPU (``ihclib.verify``) and the timings
+  (wall time of each notebook, training and inference times), which the result tables leave out.
 
 ``--nbval-refs DIR`` instead executes every notebook under the smoke profile into ``DIR``: the
 stored outputs that ``make test`` (nbval) compares against.
@@ -28,13 +31,14 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .data import data_label
 from .lab import keep_checked_outputs
 from .reports import RUNS_ENV_VAR, clean_notebook, git_commit, machine_info, package_versions, runs_dir, write_json
+from .verify import reproducibility_statement
 
 # the checkout this module belongs to: its notebooks/ are the study, wherever it is run from
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -137,83 +141,154 @@ def _swap_in(build: Path, reports_dir: Path) -> None:
 
 
 def run_study(profile: str = "quick", data_dir: str | None = None, reports: str = "reports",
-              runs: str | None = None, root: Path | None = None, only: list[str] | None = None) -> int:
+              runs: str | None = None, root: Path | None = None, only: list[str] | None = None,
+              allow_dirty: bool = False) -> int:
     """Execute every notebook into a fresh copy of ``reports`` and swap it into place.
 
-    ``root`` (default: the source checkout this package belongs to) holds ``notebooks/``;
-    ``reports`` and ``runs`` are relative to it. Files in ``reports`` that the pipeline did not
-    write (its manifest lists what it wrote) are carried over into the new folder; one whose
-    name the study now writes is kept beside it as ``NAME.user.EXT``. Nothing is left behind
-    when the run fails or is interrupted.
+    Parameters
+    ----------
+    profile, data_dir : the run size (``ihclib.profiles``) and the images (None: the profile's).
+    reports, runs : output folder and trained models' folder, relative to ``root``.
+    root : holds ``notebooks/`` (default: the source checkout this package belongs to).
+    only : run only the notebooks whose names start with these prefixes.
+    allow_dirty : write reports from a tree with uncommitted changes (refused otherwise: the
+        manifest's commit would not say what made them); the manifest records it.
+
+    Returns
+    -------
+    int : 0 on success, 1 if a notebook failed, 2 if nothing ran.
+
+    Files in ``reports`` that the pipeline did not write (its manifest lists what it wrote) are
+    carried over; one whose name the study now writes is kept as ``NAME.user.EXT``. Nothing is
+    left behind when the run fails or is interrupted.
     """
     from .profiles import get_profile
 
     root = (root or REPO_ROOT).resolve()
     prof = get_profile(profile)  # fail early on an unknown profile
+    book = _chosen_notebooks(root, only)
+    commit = git_commit(root)
+    if book is None or not _commit_allowed(commit, allow_dirty, reports):
+        return 2
+    reports_dir = (root / reports).resolve()
+    run = _Run(prof, data_dir, reports, reports_dir, runs_dir(runs if runs is not None else root / "runs"), root,
+               bool(only), commit, allow_dirty)
+    reports_dir.parent.mkdir(parents=True, exist_ok=True)
+    # beside reports/ (os.replace needs the same file system), named as .gitignore expects
+    build = Path(tempfile.mkdtemp(prefix=".reports-build-", dir=reports_dir.parent))
+    try:
+        return _run_into(build, book, run)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)  # gone already when it became reports/
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What one pipeline run was asked to do, and from which commit."""
+
+    prof: object  # Profile
+    data_dir: str | None
+    reports: str
+    reports_dir: Path
+    runs_path: Path
+    root: Path
+    partial: bool
+    commit: str
+    allow_dirty: bool
+
+
+def _chosen_notebooks(root: Path, only: list[str] | None) -> list[Path] | None:
+    """The notebooks to run, or None (after saying why) when there are none."""
     book = notebooks(root)
     if not book:
         print(f"error: no notebooks in {root / 'notebooks'}; the study runs from a source checkout of "
               "ihc-denoise (nothing was changed)", file=sys.stderr)
-        return 2
+        return None
     if only:
         book = [nb for nb in book if any(nb.name.startswith(o) for o in only)]
         if not book:
             print(f"error: no notebook in {root / 'notebooks'} starts with {' or '.join(only)} "
                   "(nothing was changed)", file=sys.stderr)
-            return 2
-    reports_dir = (root / reports).resolve()
-    runs_path = runs_dir(runs if runs is not None else root / "runs")
-    reports_dir.parent.mkdir(parents=True, exist_ok=True)
-    # beside reports/ (os.replace needs the same file system), named as .gitignore expects
-    build = Path(tempfile.mkdtemp(prefix=".reports-build-", dir=reports_dir.parent))
-    try:
-        return _run_into(build, book, prof, profile, data_dir, reports, reports_dir, runs_path, root, bool(only))
-    finally:
-        shutil.rmtree(build, ignore_errors=True)  # gone already when it became reports/
+            return None
+    return book
 
 
-def _run_into(build: Path, book: list[Path], prof, profile: str, data_dir: str | None, reports: str,
-              reports_dir: Path, runs_path: Path, root: Path, partial: bool) -> int:
+def _commit_allowed(commit: str, allow_dirty: bool, reports: str) -> bool:
+    """Reports come from a clean commit (issue 12): a ``+dirty`` tree only with ``--allow-dirty``."""
+    if commit.endswith("+dirty") and not allow_dirty:
+        print(f"error: the checkout has uncommitted changes ({commit}); commit them first, so that the "
+              f"manifest names the code that made {reports}/, or pass --allow-dirty (recorded in the "
+              "manifest); nothing was changed", file=sys.stderr)
+        return False
+    return True
+
+
+def _run_into(build: Path, book: list[Path], run: _Run) -> int:
     """Execute ``book`` into ``build``, carry over the files that are not the pipeline's, swap."""
-    (build / "notebooks").mkdir(exist_ok=True)
-    rel_build = os.path.relpath(build, root)
-    timings: dict[str, float] = {}
     started = time.perf_counter()
-    print(f"ihc-denoise study: profile {profile}, data {data_label(data_dir)}, {len(book)} notebooks")
+    timings = _execute_all(build, book, run)
+    if timings is None:
+        return 1
+    new = _files(build)
+    moves, carried_ours = _carry_over(build, new, run)
+    manifest = _manifest(run, timings, time.perf_counter() - started, sorted(new | carried_ours | {MANIFEST}),
+                         build)
+    write_json(build / MANIFEST, manifest)
+    for rel, dest in moves:  # copies: the old folder stays whole until the swap
+        target = build / dest
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(run.reports_dir / rel, target, follow_symlinks=False)
+    _swap_in(build, run.reports_dir)
+    print(f"done: {run.reports}/ regenerated in {manifest['total_wall_time_s'] / 60:.1f} min "
+          f"(figures/, tables/, notebooks/, manifest.json)")
+    return 0
+
+
+def _execute_all(build: Path, book: list[Path], run: _Run) -> dict[str, float] | None:
+    """Run the notebooks in order into ``build/notebooks``; their wall times, or None when one failed."""
+    (build / "notebooks").mkdir(exist_ok=True)
+    rel_build = os.path.relpath(build, run.root)
+    timings: dict[str, float] = {}
+    print(f"ihc-denoise study: profile {run.prof.name}, data {data_label(run.data_dir)}, {len(book)} notebooks")
     for i, nb in enumerate(book, 1):
         out = build / "notebooks" / nb.name
         print(f"[{i}/{len(book)}] {nb.name} ...", end=" ", flush=True)
-        params = {"profile": profile, "data_dir": data_dir, "reports_dir": rel_build,
-                  "runs_dir": os.path.relpath(runs_path, root)}
+        params = {"profile": run.prof.name, "data_dir": run.data_dir, "reports_dir": rel_build,
+                  "runs_dir": os.path.relpath(run.runs_path, run.root)}
         try:
-            timings[nb.name] = _execute(nb, out, params, root, runs_path / "kernels.log")
+            timings[nb.name] = _execute(nb, out, params, run.root, run.runs_path / "kernels.log")
         except Exception as exc:  # papermill raises its own error types plus kernel failures
-            failed = runs_path / "failed"
-            failed.mkdir(parents=True, exist_ok=True)
-            kept = failed / nb.name
-            if out.exists():
-                shutil.copy(out, kept)
-                clean_notebook(kept, root, {rel_build: reports})
-                reason = _error_of(kept)
-            else:
-                reason = f"{type(exc).__name__}: {exc}"
-            print("FAILED")
-            print(f"error in {nb.name}: {reason}", file=sys.stderr)
-            if out.exists():
-                print(f"the executed notebook is kept for inspection: {os.path.relpath(kept, root)}", file=sys.stderr)
-            print(f"{reports} was left as it was.", file=sys.stderr)
-            return 1
-        clean_notebook(out, root, {rel_build: reports})
+            _report_failure(nb, out, exc, run, rel_build)
+            return None
+        clean_notebook(out, run.root, {rel_build: run.reports})
         print(f"done in {timings[nb.name]:.1f} s", flush=True)
+    return timings
 
-    def machine() -> dict:
-        with _stderr_to(runs_path / "kernels.log"):  # importing TensorFlow prints its start-up lines
-            return machine_info()
 
-    new = _files(build)
-    ours = _written_by_pipeline(reports_dir, new)
-    old = _files(reports_dir)
-    carried_ours = (ours - new) if partial else set()  # a partial run keeps the other notebooks' outputs
+def _report_failure(nb: Path, out: Path, exc: Exception, run: _Run, rel_build: str) -> None:
+    """Keep the failing executed notebook in ``runs/failed/`` and print its error."""
+    failed = run.runs_path / "failed"
+    failed.mkdir(parents=True, exist_ok=True)
+    kept = failed / nb.name
+    if out.exists():
+        shutil.copy(out, kept)
+        clean_notebook(kept, run.root, {rel_build: run.reports})
+        reason = _error_of(kept)
+    else:
+        reason = f"{type(exc).__name__}: {exc}"
+    print("FAILED")
+    print(f"error in {nb.name}: {reason}", file=sys.stderr)
+    if out.exists():
+        print(f"the executed notebook is kept for inspection: {os.path.relpath(kept, run.root)}", file=sys.stderr)
+    print(f"{run.reports} was left as it was.", file=sys.stderr)
+
+
+def _carry_over(build: Path, new: set[str], run: _Run) -> tuple[list[tuple[str, str]], set[str]]:
+    """(source, destination) of the files in ``reports/`` to copy into the new folder (the user's,
+    renamed when the study now writes that name; a partial run's other outputs), and the latter."""
+    ours = _written_by_pipeline(run.reports_dir, new)
+    old = _files(run.reports_dir)
+    carried_ours = (ours - new) if run.partial else set()  # a partial run keeps the other notebooks' outputs
     users = sorted(old - ours)
     taken = new | carried_ours | set(users) | {MANIFEST}
     moves: list[tuple[str, str]] = []
@@ -222,32 +297,44 @@ def _run_into(build: Path, book: list[Path], prof, profile: str, data_dir: str |
         if rel in new or rel == MANIFEST:
             dest = _free_name(rel, taken)
             taken.add(dest)
-            print(f"kept your {reports}/{rel} as {reports}/{dest} (the study writes {rel})")
+            print(f"kept your {run.reports}/{rel} as {run.reports}/{dest} (the study writes {rel})")
         moves.append((rel, dest))
-    moves += [(rel, rel) for rel in sorted(carried_ours)]
+    return moves + [(rel, rel) for rel in sorted(carried_ours)], carried_ours
 
-    manifest = {
-        "profile": asdict(prof),
-        "seed": prof.seed,
-        "data": data_label(data_dir),
+
+def _manifest(run: _Run, timings: dict[str, float], total_s: float, files: list[str], build: Path) -> dict:
+    """What made these reports: profile, data, commit (and whether it was dirty), machine (CPU
+    model and signature: the key of byte-identical results), versions, the tolerances results
+    are held to on another CPU, and the timings, which are kept out of the result tables."""
+    with _stderr_to(run.runs_path / "kernels.log"):  # importing TensorFlow prints its start-up lines
+        machine = machine_info()
+    return {
+        "profile": asdict(run.prof),
+        "seed": run.prof.seed,
+        "data": data_label(run.data_dir),
         "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "wall_time_s": {k: round(v, 1) for k, v in timings.items()},
-        "total_wall_time_s": round(time.perf_counter() - started, 1),
-        "git_commit": git_commit(root),
-        "machine": machine(),
+        "git_commit": run.commit,
+        "dirty": run.commit.endswith("+dirty"),
+        "allow_dirty": run.allow_dirty,
+        "machine": machine,
         "packages": package_versions(),
+        "reproducibility": reproducibility_statement(),
+        "wall_time_s": {k: round(v, 1) for k, v in timings.items()},
+        "total_wall_time_s": round(total_s, 1),
+        "timings": _timing_rows(build),
         # what the pipeline wrote: the next run replaces these and carries over anything else
-        "files": sorted(new | carried_ours | {MANIFEST}),
+        "files": files,
     }
-    write_json(build / MANIFEST, manifest)
-    for rel, dest in moves:  # copies: the old folder stays whole until the swap
-        target = build / dest
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(reports_dir / rel, target, follow_symlinks=False)
-    _swap_in(build, reports_dir)
-    print(f"done: {reports}/ regenerated in {manifest['total_wall_time_s'] / 60:.1f} min "
-          f"(figures/, tables/, notebooks/, manifest.json)")
-    return 0
+
+
+def _timing_rows(build: Path) -> list[dict]:
+    """``tables/timings.csv`` (training and inference times per model) as JSON rows, if written."""
+    path = build / "tables" / "timings.csv"
+    if not path.exists():
+        return []
+    import pandas as pd
+
+    return json.loads(pd.read_csv(path).to_json(orient="records"))
 
 
 def make_nbval_refs(dest: str, root: Path | None = None) -> int:
@@ -280,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default=None, help="where trained models are kept (default: runs/)")
     parser.add_argument("--only", nargs="*", help="run only notebooks whose name starts with these prefixes")
     parser.add_argument("--nbval-refs", metavar="DIR", help="write smoke-profile reference notebooks for nbval")
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="write reports although the checkout has uncommitted changes (the manifest says so)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the kernels inherit it: no TF C++ log lines
     from .cli import sigterm_raises
@@ -289,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.nbval_refs:
                 return make_nbval_refs(_from_cwd(args.nbval_refs))
             data_dir = _from_cwd(args.data_dir or os.environ.get("IHC_DATA_DIR") or None)
-            return run_study(args.profile, data_dir, _from_cwd(args.reports), _from_cwd(args.runs), only=args.only)
+            return run_study(args.profile, data_dir, _from_cwd(args.reports), _from_cwd(args.runs), only=args.only,
+                             allow_dirty=args.allow_dirty)
     except KeyboardInterrupt:
         print("\npipeline: interrupted; reports/ was left as it was", file=sys.stderr)
         return 130

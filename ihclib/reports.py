@@ -7,6 +7,7 @@ running a notebook by hand never touches the committed ``reports/``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -111,17 +112,32 @@ def git_commit(root: Path | None = None) -> str:
         return "unknown"
 
 
-def machine_info() -> dict:
-    """CPU model, cores and visible GPUs, for the manifest and the benchmark."""
-    cpu = platform.processor() or ""
+def cpu_info() -> dict:
+    """The CPU's model name and signature: vendor, family, model, stepping and a digest of its
+    feature flags. oneDNN and numpy pick kernels by these, so the signature says whether two
+    machines should give bit-identical results (``ihclib.verify``)."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("vendor_id", "cpu family", "model", "model name", "stepping", "flags") and key not in fields:
+                fields[key] = value.strip()
+            if not line.strip() and fields:
+                break  # the first processor is enough
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(terse=True)}
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    flags = hashlib.sha256(" ".join(sorted(fields.get("flags", "").split())).encode()).hexdigest()[:12]
+    signature = " ".join([fields.get("vendor_id", platform.machine()), f"family {fields.get('cpu family', '?')}",
+                          f"model {fields.get('model', '?')}", f"stepping {fields.get('stepping', '?')}",
+                          f"flags {flags}"])
+    return {"cpu": name, "cpu_signature": signature}
+
+
+def machine_info() -> dict:
+    """CPU model and signature, cores and visible GPUs, for the manifest and the benchmark."""
+    info = {**cpu_info(), "cores": os.cpu_count(), "platform": platform.platform(terse=True)}
     try:
         import tensorflow as tf
 

@@ -53,7 +53,8 @@ def trained_model(model_name: str, ds: TileDataset, profile: Profile, runs: str 
                   retrain: bool = False, seed: int | None = None, verbose: int = 2) -> TrainedModel:
     """The model ``model_name`` trained under ``profile`` on ``ds``: loaded if a fitting run exists
     (and ``retrain`` is false), else trained now (``verbose=2``: one line per epoch)."""
-    from .train import load_model, train
+    from .model import load_model
+    from .train import train
 
     seed = profile.seed if seed is None else seed
     out = run_dir(runs, profile, model_name)

@@ -10,14 +10,11 @@ scored on the same noisy tiles.
 
 from __future__ import annotations
 
-import os
-
-
 import json
 import math
+import os
 import shutil
 import time
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -28,10 +25,12 @@ import pandas as pd
 import tensorflow as tf
 
 from .data import TileDataset
-from .images import atomic_write
-from .model import DESCRIPTIONS, INPUT_MULTIPLE, MODELS, build_model, count_flops, count_params
+from .determinism import pin_training_threads
+from .images import atomic_write_text
+from .model import MODELS, build_model, count_flops, save_model
 from .noise import NoiseSpec, apply_noise
 from .profiles import Profile
+from .registry import DESCRIPTIONS, INPUT_MULTIPLE
 
 HISTORY_COLUMNS = ["accuracy", "loss", "val_accuracy", "val_loss"]
 
@@ -185,10 +184,12 @@ def default_strategy() -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
 
 
-def set_determinism(seed: int) -> None:
-    """Seed Python, numpy, TF and Keras, and make TF ops deterministic (process-wide)."""
+def set_determinism(seed: int) -> dict:
+    """Seed Python, numpy, TF and Keras, make TF ops deterministic and pin the intra-op threads
+    (process-wide; see :mod:`ihclib.determinism`); returns the thread settings in effect."""
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
+    return pin_training_threads()
 
 
 FINGERPRINT_FILE = "fingerprint.json"
@@ -234,7 +235,7 @@ def _discard_other_run(out: Path, fingerprint: dict) -> None:
         shutil.rmtree(backup)
         for name in ("log.csv", "best.weights.h5"):
             (out / name).unlink(missing_ok=True)
-    _write_text(out / FINGERPRINT_FILE, json.dumps(fingerprint, indent=2) + "\n")
+    atomic_write_text(out / FINGERPRINT_FILE, json.dumps(fingerprint, indent=2) + "\n")
 
 
 @dataclass
@@ -259,6 +260,29 @@ class TrainResult:
         return self.history.loc[self.history.val_loss.idxmin()]
 
 
+@dataclass
+class _Data:
+    """The tf.data inputs of one run and what the sidecar says about them."""
+
+    train: tf.data.Dataset
+    val: tf.data.Dataset
+    steps: int
+    augmentation: Augmentation
+    sources: dict[str, int]  # training tiles per source
+
+
+@dataclass
+class _Resume:
+    """Where the run's callbacks write, and how far an interrupted run had come."""
+
+    log_path: Path
+    best_path: Path
+    backup_dir: Path
+    resuming: bool
+    epochs_before: int
+    threshold: float | None  # best val_loss before the interruption
+
+
 def train(
     model_name: str,
     dataset: TileDataset,
@@ -272,39 +296,66 @@ def train(
 ) -> TrainResult:
     """Train one registry model on ``dataset``'s training tiles and save it in ``out_dir``.
 
-    Loss MSE, Adam(profile.learning_rate), and ``metrics=["accuracy"]`` kept because the paper
-    reports it (Table 1). In Keras 3 "accuracy" on a 3-channel regression output resolves to
-    CategoricalAccuracy: per pixel, whether the brightest RGB channel of the prediction is the
-    brightest of the target, averaged over pixels. It says little about restoration quality
-    (a grey image scores by chance, a dim copy scores 1); PSNR/SSIM in ``ihclib.metrics`` do.
+    Parameters
+    ----------
+    model_name, dataset : a key of ``ihclib.model.MODELS``; tiles of ``profile.tile_size``.
+    profile : batch, epochs, steps, learning rate, noise and augmentation.
+    out_dir : gets ``<model>.keras`` + ``<model>.json`` (best weights, sidecar), ``history.csv``
+        (Table 1 format), ``log.csv``, ``fingerprint.json``; an earlier run there is replaced.
+    strategy : places the model (default :func:`default_strategy`); ``profile.batch_size`` is
+        the global batch, split across replicas.
+    seed : seeds everything (default ``profile.seed``); the validation noise always uses
+        ``profile.seed``, the same for every model and seed.
+    early_stopping, verbose : stop after ``profile.early_stopping_patience`` epochs without
+        progress; Keras progress output.
+    callbacks : run after the project's own: BackupAndRestore (``backup/``: the same call after
+        an interruption resumes at the last finished epoch), CSVLogger, best-weights checkpoint.
 
-    Callbacks: Keras progress bar (``verbose``), CSVLogger (``log.csv``), ModelCheckpoint of the
-    best val_loss weights (``best.weights.h5``, removed once the model is saved),
-    BackupAndRestore (``backup/``: rerun the same call after an interruption and it resumes at
-    the last finished epoch), EarlyStopping if asked (patience
-    ``profile.early_stopping_patience``), then any extra ``callbacks``. Outputs in ``out_dir``:
-    ``<model>.keras`` + ``<model>.json`` (best weights, sidecar), ``history.csv`` (Table 1
-    format), ``log.csv``. Files of an earlier run in the same ``out_dir`` are replaced.
+    Returns
+    -------
+    TrainResult : the model with its lowest-val_loss weights, the history, the paths written.
 
-    Determinism: seeds everything from ``seed`` (default ``profile.seed``) and enables TF op
-    determinism for the process, so two runs with the same seed give the same history (a
-    resumed run restarts the data stream, so it is not bit-identical to an uninterrupted one).
-    The validation noise is drawn with ``profile.seed``, the same for every model and seed.
-    ``strategy`` (default :func:`default_strategy`) places the model; ``profile.batch_size`` is
-    the global batch, split across replicas.
+    Notes
+    -----
+    Loss MSE, Adam, and the paper's Keras "accuracy" (Table 1). Same seed, same CPU model:
+    bit-identical weights (op determinism, one intra-op thread: :mod:`ihclib.determinism`;
+    the sidecar's ``training.threads`` says whether it held; a resumed run is not).
     """
+    _check_arguments(model_name, dataset, profile)
+    seed, out = profile.seed if seed is None else int(seed), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _discard_other_run(out, run_fingerprint(model_name, dataset, profile, seed))
+    threads = set_determinism(seed)
+    strategy = strategy or default_strategy()
+    data = _make_inputs(dataset, profile, seed)
+    with strategy.scope():
+        model = build_model(model_name, None)  # any input size: the saved model tiles freely
+        model.compile(optimizer=keras.optimizers.Adam(profile.learning_rate), loss="mse", metrics=["accuracy"])
+    resume = _resume_state(out)
+    wall = _fit(model, data, profile, _callbacks(resume, profile, early_stopping, callbacks), verbose)
+    history = _finish_history(model, resume, out)
+    tiles_per_s = max(1, len(history) - resume.epochs_before) * data.steps * profile.batch_size / wall
+    sidecar = training_sidecar(model_name, dataset, profile, seed, history, data, {
+        "early_stopping": early_stopping, "resumed": resume.resuming, "wall_time_s": round(wall, 2),
+        "tiles_per_s": round(tiles_per_s, 2), "replicas": strategy.num_replicas_in_sync,
+        "flops_per_tile": count_flops(model, dataset.tile_size), "threads": threads})
+    model_path = out / f"{model_name}.keras"
+    sidecar = save_model(model, model_path, sidecar)
+    resume.best_path.unlink(missing_ok=True)  # its weights are in the saved model now
+    return TrainResult(model_name, model, history, out, model_path, model_path.with_suffix(".json"),
+                       out / "history.csv", resume.log_path, wall, tiles_per_s, sidecar)
+
+
+def _check_arguments(model_name: str, dataset: TileDataset, profile: Profile) -> None:
     if model_name not in MODELS:
         raise ValueError(f"unknown model {model_name!r}; choose from {', '.join(MODELS)}")
     if dataset.tile_size != profile.tile_size:
         raise ValueError(f"dataset tiles are {dataset.tile_size}px but profile {profile.name!r} wants {profile.tile_size}px")
-    seed = profile.seed if seed is None else int(seed)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _discard_other_run(out, run_fingerprint(model_name, dataset, profile, seed))
-    set_determinism(seed)
-    strategy = strategy or default_strategy()
 
-    train_groups = dataset.load_by_category("train")  # sources drawn equally often
+
+def _make_inputs(dataset: TileDataset, profile: Profile, seed: int) -> _Data:
+    """The endless training stream (sources drawn equally often) and the fixed validation pairs."""
+    train_groups = dataset.load_by_category("train")
     n_train = sum(len(t) for t in train_groups.values())
     val_clean = dataset.load("val")
     if n_train == 0 or len(val_clean) == 0:
@@ -313,13 +364,14 @@ def train(
     train_ds = make_train_pipeline(train_groups, profile.batch_size, seed, profile.train_amount_range, profile.noise,
                                    augment=augmentation)
     val_noisy = make_val_pairs(val_clean, profile.noise, profile.seed)
-    val_ds = tf.data.Dataset.from_tensor_slices((val_noisy, val_clean)).batch(profile.batch_size).with_options(_data_options())
+    val_ds = (tf.data.Dataset.from_tensor_slices((val_noisy, val_clean)).batch(profile.batch_size)
+              .with_options(_data_options()))
     steps = profile.steps_per_epoch or math.ceil(n_train / profile.batch_size)
+    return _Data(train_ds, val_ds, steps, augmentation, {k: len(v) for k, v in train_groups.items()})
 
-    with strategy.scope():
-        model = build_model(model_name, None)  # any input size: the saved model tiles freely
-        model.compile(optimizer=keras.optimizers.Adam(profile.learning_rate), loss="mse", metrics=["accuracy"])
 
+def _resume_state(out: Path) -> _Resume:
+    """An interrupted run (``backup/`` not empty) resumes; a finished one's log starts afresh."""
     log_path, best_path, backup_dir = out / "log.csv", out / "best.weights.h5", out / "backup"
     resuming = backup_dir.exists() and any(backup_dir.iterdir())
     threshold, epochs_before = None, 0
@@ -328,34 +380,49 @@ def train(
         epochs_before = len(done)
         threshold = float(done.val_loss.min()) if len(done) else None
     elif log_path.exists():
-        log_path.unlink()  # a finished earlier run: start its log afresh
-    extra = list(callbacks or [])
+        log_path.unlink()
+    return _Resume(log_path, best_path, backup_dir, resuming, epochs_before, threshold)
+
+
+def _callbacks(resume: _Resume, profile: Profile, early_stopping: bool,
+               extra: list[keras.callbacks.Callback] | None) -> list[keras.callbacks.Callback]:
+    """Backup for resuming, the CSV log, the best-weights checkpoint, early stopping if asked, then ``extra``."""
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(backup_dir)),
-        keras.callbacks.CSVLogger(str(log_path), append=resuming),
-        keras.callbacks.ModelCheckpoint(str(best_path), monitor="val_loss", mode="min", save_best_only=True,
-                                        save_weights_only=True, initial_value_threshold=threshold),
+        keras.callbacks.BackupAndRestore(str(resume.backup_dir)),
+        keras.callbacks.CSVLogger(str(resume.log_path), append=resume.resuming),
+        keras.callbacks.ModelCheckpoint(str(resume.best_path), monitor="val_loss", mode="min", save_best_only=True,
+                                        save_weights_only=True, initial_value_threshold=resume.threshold),
     ]
     if early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=profile.early_stopping_patience))
-    callbacks += extra
+    return callbacks + list(extra or [])
 
+
+def _fit(model: keras.Model, data: _Data, profile: Profile, callbacks: list, verbose: int) -> float:
+    """``model.fit``; returns its wall time in seconds."""
     start = time.perf_counter()
-    model.fit(train_ds, validation_data=val_ds, epochs=profile.epochs, steps_per_epoch=steps,
+    model.fit(data.train, validation_data=data.val, epochs=profile.epochs, steps_per_epoch=data.steps,
               callbacks=callbacks, verbose=verbose, shuffle=False)  # the pipeline shuffles
-    wall = time.perf_counter() - start
+    return time.perf_counter() - start
 
-    # the CSV log holds every epoch, also those before a resume (fit's History would not)
-    log = pd.read_csv(log_path)
-    history = log.set_index("epoch")[HISTORY_COLUMNS]
-    tiles_per_s = max(1, len(history) - epochs_before) * steps * profile.batch_size / wall
-    if best_path.exists():
-        model.load_weights(best_path)
-    history_path = out / "history.csv"
-    _write_text(history_path, history.to_csv())
 
+def _finish_history(model: keras.Model, resume: _Resume, out: Path) -> pd.DataFrame:
+    """Load the best weights and write ``history.csv`` from the CSV log, which holds every epoch,
+    also those before a resume (fit's History would not)."""
+    history = pd.read_csv(resume.log_path).set_index("epoch")[HISTORY_COLUMNS]
+    if resume.best_path.exists():
+        model.load_weights(resume.best_path)
+    atomic_write_text(out / "history.csv", history.to_csv())
+    return history
+
+
+def training_sidecar(model_name: str, dataset: TileDataset, profile: Profile, seed: int, history: pd.DataFrame,
+                     data: _Data, training: dict) -> dict:
+    """What a saved model's JSON sidecar says about its training: architecture, profile, noise,
+    augmentation, data, seed, the best and last epochs' metrics and ``training`` (how it ran:
+    budget, wall time, tiles/s, replicas, threads)."""
     best = history.loc[history.val_loss.idxmin()]
-    sidecar = {
+    return {
         "architecture": model_name,
         "description": DESCRIPTIONS[model_name],
         "input_multiple": INPUT_MULTIPLE[model_name],
@@ -364,8 +431,7 @@ def train(
         "noise": {
             "train": {**profile.noise.to_dict(), "amount_range": list(profile.train_amount_range),
                       "note": "amount drawn per tile, fresh every epoch",
-                      "augmentation": augmentation.to_dict(),
-                      "sources": {k: len(v) for k, v in train_groups.items()}},
+                      "augmentation": data.augmentation.to_dict(), "sources": data.sources},
             "validation": profile.noise.to_dict(),
         },
         "data": dataset.describe(),
@@ -375,79 +441,6 @@ def train(
             **{k: float(best[k]) for k in HISTORY_COLUMNS},
             "last_epoch": {k: float(history.iloc[-1][k]) for k in HISTORY_COLUMNS},
         },
-        "training": {
-            "epochs_run": len(history),
-            "steps_per_epoch": steps,
-            "batch_size": profile.batch_size,
-            "early_stopping": early_stopping,
-            "resumed": resuming,
-            "wall_time_s": round(wall, 2),
-            "tiles_per_s": round(tiles_per_s, 2),
-            "replicas": strategy.num_replicas_in_sync,
-            "flops_per_tile": count_flops(model, dataset.tile_size),
-        },
+        "training": {"epochs_run": len(history), "steps_per_epoch": data.steps, "batch_size": profile.batch_size,
+                     **training},
     }
-    model_path = out / f"{model_name}.keras"
-    sidecar = save_model(model, model_path, sidecar)
-    best_path.unlink(missing_ok=True)  # its weights are in the saved model now
-    return TrainResult(model_name, model, history, out, model_path, model_path.with_suffix(".json"),
-                       history_path, log_path, wall, tiles_per_s, sidecar)
-
-
-# ---------------------------------------------------------------- saving
-
-
-def versions() -> dict[str, str]:
-    """Versions of the libraries a saved model depends on."""
-    from . import __version__
-
-    return {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__, "ihclib": __version__}
-
-
-def _write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def save_model(model: keras.Model, path: str | os.PathLike, sidecar: dict) -> dict:
-    """Write ``path`` (.keras, weights without optimizer state) and its JSON sidecar (same stem),
-    each via a temp file + os.replace.
-
-    The sidecar gets ``params`` (total/trainable/non-trainable), ``versions`` and ``file`` added;
-    the completed sidecar is returned.
-    """
-    path = Path(path)
-    if path.suffix != ".keras":
-        raise ValueError(f"{path}: a model file must end in .keras")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    full = {**sidecar, "params": count_params(model), "versions": versions(), "file": path.name}
-    # an uncompiled copy: the file holds architecture + weights only, not Adam's two extra copies
-    # of every weight (213 MB instead of 71 MB for the paper's network)
-    # (rebuilt from get_config, which has no compile_config: clone_model and model_from_json
-    # would compile the copy and build the optimizer again)
-    bare = type(model).from_config(model.get_config())
-    bare.set_weights(model.get_weights())
-    atomic_write(path, bare.save, suffix=".tmp.keras")  # Keras insists on the suffix
-    _write_text(path.with_suffix(".json"), json.dumps(full, indent=2, default=str) + "\n")
-    return full
-
-
-def load_model(path: str | os.PathLike) -> tuple[keras.Model, dict]:
-    """Load a .keras model with ``safe_mode=True`` (uncompiled) and its sidecar ({} if none)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such model file")
-    if not zipfile.is_zipfile(path):  # Keras would say "File not found" for a file that is there
-        raise ValueError(f"{path}: not a Keras model file (a .keras file is a zip archive; this one is not)")
-    try:
-        model = keras.saving.load_model(path, safe_mode=True, compile=False)
-    except Exception as exc:  # zip, JSON or deserialisation errors: one line naming the file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: not a loadable Keras model ({reason})") from None
-    side = path.with_suffix(".json")
-    try:
-        sidecar = json.loads(side.read_text()) if side.is_file() else {}
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both are
-        raise ValueError(f"{side}: the model's sidecar is not valid JSON ({exc}); fix or delete it") from None
-    if not isinstance(sidecar, dict):
-        raise ValueError(f"{side}: the model's sidecar is not a JSON object; fix or delete it")
-    return model, sidecar

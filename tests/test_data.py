@@ -8,7 +8,7 @@ from PIL import Image
 
 from ihclib import data as data_mod
 from ihclib.cli import main
-from ihclib.data import (PROJECT_DATA, DataError, default_image, make_dataset, resolve_data_dir, scan_folder,
+from ihclib.data import (PROJECT_DATA, default_image, make_dataset, resolve_data_dir, scan_folder,
                          tissue_fraction)
 from ihclib.images import ImageError, from_float, load_image, save_image
 
@@ -161,9 +161,9 @@ def test_image_smaller_than_tile_is_bad(tmp_path):
 
 
 def test_empty_folder_and_missing_folder(tmp_path):
-    with pytest.raises(DataError, match="no image files"):
+    with pytest.raises(ImageError, match="no image files"):
         make_dataset(tmp_path)
-    with pytest.raises(DataError, match="no such folder"):
+    with pytest.raises(ImageError, match="no such folder"):
         make_dataset(tmp_path / "nope")
 
 
@@ -179,7 +179,7 @@ def test_bad_file_stops_dataset_unless_skipped(tmp_path):
 
 def test_single_image_too_small_for_region_split(tmp_path):
     _write(tmp_path / "one.png", 64, 64)
-    with pytest.raises(DataError, match="need 3"):
+    with pytest.raises(ImageError, match="need 3"):
         make_dataset(tmp_path, tile_size=64)
 
 
@@ -289,7 +289,7 @@ def test_without_splits_json_nothing_changes(tmp_path):
 def test_bad_splits_json_is_one_line_naming_the_file(tmp_path, content, reason):
     _sources(tmp_path, {"a": 1, "b": 1})
     _splits(tmp_path, content)
-    with pytest.raises(DataError) as err:
+    with pytest.raises(ImageError) as err:
         make_dataset(tmp_path, tile_size=32)
     msg = str(err.value)
     assert "splits.json" in msg and reason in msg and "\n" not in msg

@@ -3,8 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from ihclib.metrics import (METRICS, mean_ci, paper_accuracy, per_image_metrics, psnr, ssim,
-                            summarise)
+from ihclib.metrics import mean_ci, paper_accuracy, psnr, ssim, summarise
 from ihclib.noise import salt_and_pepper
 
 
@@ -60,15 +59,6 @@ def test_keras_accuracy_string_resolves_to_categorical_accuracy(rng):
     y = rng.random((2, 8, 8, 3)).astype(np.float32)
     reported = model.evaluate(x, y, verbose=0, return_dict=True)["accuracy"]
     assert reported == pytest.approx(paper_accuracy(y, model.predict(x, verbose=0)), abs=1e-6)
-
-
-def test_per_image_metrics_one_row_per_image(ihc_crop):
-    clean = np.stack([ihc_crop[:32, :32], ihc_crop[32:64, :32]])
-    noisy = np.stack([salt_and_pepper(c, 0.1, np.random.default_rng(i)) for i, c in enumerate(clean)])
-    df = per_image_metrics(clean, noisy)
-    assert list(df.columns) == ["image", *METRICS]
-    assert len(df) == 2
-    assert df.psnr.iloc[0] == pytest.approx(psnr(clean[0], noisy[0]))
 
 
 def test_ci_contains_mean_and_narrows(rng):

@@ -6,18 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from ihclib.model import (
-    INPUT_MULTIPLE,
-    MODELS,
-    build_model,
-    build_paper_model,
-    compare_with_paper,
-    count_flops,
-    count_params,
-    paper_figure3,
-    summary_table,
-)
-from ihclib.train import load_model, save_model
+from ihclib.architectures import compare_with_paper, paper_figure3, summary_table
+from ihclib.model import INPUT_MULTIPLE, MODELS, build_model, build_paper_model, count_flops, count_params
+from ihclib.model import load_model, save_model
 
 # the conv / transposed-conv parameter counts the paper lists, in order
 PAPER_CONV_PARAMS = [1792, 73856, 295168, 1180160, 6554112, 6554112, 2359552, 589952, 147520, 3459, 75]

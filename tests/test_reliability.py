@@ -592,7 +592,7 @@ def test_13_tensorflow_start_up_lines_are_silenced():
 
 
 def test_13_model_names_listed_without_keras_match_the_registry():
-    from ihclib.commands.train import MODEL_NAMES
+    from ihclib.registry import MODEL_NAMES
     from ihclib.model import MODELS
 
     assert tuple(MODELS) == MODEL_NAMES

@@ -100,3 +100,32 @@ def test_unknown_profile_fails_before_running(tmp_path):
     _project(tmp_path)
     with pytest.raises(ValueError, match="unknown profile|profile"):
         pipeline.run_study("huge", root=tmp_path)
+
+
+def _git(root: Path, *args: str) -> None:
+    import subprocess
+
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args], cwd=root, check=True,
+                   capture_output=True)
+
+
+def test_dirty_tree_is_refused_unless_allowed(tmp_path, capsys):
+    # issue 12, point 7: reports only from a clean commit, or said so in the manifest
+    _project(tmp_path)
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", "notebooks")
+    _git(tmp_path, "commit", "-q", "-m", "study")
+    assert pipeline.run_study("smoke", root=tmp_path, runs=str(tmp_path / "runs")) == 0
+    manifest = json.loads((tmp_path / "reports" / "manifest.json").read_text())
+    assert manifest["dirty"] is False and not manifest["git_commit"].endswith("+dirty")
+    assert manifest["machine"]["cpu_signature"] and manifest["reproducibility"]["other_cpu"]["psnr"]["abs"] == 0.2
+    before = (tmp_path / "reports" / "manifest.json").read_bytes()
+    (tmp_path / "notebooks" / "01_step.ipynb").write_text((tmp_path / "notebooks" / "01_step.ipynb").read_text() + " ")
+    assert pipeline.run_study("smoke", root=tmp_path, runs=str(tmp_path / "runs")) == 2
+    assert "uncommitted changes" in capsys.readouterr().err
+    assert (tmp_path / "reports" / "manifest.json").read_bytes() == before  # nothing was written
+    with pytest.raises(ValueError, match="unknown profile"):  # the command line takes the flag
+        pipeline.main(["--profile", "huge", "--allow-dirty"])
+    assert pipeline.run_study("smoke", root=tmp_path, runs=str(tmp_path / "runs"), allow_dirty=True) == 0
+    manifest = json.loads((tmp_path / "reports" / "manifest.json").read_text())
+    assert manifest["dirty"] is True and manifest["allow_dirty"] is True and manifest["git_commit"].endswith("+dirty")

@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="tiles per model call")
     p.add_argument("--backend", default=None, choices=["auto", "keras", "openvino", "onnxruntime"],
                    help="inference runtime (default: $IHCLIB_BACKEND, else keras)")
-    p.set_defaults(func=run, needs_tensorflow=True)
+    p.set_defaults(func=run, needs_tensorflow=True, lean_keras=True)
 
 
 def _outputs(args: argparse.Namespace) -> list[Path]:

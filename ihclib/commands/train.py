@@ -6,20 +6,30 @@ import argparse
 import sys
 from pathlib import Path
 
-# ihclib.model's registry, named here so that `ihclib --help` need not import Keras to list it
-# (tests/test_reliability.py checks that the two agree)
-MODEL_NAMES = ("paper_unet", "dncnn_residual", "switching_unet", "crosschannel_unet")
+from ..registry import MODEL_NAMES  # not ihclib.model: `ihclib --help` must not import Keras
+
+
+class _ProfileNames:
+    """The profiles' names for argparse's ``choices``, read from the study only when argparse
+    asks (this command's arguments or --help): registering the command imports nothing."""
+
+    def __iter__(self):
+        from ..profiles import PROFILES
+
+        return iter(PROFILES)
+
+    def __contains__(self, name: object) -> bool:
+        return name in list(self)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..profiles import PROFILES
-
     p = sub.add_parser("train", help="train denoising models (the paper's and the modified ones)",
                        description="Train registry models on clean tiles with salt-and-pepper noise made on the fly. "
                                    "Each model is written to OUT_DIR/<model>/: <model>.keras + .json sidecar, "
                                    "history.csv (Table 1 format), log.csv. Rerun the same command "
                                    "after an interruption to resume.")
-    p.add_argument("--profile", default="quick", choices=list(PROFILES), help="run size (default: quick)")
+    p.add_argument("--profile", default="quick", choices=_ProfileNames(), metavar="PROFILE",
+                   help="run size: %(choices)s (default: %(default)s)")
     p.add_argument("--model", action="append", choices=["all", *MODEL_NAMES], default=None,
                    help="model to train; repeat for several (default: all of the profile's models)")
     p.add_argument("--data-dir", default=None, help="folder of IHC images, or 'skimage' for the embedded image "
@@ -51,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--bundle installs one model: pass exactly one --model")
     out_root = Path(args.out_dir) if args.out_dir else Path("runs") / profile.name
 
-    from ..train import save_model, train  # TensorFlow loads here, after the arguments are checked
+    from ..model import save_model
+    from ..train import train  # TensorFlow loads here, after the arguments are checked
 
     dataset = profile.dataset(args.data_dir, skip_bad=args.skip_bad)
     counts = {s: len(dataset.split(s)) for s in ("train", "val", "test")}

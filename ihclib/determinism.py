@@ -1,0 +1,144 @@
+"""Bit-identical training on CPU: the thread setting it needs, a reproducer and what it costs.
+
+Why training was not reproducible (issue 16): with oneDNN, TensorFlow hands each op its
+intra-op thread pool through ``MklDnnThreadPool``, whose ``get_in_parallel()`` is true when the
+op happens to run on a thread of that pool; oneDNN then runs the op on one thread, otherwise on
+all of them. Which thread an op lands on is up to the scheduler, and the weight gradients of
+the paper network's thin layers (3 input or 3 output channels: the first convolution, the last
+transposed one and the 2x2 output convolution) are summed in a different order on one thread
+than on two, so runs drifted apart in the last bit after a few steps. Op determinism does not
+cover this. With one intra-op thread every op runs on one thread whatever the scheduler does,
+and the result no longer depends on the machine's core count either; independent ops still run
+in parallel on the inter-op threads. Inference is not affected (its forward pass is the same
+on any thread count), so only training pins the setting.
+
+``python -m ihclib.determinism check`` trains a model a few steps several times in one
+process and compares the weights bit for bit; ``speed`` measures training tiles/s with and
+without the pinned setting, each in a fresh process (thread settings are process-wide).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+
+TRAINING_INTRA_OP_THREADS = 1
+
+
+def pin_training_threads() -> dict:
+    """Give TensorFlow one intra-op thread, if it has not started yet; say what is in effect.
+
+    Returns ``{"intra_op": n, "inter_op": m, "deterministic": bool}`` (0 = TensorFlow's default,
+    one thread per core). Once TensorFlow has run an op the setting is fixed for the process:
+    then a warning says training may not be bit-reproducible, and the result says so.
+    """
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(TRAINING_INTRA_OP_THREADS)
+    except RuntimeError:  # the runtime is up: the setting can no longer change
+        pass
+    intra = tf.config.threading.get_intra_op_parallelism_threads()
+    deterministic = intra == TRAINING_INTRA_OP_THREADS or (intra == 0 and os.cpu_count() == 1)
+    if not deterministic:
+        warnings.warn(f"TensorFlow already runs with {intra or 'one per core'} intra-op threads: this training "
+                      "run may not be bit-reproducible (train in a fresh process, or call "
+                      "ihclib.determinism.pin_training_threads() before anything else uses TensorFlow)",
+                      stacklevel=2)
+    return {"intra_op": intra, "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+            "deterministic": deterministic}
+
+
+def weights_digest(model) -> str:
+    """SHA-256 of every weight of ``model``, in order (equal digests = bit-identical weights)."""
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()
+
+
+def train_steps(model_name: str, steps: int, tile_size: int, batch_size: int, seed: int = 0) -> tuple[str, float]:
+    """Train ``model_name`` ``steps`` steps on fixed random tiles as ``ihclib.train`` does
+    (seeded, op determinism, Adam, MSE); returns the weights' digest and the tiles/s of the
+    steps after the first (which traces the graph)."""
+    import keras
+    import tensorflow as tf
+
+    from .model import build_model
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    rng = np.random.default_rng(seed)
+    x = rng.random((steps * batch_size, tile_size, tile_size, 3), dtype=np.float32)
+    y = np.clip(x + 0.1, 0.0, 1.0).astype(np.float32)
+    model = build_model(model_name, None)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", metrics=["accuracy"])
+    model.train_on_batch(x[:batch_size], y[:batch_size])
+    start = time.perf_counter()
+    for i in range(1, steps):
+        model.train_on_batch(x[i * batch_size:(i + 1) * batch_size], y[i * batch_size:(i + 1) * batch_size])
+    rate = (steps - 1) * batch_size / max(time.perf_counter() - start, 1e-9)
+    return weights_digest(model), rate
+
+
+def speed(model_name: str = "paper_unet", tile_size: int = 64, batch_size: int = 16, steps: int = 12,
+          rounds: int = 2) -> dict:
+    """Training tiles/s with the pinned threads and with TensorFlow's default, each run in a
+    fresh process, alternating ``rounds`` times (the machine may be shared: compare the best).
+
+    Returns ``{"pinned": [...], "default": [...], "cost": 1 - best pinned / best default,
+    "load_1min": ...}``; what the benchmark (``benchmarks/bench.py``) can report.
+    """
+    out: dict = {"model": model_name, "tile_size": tile_size, "batch_size": batch_size, "steps": steps,
+                 "pinned": [], "default": []}
+    for _ in range(rounds):
+        for mode in ("pinned", "default"):
+            res = _run_self(["check", "--model", model_name, "--steps", str(steps), "--tile", str(tile_size),
+                             "--batch", str(batch_size), "--runs", "1", "--threads", mode])
+            out[mode].append(round(res["tiles_per_s"][0], 3))
+    out["cost"] = round(1.0 - max(out["pinned"]) / max(out["default"]), 3)
+    out["load_1min"] = round(os.getloadavg()[0], 2)
+    return out
+
+
+def _run_self(args: list[str]) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
+    proc = subprocess.run([sys.executable, "-m", "ihclib.determinism", *args], capture_output=True, text=True,
+                          env=env, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``check``: train ``--runs`` times, print the digests as JSON (exit 1 if they differ);
+    ``speed``: the cost of the pinned threads, as JSON."""
+    p = argparse.ArgumentParser(prog="python -m ihclib.determinism", description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=["check", "speed"])
+    p.add_argument("--model", default="paper_unet")
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--tile", type=int, default=64)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--runs", type=int, default=2)
+    p.add_argument("--threads", choices=["pinned", "default"], default="pinned",
+                   help="pinned: one intra-op thread, as ihclib.train trains; default: TensorFlow's")
+    a = p.parse_args(argv)
+    if a.what == "speed":
+        print(json.dumps(speed(a.model, a.tile, a.batch, a.steps)))
+        return 0
+    threads = pin_training_threads() if a.threads == "pinned" else None
+    runs = [train_steps(a.model, a.steps, a.tile, a.batch) for _ in range(a.runs)]
+    digests = [d for d, _ in runs]
+    print(json.dumps({"model": a.model, "threads": threads or "default", "digests": digests,
+                      "tiles_per_s": [r for _, r in runs], "identical": len(set(digests)) == 1}))
+    return 0 if len(set(digests)) == 1 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+"""What the tool knows about its registry models without importing Keras: names, what each
+input side must be a multiple of, and one line each. ``ihclib.model`` builds them and checks
+at import that it builds exactly these; ``ihclib --help`` and the profiles read them from here."""
+
+from __future__ import annotations
+
+MODEL_NAMES = ("paper_unet", "dncnn_residual", "switching_unet", "crosschannel_unet")
+
+# height and width of an input must be multiples of this (2 ** number of stride-2 stages)
+INPUT_MULTIPLE = {"paper_unet": 32, "dncnn_residual": 1, "switching_unet": 4, "crosschannel_unet": 4}
+
+# for inputs of unknown models (no sidecar): the strictest registry constraint
+STRICTEST_MULTIPLE = max(INPUT_MULTIPLE.values())
+
+DESCRIPTIONS = {
+    "paper_unet": "the paper's encoder-decoder (Figure 3)",
+    "dncnn_residual": "full-resolution residual CNN predicting the noise (DnCNN-style)",
+    "switching_unet": "small U-Net with a switching head: m*f + (1-m)*input",
+    "crosschannel_unet": "U-Net refining the cross-channel switching filter; unflagged values pass exactly",
+}
