@@ -229,5 +229,3 @@ def headline_table(
     table = table.reindex(order)
     table.columns.name = f"{metric} / {noise or 'noise'} amount"
     return table
-
-
