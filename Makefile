@@ -26,7 +26,7 @@ REPORTS = $(if $(filter quick,$(PROFILE)),reports,reports/$(PROFILE))
 
 # reports come from a clean commit; ALLOW_DIRTY=1 writes them anyway (the manifest says so)
 reproduce: setup
-	$(PY) -m ihclib.pipeline --profile $(PROFILE) --reports $(REPORTS) $(if $(DATA),--data-dir $(DATA)) $(if $(ALLOW_DIRTY),--allow-dirty)
+	$(PY) -m ihclib.runner.pipeline --profile $(PROFILE) --reports $(REPORTS) $(if $(DATA),--data-dir $(DATA)) $(if $(ALLOW_DIRTY),--allow-dirty)
 
 # every committed report: quick (reports/), long and paper (about 55 minutes on 2 CPU cores)
 reproduce-all: setup
@@ -38,15 +38,15 @@ reproduce-all: setup
 # folder and compares every result table with the committed one (reports/smoke/, reports/):
 # byte-identical on the CPU that made them, within the manifest's tolerances on another.
 verify: setup
-	$(PY) -m ihclib.verify --profile smoke $(if $(QUICK),--profile quick)
+	$(PY) -m ihclib.runner.verify --profile smoke $(if $(QUICK),--profile quick)
 
 # The notebooks run under nbval against stored smoke-profile outputs (tests/notebooks/);
 # IHC_RUNS_DIR gives them a fresh place for the models they train.
 test: setup
-	$(PY) -m ihclib.lab strip --check
+	$(PY) -m ihclib.runner.lab strip --check
 	$(PY) -m pytest tests
 	IHC_RUNS_DIR=$$(mktemp -d) $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider tests/notebooks
-	$(PY) -m ihclib.verify --profile smoke
+	$(PY) -m ihclib.runner.verify --profile smoke
 
 test-lib: setup
 	$(PY) -m pytest tests
@@ -78,7 +78,7 @@ bundle: setup
 # root. More jupyter options: make lab LAB_ARGS="--no-browser --port 8890"
 LAB_ARGS ?=
 lab: setup
-	$(PY) -m ihclib.lab serve $(LAB_ARGS)
+	$(PY) -m ihclib.runner.lab serve $(LAB_ARGS)
 
 # the study in a real JupyterLab in headless Chromium (needs chromium and chromium-driver):
 # Run All + Save of each notebook under the smoke profile; screenshots in build/lab-browser/
@@ -87,7 +87,7 @@ test-lab: setup
 
 # Regenerate the stored outputs nbval compares against (after changing a notebook).
 nbval-refs: setup
-	$(PY) -m ihclib.pipeline --profile smoke --nbval-refs tests/notebooks
+	$(PY) -m ihclib.runner.pipeline --profile smoke --nbval-refs tests/notebooks
 
 clean:
 	rm -rf runs .pytest_cache

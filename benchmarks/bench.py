@@ -271,7 +271,7 @@ def peak_for(precision: str, peak: dict) -> float:
 def held_out_tiles(cfg: Config) -> list[np.ndarray]:
     """Clean float32 tiles: the centre ``psnr_tile`` of every image of the sources that
     ``data/splits.json`` keeps out of training (validation and test), else the embedded image."""
-    from ihclib.data import default_image, read_splits
+    from ihclib.study.data import default_image, read_splits
     from ihclib.images import load_image, to_float
 
     splits = read_splits(ROOT / "data") if cfg.held_out else None
@@ -292,7 +292,7 @@ def bench_bf16(model, cfg: Config, flops_per_tile: int, peak: dict) -> dict:
     float32: tiles/s (the two take turns, best of rounds) and mean PSNR on held-out tiles."""
     from ihclib.backends import predictor
     from ihclib.infer import _cached_bfloat16_copy, denoise
-    from ihclib.metrics import psnr
+    from ihclib.study.metrics import psnr
     from ihclib.noise import salt_and_pepper
 
     copy = _cached_bfloat16_copy(model)
@@ -327,7 +327,7 @@ def bench_bf16(model, cfg: Config, flops_per_tile: int, peak: dict) -> dict:
 
 def training_tiles(tile_size: int, n: int = 16, seed: int = 0) -> np.ndarray:
     """``n`` random crops of the embedded IHC image (mirrored out if the tile is larger)."""
-    from ihclib.data import default_image
+    from ihclib.study.data import default_image
 
     img = default_image()
     if min(img.shape[:2]) < 2 * tile_size:
@@ -418,7 +418,7 @@ def bench_input_pipeline(tile_size: int, batch_size: int, batches: int = 5) -> d
 
 def make_test_image(size: int, amount: float = 0.1, seed: int = 0) -> np.ndarray:
     """uint8 (size, size, 3): the embedded IHC image mirrored out to ``size``, s&p noise ``amount``."""
-    from ihclib.data import default_image
+    from ihclib.study.data import default_image
     from ihclib.images import from_float
     from ihclib.noise import salt_and_pepper
 
@@ -485,8 +485,8 @@ def bench_denoise_cli(model_path: str | Path, image_path: Path, out_dir: Path, c
 
 
 def bench_switching_median(image: np.ndarray) -> dict:
-    """``ihclib.baselines.switching_median`` on the same image (uint8 -> float, filtered)."""
-    from ihclib.baselines import switching_median
+    """``ihclib.study.baselines.switching_median`` on the same image (uint8 -> float, filtered)."""
+    from ihclib.study.baselines import switching_median
     from ihclib.images import to_float
 
     _, seconds = timed(lambda: switching_median(to_float(image)))
@@ -548,7 +548,7 @@ def machine_section(cfg: Config, log: Callable[[str], None]) -> dict:
     """Machine, versions, load, and the theoretical and measured peaks."""
     import tensorflow as tf
 
-    from ihclib import reports
+    from ihclib.study import reports
 
     info = cpu_info()
     theory = theoretical_peak(info)
@@ -657,7 +657,7 @@ def run_benchmark(cfg: Config, out_path: Path | None = DEFAULT_OUT, log: Callabl
     RatioError
         When any share of a peak exceeds 100 % (nothing is written then).
     """
-    from ihclib import reports
+    from ihclib.study import reports
 
     start = time.perf_counter()
     result = machine_section(cfg, log)

@@ -31,9 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reports", default=str(REPO / "reports"), help="reports folder (the table goes to tables/)")
     args = parser.parse_args(argv)
 
-    from ihclib import baselines, comparison
+    from ihclib.study import baselines, comparison
     from ihclib.infer import load_default_model, load_model
-    from ihclib.reports import report_dirs, save_table
+    from ihclib.study.reports import report_dirs, save_table
 
     shared = REPO.parent / "shared" / "data"
     root = Path(args.data) if args.data else (shared if shared.is_dir() else REPO / "data")

@@ -133,7 +133,7 @@ def check_output(slide: SyntheticSlide, src: Path, dst: Path) -> dict:
     import zarr
 
     from ihclib.infer import denoise, load_default_model
-    from ihclib.metrics import psnr
+    from ihclib.study.metrics import psnr
 
     with tifffile.TiffFile(src) as a, tifffile.TiffFile(dst) as b:
         tags = [{k: p.tags[k].value for k in ("XResolution", "YResolution", "ResolutionUnit")}

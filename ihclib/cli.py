@@ -22,8 +22,9 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-# subcommand modules, in the order `ihclib --help` lists them
-COMMANDS = ("check_data", "train", "denoise")
+# subcommand modules, in the order `ihclib --help` lists them: the study's (registering them
+# imports nothing of the study: their modules load it when they run) and the tool's
+COMMANDS = ("ihclib.study.commands.check_data", "ihclib.study.commands.train", "ihclib.commands.denoise")
 
 # TensorFlow's C++ start-up lines, printed by absl before its logging is set up (so that
 # TF_CPP_MIN_LOG_LEVEL does not silence them): "Could not find cuda drivers", "oneDNN custom
@@ -121,19 +122,13 @@ def modules_hidden(modules: tuple[str, ...]) -> Iterator[None]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``ihclib`` argument parser with every subcommand registered (no heavy imports)."""
-    from . import __version__
+    from ihclib import __version__
 
     parser = argparse.ArgumentParser(prog="ihclib", description="Restore noisy IHC images with CNNs.")
     parser.add_argument("--version", action="version", version=f"ihclib {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"ihclib.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"ihclib.commands.{name}":
-                continue  # command not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 

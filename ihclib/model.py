@@ -8,7 +8,7 @@
   median filter: it predicts per value an impulse probability ``m`` (sigmoid) and a fill value
   ``f``; output = m * f + (1 - m) * input, so values it judges clean pass through untouched.
 * ``crosschannel_unet``: the same U-Net body refining the *cross-channel* filter of
-  ``ihclib.baselines`` (each impulse value predicted from the clean channels of its own pixel);
+  ``ihclib.study.baselines`` (each impulse value predicted from the clean channels of its own pixel);
   unflagged values pass exactly, and it learns which 0/1 values are clean saturation.
 
 ``dncnn_residual`` and ``switching_unet`` see :func:`impulse_features` (the input, a flag for
@@ -437,7 +437,7 @@ def versions() -> dict[str, str]:
     """Versions of the libraries a saved model depends on."""
     import tensorflow as tf  # already loaded: Keras runs on it
 
-    from . import __version__
+    from ihclib import __version__
 
     return {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__, "ihclib": __version__}
 

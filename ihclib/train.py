@@ -17,20 +17,51 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping, Protocol, Sequence
 
 import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from .data import TileDataset
 from .determinism import pin_training_threads
 from .images import atomic_write_text
 from .model import MODELS, build_model, count_flops, save_model
 from .noise import NoiseSpec, apply_noise
-from .profiles import Profile
 from .registry import DESCRIPTIONS, INPUT_MULTIPLE
+
+
+class TileDataset(Protocol):
+    """What :func:`train` reads of a tile set (the study's ``ihclib.study.data.TileDataset`` is
+    one): the tool defines the shape it needs, so it never imports the study."""
+
+    tile_size: int
+    sources: Sequence[Any]  # each with .name, .height, .width: tells two folders apart
+
+    def load(self, split: str) -> np.ndarray: ...
+
+    def load_by_category(self, split: str) -> Mapping[str, np.ndarray]: ...
+
+    def describe(self) -> dict: ...
+
+
+class Profile(Protocol):
+    """What :func:`train` reads of a run size (the study's ``ihclib.study.profiles.Profile`` is one)."""
+
+    name: str
+    tile_size: int
+    batch_size: int
+    epochs: int
+    steps_per_epoch: int | None
+    learning_rate: float
+    noise: NoiseSpec
+    train_amount_range: tuple[float, float]
+    seed: int
+    augment: bool
+    early_stopping_patience: int
+
+    def to_dict(self) -> dict: ...
+
 
 HISTORY_COLUMNS = ["accuracy", "loss", "val_accuracy", "val_loss"]
 
@@ -199,7 +230,7 @@ def run_fingerprint(model_name: str, dataset: TileDataset, profile: Profile, see
     """What decides a training run's outcome: model, data, profile and seed, as plain JSON values.
 
     Stored as ``fingerprint.json`` in the run folder; an interrupted run is resumed, and a
-    finished one reused (:mod:`ihclib.runs`), only when the fingerprint is the same.
+    finished one reused (:mod:`ihclib.study.runs`), only when the fingerprint is the same.
     ``dataset.describe()`` names the folder and counts; the source list (name and size of
     every image) tells two folders of the same name apart.
     """

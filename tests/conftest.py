@@ -14,6 +14,6 @@ def rng() -> np.random.Generator:
 @pytest.fixture(scope="session")
 def ihc_crop() -> np.ndarray:
     """A 96x96 crop of the embedded real IHC image (float32 RGB)."""
-    from ihclib.data import default_image
+    from ihclib.study.data import default_image
 
     return default_image()[200:296, 150:246].copy()

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from ihclib import images, pipeline
+from ihclib import images
+from ihclib.runner import pipeline
 from helpers import keras_model, rgb
 from ihclib.cli import main
 from ihclib.images import load_image, save_image
@@ -158,7 +159,7 @@ def test_08_sigterm_during_check_data_start_up(tmp_path):
     script = (
         "import os, signal, sys\n"
         "from ihclib import cli\n"
-        "from ihclib.commands import check_data\n"
+        "from ihclib.study.commands import check_data\n"
         "check_data.run = lambda args: os.kill(os.getpid(), signal.SIGTERM) or __import__('time').sleep(10)\n"
         "sys.exit(cli.main(['check-data']))\n"
     )

@@ -3,9 +3,9 @@ import importlib.util
 import numpy as np
 import pytest
 
-from ihclib.baselines import (BASELINES, adaptive_median, available_baselines, get_baselines,
+from ihclib.study.baselines import (BASELINES, adaptive_median, available_baselines, get_baselines,
                               impulse_mask, median3, switching_median)
-from ihclib.metrics import psnr
+from ihclib.study.metrics import psnr
 from ihclib.noise import gaussian, salt_and_pepper
 
 MEDIANS = ("median 3x3", "median 5x5", "adaptive median", "switching median")
@@ -91,8 +91,8 @@ def test_filters_refuse_bad_input():
 
 
 def test_switching_mean_only_touches_impulses_and_beats_noisy(ihc_crop):
-    from ihclib.baselines import impulse_mask, switching_mean
-    from ihclib.metrics import psnr
+    from ihclib.study.baselines import impulse_mask, switching_mean
+    from ihclib.study.metrics import psnr
     from ihclib.noise import salt_and_pepper
 
     clean = np.clip(ihc_crop, 0.01, 0.99)
@@ -108,7 +108,7 @@ def test_switching_mean_only_touches_impulses_and_beats_noisy(ihc_crop):
 
 
 def test_cross_channel_predicts_an_impulse_from_the_pixels_clean_channels():
-    from ihclib.baselines import cross_channel
+    from ihclib.study.baselines import cross_channel
 
     # red = 0.2 + 0.5 * green everywhere (a stain mixture): a hit red value is read off green
     rng = np.random.default_rng(0)
@@ -125,7 +125,7 @@ def test_cross_channel_predicts_an_impulse_from_the_pixels_clean_channels():
 
 
 def test_cross_channel_beats_switching_median_on_real_ihc(ihc_crop):
-    from ihclib.baselines import cross_channel
+    from ihclib.study.baselines import cross_channel
 
     clean = np.clip(ihc_crop, 0.01, 0.99)
     for amount in (0.1, 0.3):
@@ -134,7 +134,7 @@ def test_cross_channel_beats_switching_median_on_real_ihc(ihc_crop):
 
 
 def test_cross_channel_keeps_a_clean_saturated_background():
-    from ihclib.baselines import cross_channel
+    from ihclib.study.baselines import cross_channel
 
     img = np.ones((24, 24, 3), np.float32)
     img[8:16, 8:16] = [0.6, 0.4, 0.3]

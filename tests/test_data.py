@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ihclib import data as data_mod
+from ihclib.study import data as data_mod
 from ihclib.cli import main
-from ihclib.data import (PROJECT_DATA, default_image, make_dataset, resolve_data_dir, scan_folder,
+from ihclib.study.data import (PROJECT_DATA, default_image, make_dataset, resolve_data_dir, scan_folder,
                          tissue_fraction)
 from ihclib.images import ImageError, from_float, load_image, save_image
 
@@ -230,7 +230,7 @@ def test_written_files_get_normal_permissions(tmp_path):
     import stat
 
     from ihclib.images import default_file_mode
-    from ihclib.reports import report_dirs, save_table
+    from ihclib.study.reports import report_dirs, save_table
 
     p = save_image(tmp_path / "x.png", np.zeros((4, 4, 3), np.float32))
     assert stat.S_IMODE(os.stat(p).st_mode) == default_file_mode()

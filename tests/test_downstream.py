@@ -5,7 +5,7 @@ import pytest
 from skimage.color import rgb2hed
 from skimage.filters import threshold_otsu
 
-from ihclib.downstream import (Thresholds, dab_area_fraction, dice, downstream_scores,
+from ihclib.study.downstream import (Thresholds, dab_area_fraction, dice, downstream_scores,
                                fit_thresholds, hed, masks)
 from ihclib.noise import salt_and_pepper
 

@@ -2,10 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ihclib.baselines import median3
-from ihclib.evaluate import (CLEAN, LONG_COLUMNS, NOISY, as_method, batched, degrade, evaluate,
+from ihclib.study.baselines import median3
+from ihclib.study.evaluate import (CLEAN, LONG_COLUMNS, NOISY, as_method, batched, degrade, evaluate,
                              evaluate_per_image, headline_table, long_table, noise_name)
-from ihclib.figures import plot_metric_vs_amount
+from ihclib.study.figures import plot_metric_vs_amount
 from ihclib.noise import NoiseSpec
 
 SPECS = [NoiseSpec("s&p", 0.1), NoiseSpec("s&p", 0.3), NoiseSpec("gaussian", 0.05)]

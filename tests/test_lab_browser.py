@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from ihclib.lab import KERNEL_DISPLAY_NAME, KERNEL_NAME
+from ihclib.runner.lab import KERNEL_DISPLAY_NAME, KERNEL_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -73,7 +73,7 @@ def _git_status() -> str:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """``make lab``'s server (``python -m ihclib.lab serve``), isolated from the user's Jupyter
+    """``make lab``'s server (``python -m ihclib.runner.lab serve``), isolated from the user's Jupyter
     settings, its kernel registered in a temporary prefix; the profile is smoke ($IHC_PROFILE)."""
     tmp = tmp_path_factory.mktemp("lab")
     port, token = _free_port(), secrets.token_hex(16)
@@ -87,7 +87,7 @@ def lab(tmp_path_factory):
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as in a user's shell (the project's kernelspec sets it)
     log = open(tmp / "server.log", "wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "ihclib.lab", "serve", "--kernel-prefix", str(tmp / "prefix"), "--no-browser",
+        [sys.executable, "-m", "ihclib.runner.lab", "serve", "--kernel-prefix", str(tmp / "prefix"), "--no-browser",
          f"--port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
          "--expose-app-in-browser"], cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
+import ihclib
 from ihclib.images import save_image
 
 HEAVY = ("pandas", "matplotlib", "papermill", "nbformat")
@@ -26,5 +29,57 @@ def test_denoise_command_loads_no_study_stack(tmp_path):
     assert result["rc"] == 0 and out.is_file()
     loaded = set(result["loaded"])
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+    # nothing of the study but the registration of its subcommands, nothing of the runner
+    upper = sorted(m for m in loaded if m.startswith(("ihclib.study", "ihclib.runner"))
+                   and m not in ("ihclib.study", "ihclib.study.commands") and not m.startswith("ihclib.study.commands."))
+    assert not upper, upper
     # and the modules hidden from Keras import normally afterwards
     assert "keras" in loaded
+
+
+PACKAGE = Path(ihclib.__file__).resolve().parent
+UPPER_LAYERS = ("ihclib.study", "ihclib.runner")
+
+
+def _imports(path: Path, module: str | None = None) -> list[tuple[int, str]]:
+    """(line, absolute module) of every import in a file of the package, relative ones resolved."""
+    module = module or ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            found += [(node.lineno, f"{base}.{a.name}") for a in node.names] + [(node.lineno, base)]
+    return found
+
+
+def tool_modules() -> list[Path]:
+    return [p for p in PACKAGE.rglob("*.py") if p.relative_to(PACKAGE).parts[0] not in ("study", "runner")]
+
+
+def test_tool_modules_never_import_the_study_or_the_runner():
+    assert len(tool_modules()) >= 10  # the walk found the tool
+    bad = [f"{p.relative_to(PACKAGE)}:{line} imports {name}" for p in tool_modules()
+           for line, name in _imports(p) if name.startswith(UPPER_LAYERS)]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_study_never_imports_the_runner():
+    study = list((PACKAGE / "study").rglob("*.py"))
+    assert study
+    bad = [f"{p.relative_to(PACKAGE)}:{line} imports {name}" for p in study
+           for line, name in _imports(p) if name.startswith("ihclib.runner")]
+    assert not bad, "\n".join(bad)
+
+
+def test_import_check_sees_relative_imports(tmp_path):
+    # the checker itself: a relative import into the study from a tool module is caught
+    fake = tmp_path / "probe.py"
+    fake.write_text("from .study import data\nfrom . import images\nimport ihclib.runner.pipeline\n")
+    names = [n for _, n in _imports(fake, "ihclib.probe")]
+    assert {"ihclib.study.data", "ihclib.images", "ihclib.runner.pipeline"} <= set(names)

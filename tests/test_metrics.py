@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from ihclib.metrics import mean_ci, paper_accuracy, psnr, ssim, summarise
+from ihclib.study.metrics import mean_ci, paper_accuracy, psnr, ssim, summarise
 from ihclib.noise import salt_and_pepper
 
 

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from ihclib.architectures import compare_with_paper, paper_figure3, summary_table
+from ihclib.study.architectures import compare_with_paper, paper_figure3, summary_table
 from ihclib.model import INPUT_MULTIPLE, MODELS, build_model, build_paper_model, count_flops, count_params
 from ihclib.model import load_model, save_model
 
@@ -143,8 +143,8 @@ def test_modified_models_start_as_the_switching_mean_filter(name, tol):
 
 
 def test_crosschannel_unet_starts_as_the_cross_channel_filter():
-    from ihclib.baselines import cross_channel, impulse_mask
-    from ihclib.data import default_image
+    from ihclib.study.baselines import cross_channel, impulse_mask
+    from ihclib.study.data import default_image
     from ihclib.noise import salt_and_pepper
 
     clean = default_image()[100:164, 100:164]

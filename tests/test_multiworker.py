@@ -1,5 +1,5 @@
 """Multi-worker training for real: two worker processes on 127.0.0.1 with TF_CONFIG and
-MultiWorkerMirroredStrategy (ihclib.multiworker), against a one-worker run of the same global batch."""
+MultiWorkerMirroredStrategy (ihclib.study.multiworker), against a one-worker run of the same global batch."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ihclib.multiworker import tf_config
+from ihclib.study.multiworker import tf_config
 
 REPO = Path(__file__).resolve().parents[1]
 # 2 workers average the gradients of two half batches, 1 worker takes the gradient of the whole
@@ -36,7 +36,7 @@ def free_ports(n: int) -> list[int]:
 
 def start_workers(cluster: list[str], out: Path) -> list[subprocess.Popen]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return [subprocess.Popen([sys.executable, "-m", "ihclib.multiworker", "--cluster", ",".join(cluster),
+    return [subprocess.Popen([sys.executable, "-m", "ihclib.study.multiworker", "--cluster", ",".join(cluster),
                               "--index", str(i), "--out", str(out), "--profile", "smoke"],
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for i in range(len(cluster))]
@@ -83,7 +83,7 @@ def test_two_workers_train_like_one_with_the_same_global_batch(tmp_path):
     import keras
 
     from ihclib.model import build_model
-    from ihclib.profiles import get_profile
+    from ihclib.study.profiles import get_profile
 
     keras.utils.set_random_seed(get_profile("smoke").seed)  # the weights both runs started from
     w0 = build_model("crosschannel_unet", None).get_weights()

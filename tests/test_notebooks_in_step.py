@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ihclib.lab import KERNELSPEC, pre_save_hook, source_notebooks, unclean
+from ihclib.runner.lab import KERNELSPEC, pre_save_hook, source_notebooks, unclean
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -44,8 +44,8 @@ def test_notebook_shape(path):
 
 def test_source_notebooks_are_clean():
     """No outputs, execution counts or machine-specific metadata (language_info): what
-    `python -m ihclib.lab strip` (and the save hook of `make lab`) leaves."""
-    assert [p.name for p in unclean(source_notebooks(ROOT))] == [], "run `python -m ihclib.lab strip`"
+    `python -m ihclib.runner.lab strip` (and the save hook of `make lab`) leaves."""
+    assert [p.name for p in unclean(source_notebooks(ROOT))] == [], "run `python -m ihclib.runner.lab strip`"
     for path in NOTEBOOKS:
         assert json.loads(path.read_text())["metadata"] == {"kernelspec": KERNELSPEC}
 
@@ -122,7 +122,7 @@ def test_key_outputs_are_checked_by_nbval(prefix, text):
 
 
 def test_strip_command_checks_and_fixes(tmp_path, capsys):
-    from ihclib.lab import main
+    from ihclib.runner.lab import main
 
     dirty = tmp_path / "02.ipynb"
     nb = json.loads(NOTEBOOKS[1].read_text())

@@ -20,7 +20,8 @@ import tifffile
 from nbformat.v4 import new_code_cell, new_notebook
 from PIL import Image
 
-from ihclib import images, infer, pipeline
+from ihclib import images, infer
+from ihclib.runner import pipeline
 from helpers import keras_model, rgb
 from ihclib.cli import main
 from ihclib.images import ImageError, load_image, save_image
@@ -128,8 +129,8 @@ def test_1_partial_run_keeps_other_notebooks_outputs(tmp_path, fake_execute):
 
 
 def test_2_fingerprint_mismatch_discards_resume_state(tmp_path, capsys):
-    from ihclib.data import make_dataset
-    from ihclib.profiles import get_profile
+    from ihclib.study.data import make_dataset
+    from ihclib.study.profiles import get_profile
     from ihclib.train import FINGERPRINT_FILE, _discard_other_run, run_fingerprint
 
     profile = get_profile("smoke")
@@ -154,8 +155,8 @@ def test_2_fingerprint_mismatch_discards_resume_state(tmp_path, capsys):
 def test_2_interrupted_run_with_other_seed_is_not_resumed(tmp_path, capsys):
     import keras
 
-    from ihclib.data import make_dataset
-    from ihclib.profiles import get_profile
+    from ihclib.study.data import make_dataset
+    from ihclib.study.profiles import get_profile
     from ihclib.train import train
 
     profile = get_profile("smoke").with_overrides(epochs=3, steps_per_epoch=1)
@@ -175,9 +176,10 @@ def test_2_interrupted_run_with_other_seed_is_not_resumed(tmp_path, capsys):
 
 
 def test_2_runs_reuse_only_a_matching_fingerprint(tmp_path):
-    from ihclib import __version__, runs
-    from ihclib.data import make_dataset
-    from ihclib.profiles import get_profile
+    from ihclib import __version__
+    from ihclib.study import runs
+    from ihclib.study.data import make_dataset
+    from ihclib.study.profiles import get_profile
     from ihclib.train import FINGERPRINT_FILE, run_fingerprint
 
     profile = get_profile("smoke")
@@ -217,7 +219,7 @@ def test_3_default_model_is_found_in_the_user_dir_first(monkeypatch, tmp_path):
 
 
 def test_3_train_command_has_one_bundle_path():
-    from ihclib.commands import train as train_cmd
+    from ihclib.study.commands import train as train_cmd
 
     assert not hasattr(train_cmd, "BUNDLE_DIR")
 
@@ -363,7 +365,7 @@ def test_8_sigterm_during_a_write_exits_143_and_leaves_nothing(tmp_path):
         import os, signal, sys, time
         from pathlib import Path
         from ihclib import cli
-        from ihclib.commands import check_data
+        from ihclib.study.commands import check_data
         from ihclib.images import atomic_write
 
         def write(tmp):

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from ihclib import pipeline
-from ihclib.reports import clean_notebook, report_dirs, sanitize_text, save_table
+from ihclib.runner import pipeline
+from ihclib.study.reports import clean_notebook, report_dirs, sanitize_text, save_table
 
 
 def test_report_dirs_none_is_temporary(tmp_path):
@@ -54,7 +54,7 @@ def _project(root: Path, second_fails: bool = False) -> None:
         params = new_code_cell('profile = "quick"\ndata_dir = None\nreports_dir = None\nruns_dir = None')
         params.metadata["tags"] = ["parameters"]
         work = new_code_cell(
-            "from ihclib.reports import report_dirs\nfrom pathlib import Path\n"
+            "from ihclib.study.reports import report_dirs\nfrom pathlib import Path\n"
             f"d = report_dirs(reports_dir)\n(d.tables / 'nb{i}.csv').write_text(profile)\n{body}")
         nb = new_notebook(cells=[params, work], metadata={"kernelspec": {"name": "python3", "language": "python",
                                                                         "display_name": "Python 3"}})

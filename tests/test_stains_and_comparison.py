@@ -2,10 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ihclib import comparison
-from ihclib.data import make_dataset
-from ihclib.evaluate import NOISY
-from ihclib.stains import most_stained, stain_statistics
+from ihclib.study import comparison
+from ihclib.study.data import make_dataset
+from ihclib.study.evaluate import NOISY
+from ihclib.study.stains import most_stained, stain_statistics
 
 
 def test_stain_statistics_per_split():
@@ -78,7 +78,7 @@ def test_quality_target_pooled_and_per_source(per_tile):
 
 
 def comparison_long(per_tile: pd.DataFrame) -> pd.DataFrame:
-    from ihclib.evaluate import summarise
+    from ihclib.study.evaluate import summarise
 
     return summarise(per_tile.drop(columns="source"), metrics=["psnr", "ssim"])
 
@@ -131,7 +131,7 @@ def test_score_sources_two_tiles_per_image(tmp_path):
 
 
 def test_saturated_case_is_a_third_white():
-    from ihclib.baselines import switching_median
+    from ihclib.study.baselines import switching_median
 
     t = comparison.saturated_case({"identity": lambda x: x, "switching median": switching_median})
     assert float(t.loc[0, "pure-white pixels"].rstrip("%")) > 30

@@ -1,4 +1,4 @@
-"""ihclib.study_setup: the notebooks' one setup call (issue 15: quiet, paths from the repository root)."""
+"""ihclib.study.setup: the notebooks' one setup call (issue 15: quiet, paths from the repository root)."""
 
 import importlib.util
 import os
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ihclib.study_setup import find_root, setup, study_dirs
+from ihclib.study.setup import find_root, setup, study_dirs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def test_quiet_and_no_temporary_folder(tmp_path):
     """In a fresh process without TF_CPP_MIN_LOG_LEVEL (a kernel JupyterLab starts): importing
     study_setup, then TensorFlow, running an op and setting up a notebook write nothing to
     stderr, and an interactive run's reports go to <runs>/reports, not to a temporary folder."""
-    code = ("from ihclib.study_setup import setup\n"
+    code = ("from ihclib.study.setup import setup\n"
             "import tensorflow as tf\n"
             "tf.constant([1.0]) + 1\n"
             "P, ds, dirs = setup('smoke', dataset=False)\n"

@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 
 from ihclib import cli
-from ihclib.data import make_dataset
+from ihclib.study.data import make_dataset
 from ihclib.noise import NoiseSpec, impulse_share
-from ihclib.profiles import PROFILES, Profile, get_profile
+from ihclib.study.profiles import PROFILES, Profile, get_profile
 from ihclib.model import load_model
 from ihclib.train import (HISTORY_COLUMNS, Augmentation, make_train_pipeline, make_val_pairs,
                           salt_and_pepper_tf, train)
@@ -265,9 +265,9 @@ def test_pinning_after_tensorflow_started_warns():
 
 
 def test_timings_are_kept_apart_from_results():
-    from ihclib.comparison import architecture_table, timings_table, training_summary
-    from ihclib.evaluate import batched, evaluate_per_image, long_table
-    from ihclib.runs import TrainedModel
+    from ihclib.study.comparison import architecture_table, timings_table, training_summary
+    from ihclib.study.evaluate import batched, evaluate_per_image, long_table
+    from ihclib.study.runs import TrainedModel
     from ihclib.model import build_model
 
     model = build_model("switching_unet", None)

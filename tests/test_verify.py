@@ -1,4 +1,4 @@
-"""ihclib.verify: result tables compared with the committed ones (issue 16)."""
+"""ihclib.runner.verify: result tables compared with the committed ones (issue 16)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ihclib import verify
-from ihclib.verify import compare_tables, tolerance_for
+from ihclib.runner import verify
+from ihclib.runner.verify import compare_tables, tolerance_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "reports" / "smoke"

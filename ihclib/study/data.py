@@ -37,13 +37,13 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from .images import IMAGE_EXTENSIONS, ImageError, load_image, to_float
+from ihclib.images import IMAGE_EXTENSIONS, ImageError, load_image, to_float
 
 DEFAULT_SOURCE = "skimage:immunohistochemistry"
 EMBEDDED = "skimage"  # data_dir value that asks for the embedded image explicitly
 ENV_VAR = "IHC_DATA_DIR"
 # The repository's own data folder; it exists in a checkout or an editable install, not in a wheel.
-PROJECT_DATA = Path(__file__).resolve().parents[1] / "data"
+PROJECT_DATA = Path(__file__).resolve().parents[2] / "data"
 SPLITS = ("train", "val", "test")
 SPLITS_FILE = "splits.json"
 UNCATEGORISED = "uncategorised"
@@ -221,7 +221,7 @@ def scan_folder(root: str | os.PathLike, min_size: int = 1, verify: bool = True)
 
 
 def _header_size(p: Path) -> tuple[int, int]:
-    from .images import image_size
+    from ihclib.images import image_size
 
     return image_size(p)
 

@@ -1,14 +1,14 @@
 """The study in JupyterLab: the project's kernel, and source notebooks that stay clean when saved.
 
 ``make lab`` registers the kernel ``KERNEL_NAME`` and starts JupyterLab at the repository root with
-``--ContentsManager.pre_save_hook=ihclib.lab.pre_save_hook``: every save of a notebook in the
+``--ContentsManager.pre_save_hook=ihclib.runner.lab.pre_save_hook``: every save of a notebook in the
 checkout's ``notebooks/`` (autosave included) writes it without outputs, execution counts and
 machine-specific metadata, so Run All + Save leaves the working tree as committed. Executed
 copies (``reports/notebooks/``) are saved as they are.
 
-``python -m ihclib.lab strip [--check] [NOTEBOOK ...]`` strips the source notebooks (default: all
+``python -m ihclib.runner.lab strip [--check] [NOTEBOOK ...]`` strips the source notebooks (default: all
 of ``notebooks/``); ``--check`` only lists those that are not clean and exits 1 (``make test``).
-``python -m ihclib.lab serve [JUPYTER OPTIONS]`` is ``make lab``.
+``python -m ihclib.runner.lab serve [JUPYTER OPTIONS]`` is ``make lab``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ KERNEL_NAME = "ihc-denoise"
 KERNEL_DISPLAY_NAME = "Python (ihc-denoise)"
 KERNELSPEC = {"display_name": KERNEL_DISPLAY_NAME, "language": "python", "name": KERNEL_NAME}
 CELL_METADATA_KEPT = ("tags",)  # papermill's "parameters" tag; everything else is editor state
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def strip_notebook(nb: dict) -> dict:
@@ -98,7 +98,7 @@ def install_kernel(prefix: str | os.PathLike = sys.prefix) -> Path:
     """Register this Python as the kernel ``KERNEL_NAME`` under ``prefix``/share/jupyter/kernels.
 
     The kernel starts with ``TF_CPP_MIN_LOG_LEVEL=3``: TensorFlow imported in a user's own cell,
-    before ``ihclib.study_setup``, then prints no C++ start-up lines either."""
+    before ``ihclib.study.setup``, then prints no C++ start-up lines either."""
     from ipykernel.kernelspec import install
 
     return Path(install(prefix=str(prefix), kernel_name=KERNEL_NAME, display_name=KERNEL_DISPLAY_NAME,
@@ -111,7 +111,7 @@ def lab_arguments(root: Path = ROOT) -> list[str]:
     many containers), since the server otherwise refuses to start."""
     args = [f"--ServerApp.root_dir={root}",
             f"--MappingKernelManager.default_kernel_name={KERNEL_NAME}",
-            "--ContentsManager.pre_save_hook=ihclib.lab.pre_save_hook"]
+            "--ContentsManager.pre_save_hook=ihclib.runner.lab.pre_save_hook"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         args.append("--allow-root")
     return args
@@ -130,7 +130,7 @@ def serve(extra: list[str], kernel_prefix: str | os.PathLike = sys.prefix) -> in
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ihclib.lab", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m ihclib.runner.lab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     strip = sub.add_parser("strip", help="strip source notebooks of outputs and machine-specific metadata")
     strip.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks/*.ipynb of this checkout")
@@ -155,7 +155,7 @@ def strip_command(paths: list[Path], check: bool) -> int:
     dirty = unclean(paths)
     for path in dirty:
         if check:
-            print(f"{path}: has outputs or machine-specific metadata (run `python -m ihclib.lab strip`)",
+            print(f"{path}: has outputs or machine-specific metadata (run `python -m ihclib.runner.lab strip`)",
                   file=sys.stderr)
         else:
             path.write_text(stripped_text(path), encoding="utf-8")

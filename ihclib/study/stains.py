@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .data import SPLITS, TileDataset
-from .downstream import hed
+from ihclib.study.data import SPLITS, TileDataset
+from ihclib.study.downstream import hed
 
 __all__ = ["CHANNELS", "hed", "most_stained", "stain_statistics"]
 CHANNELS = ("hematoxylin", "eosin", "DAB")

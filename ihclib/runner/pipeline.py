@@ -1,6 +1,6 @@
 """Run the whole study: execute the numbered notebooks in order with papermill -> ``reports/``.
 
-``python -m ihclib.pipeline --profile quick`` (what ``make reproduce`` runs):
+``python -m ihclib.runner.pipeline --profile quick`` (what ``make reproduce`` runs):
 
 * runs the notebooks of the checkout it belongs to (``notebooks/`` beside ``ihclib/``), from
   whatever folder it is started in, and refuses to run without them;
@@ -14,7 +14,7 @@
 * refuses to run from a checkout with uncommitted changes unless ``--allow-dirty`` is given
   (the manifest records both);
 * writes ``reports/manifest.json``: profile, seed, data, package versions, git commit, CPU/GPU,
-  the tolerances the results are held to on another CPU (``ihclib.verify``) and the timings
+  the tolerances the results are held to on another CPU (``ihclib.runner.verify``) and the timings
   (wall time of each notebook, training and inference times), which the result tables leave out.
 
 ``--nbval-refs DIR`` instead executes every notebook under the smoke profile into ``DIR``: the
@@ -35,13 +35,13 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .data import data_label
-from .lab import keep_checked_outputs
-from .reports import RUNS_ENV_VAR, clean_notebook, git_commit, machine_info, package_versions, runs_dir, write_json
-from .verify import reproducibility_statement
+from ihclib.study.data import data_label
+from ihclib.runner.lab import keep_checked_outputs
+from ihclib.study.reports import RUNS_ENV_VAR, clean_notebook, git_commit, machine_info, package_versions, runs_dir, write_json
+from ihclib.runner.verify import reproducibility_statement
 
 # the checkout this module belongs to: its notebooks/ are the study, wherever it is run from
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = "manifest.json"
 
 
@@ -147,7 +147,7 @@ def run_study(profile: str = "quick", data_dir: str | None = None, reports: str 
 
     Parameters
     ----------
-    profile, data_dir : the run size (``ihclib.profiles``) and the images (None: the profile's).
+    profile, data_dir : the run size (``ihclib.study.profiles``) and the images (None: the profile's).
     reports, runs : output folder and trained models' folder, relative to ``root``.
     root : holds ``notebooks/`` (default: the source checkout this package belongs to).
     only : run only the notebooks whose names start with these prefixes.
@@ -162,7 +162,7 @@ def run_study(profile: str = "quick", data_dir: str | None = None, reports: str 
     carried over; one whose name the study now writes is kept as ``NAME.user.EXT``. Nothing is
     left behind when the run fails or is interrupted.
     """
-    from .profiles import get_profile
+    from ihclib.study.profiles import get_profile
 
     root = (root or REPO_ROOT).resolve()
     prof = get_profile(profile)  # fail early on an unknown profile
@@ -353,13 +353,13 @@ def make_nbval_refs(dest: str, root: Path | None = None) -> int:
             out = dest_dir / nb.name
             seconds = _execute(nb, out, {"profile": "smoke"}, root, Path(tmp_runs) / "kernels.log")
             clean_notebook(out, root)
-            keep_checked_outputs(out)  # only what nbval --nbval-lax compares (ihclib.lab)
+            keep_checked_outputs(out)  # only what nbval --nbval-lax compares (ihclib.runner.lab)
             print(f"{seconds:.1f} s")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ihclib.pipeline", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m ihclib.runner.pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="quick", help="smoke, quick (default) or paper")
     parser.add_argument("--data-dir", default=None, help="folder of images, or 'skimage' for the embedded image "
                         "(default: $IHC_DATA_DIR, else the project's data/, else the embedded image)")
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="write reports although the checkout has uncommitted changes (the manifest says so)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the kernels inherit it: no TF C++ log lines
-    from .cli import sigterm_raises
+    from ihclib.cli import sigterm_raises
 
     try:
         with sigterm_raises():  # SIGTERM unwinds like Ctrl-C: the build folder is removed

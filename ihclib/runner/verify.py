@@ -1,10 +1,10 @@
 """Rerun a profile of the study and compare every result table with the committed ones.
 
-``python -m ihclib.verify --profile smoke`` (``make verify``; ``make test`` runs it too) runs the
+``python -m ihclib.runner.verify --profile smoke`` (``make verify``; ``make test`` runs it too) runs the
 pipeline into a temporary folder and compares its ``tables/`` with the committed ones
 (``reports/smoke/`` for smoke, ``reports/`` for quick, ``reports/<profile>/`` otherwise):
 
-* on a CPU with the committed manifest's signature (``ihclib.reports.cpu_info``: vendor,
+* on a CPU with the committed manifest's signature (``ihclib.study.reports.cpu_info``: vendor,
   family, model, stepping and feature flags), every table must be byte-identical;
 * on another CPU, oneDNN and numpy take other kernels, training drifts in the last bits and
   the results are held to :data:`TOLERANCES` instead (the same values are written into every
@@ -54,7 +54,7 @@ def reproducibility_statement() -> dict:
         "same_cpu_signature": "byte-identical result tables (same packages, any core count)",
         "other_cpu": {k: {"abs": a, "rel": r, "unit": u} for k, a, r, u in (*TOLERANCES, DEFAULT_TOLERANCE)},
         "gpu": "not verified: GPU kernels differ from the CPU's; compare with the other_cpu tolerances",
-        "check": "python -m ihclib.verify --profile PROFILE (make verify)",
+        "check": "python -m ihclib.runner.verify --profile PROFILE (make verify)",
     }
 
 
@@ -181,8 +181,8 @@ def verify(profile: str, reference: Path, new: Path | None = None, root: Path | 
     """Compare a run of ``profile`` (``new``, else a fresh run into a temporary folder) with the
     committed ``reference``; prints what it finds and records it in ``record`` (default
     ``runs/verify/<profile>.json``)."""
-    from .pipeline import REPO_ROOT, run_study
-    from .reports import cpu_info, write_json
+    from ihclib.runner.pipeline import REPO_ROOT, run_study
+    from ihclib.study.reports import cpu_info, write_json
 
     root = root or REPO_ROOT
     committed = json.loads((reference / "manifest.json").read_text())
@@ -213,10 +213,10 @@ def verify(profile: str, reference: Path, new: Path | None = None, root: Path | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ihclib.verify --profile smoke [--profile quick] [--against DIR]``."""
-    from .pipeline import REPO_ROOT
+    """``python -m ihclib.runner.verify --profile smoke [--profile quick] [--against DIR]``."""
+    from ihclib.runner.pipeline import REPO_ROOT
 
-    p = argparse.ArgumentParser(prog="python -m ihclib.verify", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m ihclib.runner.verify", description=__doc__.splitlines()[0])
     p.add_argument("--profile", action="append", help="smoke (default), quick, ...; repeat for several")
     p.add_argument("--reference", help="committed reports to compare with (default: the profile's)")
     p.add_argument("--against", help="compare this finished run's folder instead of running the profile")

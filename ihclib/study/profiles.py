@@ -12,13 +12,13 @@ from dataclasses import asdict, dataclass, field, replace
 
 from typing import TYPE_CHECKING
 
-from .noise import SP_AMOUNTS, NoiseSpec
-from .registry import INPUT_MULTIPLE
+from ihclib.noise import SP_AMOUNTS, NoiseSpec
+from ihclib.registry import INPUT_MULTIPLE
 
 if TYPE_CHECKING:  # data imports pandas: not for `ihclib --help`, which lists the profiles
-    from .data import TileDataset
+    from ihclib.study.data import TileDataset
 
-EMBEDDED = "skimage"  # ihclib.data.EMBEDDED: the embedded scikit-image IHC image
+EMBEDDED = "skimage"  # ihclib.study.data.EMBEDDED: the embedded scikit-image IHC image
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Profile:
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     early_stopping_patience: int = 3
     # which data: None = $IHC_DATA_DIR, else the project's data/ (else the embedded image);
-    # "skimage" = the embedded image (see ihclib.data.resolve_data_dir)
+    # "skimage" = the embedded image (see ihclib.study.data.resolve_data_dir)
     data: str | None = None
     augment: bool = True  # the real-slide augmentation of ihclib.train.Augmentation (False: flips only)
     eval_tile_size: int | None = None  # tiles of the held-out evaluation (None: tile_size)
@@ -69,7 +69,7 @@ class Profile:
 
         ``data_dir`` None takes the profile's ``data``; with ``train_on_test`` the sources that
         ``splits.json`` holds out for testing are trained on as well."""
-        from .data import make_dataset, read_splits, resolve_data_dir
+        from ihclib.study.data import make_dataset, read_splits, resolve_data_dir
 
         chosen = self.data if data_dir is None else data_dir
         size = tile_size or self.tile_size

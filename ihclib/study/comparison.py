@@ -1,8 +1,8 @@
 """The study's comparative tables: Table 1 beside the paper's, models against classical filters,
 architectures against each other, and the quality target, with a plain-words conclusion.
 
-Inputs are the long table of ``ihclib.evaluate`` (method, noise, amount, metric, mean, ci_low,
-ci_high, n) and the trained models of ``ihclib.runs``.
+Inputs are the long table of ``ihclib.study.evaluate`` (method, noise, amount, metric, mean, ci_low,
+ci_high, n) and the trained models of ``ihclib.study.runs``.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .architectures import paper_table1
-from .evaluate import NOISY, Method, batched, long_table
-from .infer import compiled_predictor
-from .metrics import format_ci
-from .model import count_flops
-from .runs import TrainedModel
+from ihclib.study.architectures import paper_table1
+from ihclib.study.evaluate import NOISY, Method, batched, long_table
+from ihclib.infer import compiled_predictor
+from ihclib.study.metrics import format_ci
+from ihclib.model import count_flops
+from ihclib.study.runs import TrainedModel
 
 TABLE1_COLUMNS = ["accuracy", "loss", "val_accuracy", "val_loss"]
 
@@ -51,7 +51,7 @@ def study_methods(models: Mapping[str, TrainedModel], tile_size: int, baselines:
 
 def model_denoiser(model, tile_size: int = 256):
     """A Keras model as a whole-image restorer (``ihclib.infer.denoise``: overlapping tiles)."""
-    from .infer import denoise
+    from ihclib.infer import denoise
 
     return lambda image: denoise(model, image, tile_size=tile_size, overlap=tile_size // 4, progress=False)
 
@@ -60,8 +60,8 @@ def examples_per_source(clean_tiles: np.ndarray, sources: Sequence[str], restore
                         spec, seed: int = 0) -> dict[str, tuple]:
     """For the first tile of each source: (clean, noisy, {method: restored}, {name: "PSNR .. dB"}),
     the arguments of ``figures.plot_restoration``."""
-    from .evaluate import degrade
-    from .metrics import psnr
+    from ihclib.study.evaluate import degrade
+    from ihclib.study.metrics import psnr
 
     out = {}
     for src in dict.fromkeys(sources):
@@ -155,7 +155,7 @@ def quality_target(per_image: pd.DataFrame, model_names: Sequence[str], baseline
     Scopes: every held-out tile together (required margin ``overall_margin`` dB) and each
     held-out source alone (``source_margin`` dB). Met when the PSNR margin reaches the required
     one *and* the model's mean SSIM is not below the filter's."""
-    from .evaluate import long_table
+    from ihclib.study.evaluate import long_table
 
     rows = []
     for scope, g in _scopes(per_image):
@@ -190,8 +190,8 @@ def clean_input_table(tiles: np.ndarray, methods: Mapping[str, object], brightne
     (from the MSE pooled over tiles, so an untouched tile does not make the mean infinite), on
     the held-out tiles as they are and brightened by ``brightness`` and clipped, which saturates
     the background to pure white as an over-exposed scan does."""
-    from .evaluate import as_method
-    from .noise import adjust_contrast_brightness
+    from ihclib.study.evaluate import as_method
+    from ihclib.noise import adjust_contrast_brightness
 
     bright = np.stack([adjust_contrast_brightness(t, 1.0, brightness) for t in tiles])
     cases = {"clean input": tiles, f"clean, brightened +{brightness * 255:.0f}/255": bright}
@@ -309,8 +309,8 @@ def headline(long_df: pd.DataFrame, amounts: Sequence[float] = (0.1, 0.3), noise
 def noisy_input_scores(clean_tiles: np.ndarray, amounts: Sequence[float], seed: int = 0) -> pd.DataFrame:
     """What doing nothing scores: mean PSNR, SSIM and the paper's "accuracy" of the noisy input
     at each salt-and-pepper amount (the floor every restoration has to be read against)."""
-    from .evaluate import evaluate
-    from .noise import NoiseSpec
+    from ihclib.study.evaluate import evaluate
+    from ihclib.noise import NoiseSpec
 
     long_df = evaluate(clean_tiles, {}, [NoiseSpec("s&p", a) for a in amounts], seed=seed, include_clean=False)
     table = long_df[long_df.method == NOISY].pivot(index="amount", columns="metric", values="mean")
@@ -333,9 +333,9 @@ def score_sources(root, restorers: Mapping[str, object], amounts: Sequence[float
 
     from skimage.util import random_noise
 
-    from .data import scan_folder
-    from .images import load_image
-    from .metrics import psnr, ssim
+    from ihclib.study.data import scan_folder
+    from ihclib.images import load_image
+    from ihclib.study.metrics import psnr, ssim
 
     sources, _ = scan_folder(root, min_size=tile, verify=False)
     rows = []
@@ -370,9 +370,9 @@ def saturated_case(restorers: Mapping[str, object], brightness: float = 60 / 255
     SSIM of each method against the brightened image."""
     from skimage.util import random_noise
 
-    from .data import default_image
-    from .metrics import psnr, ssim
-    from .noise import adjust_contrast_brightness
+    from ihclib.study.data import default_image
+    from ihclib.study.metrics import psnr, ssim
+    from ihclib.noise import adjust_contrast_brightness
 
     image = adjust_contrast_brightness(default_image(), 1.0, brightness)
     noisy = random_noise(image, mode="s&p", amount=amount, rng=seed).astype(np.float32)

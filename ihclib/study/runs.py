@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import __version__
-from .data import TileDataset
-from .profiles import Profile
-from .reports import runs_dir
+from ihclib import __version__
+from ihclib.study.data import TileDataset
+from ihclib.study.profiles import Profile
+from ihclib.study.reports import runs_dir
 
 
 @dataclass
@@ -37,7 +37,7 @@ def run_dir(runs: str | os.PathLike | None, profile: Profile, model_name: str) -
 def _fits(out: Path, sidecar: dict, model_name: str, profile: Profile, ds: TileDataset, seed: int) -> bool:
     """Whether the saved run in ``out`` was trained as asked now: the same fingerprint as
     ``ihclib.train`` records (model, data, profile, seed) and the same ihclib."""
-    from .train import read_fingerprint, run_fingerprint
+    from ihclib.train import read_fingerprint, run_fingerprint
 
     said = (sidecar.get("architecture") == model_name and sidecar.get("profile") == profile.to_dict()
             and sidecar.get("data") == ds.describe() and sidecar.get("seed") == seed
@@ -53,8 +53,8 @@ def trained_model(model_name: str, ds: TileDataset, profile: Profile, runs: str 
                   retrain: bool = False, seed: int | None = None, verbose: int = 2) -> TrainedModel:
     """The model ``model_name`` trained under ``profile`` on ``ds``: loaded if a fitting run exists
     (and ``retrain`` is false), else trained now (``verbose=2``: one line per epoch)."""
-    from .model import load_model
-    from .train import train
+    from ihclib.model import load_model
+    from ihclib.train import train
 
     seed = profile.seed if seed is None else seed
     out = run_dir(runs, profile, model_name)

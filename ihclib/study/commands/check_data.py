@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Summarise the data folder; 1 if it has bad files (unless --skip-bad) or no usable image."""
     # pandas: not for --help
-    from ..data import (EMBEDDED, PROJECT_DATA, SPLITS, data_label, make_dataset, read_splits, resolve_data_dir,
+    from ihclib.study.data import (EMBEDDED, PROJECT_DATA, SPLITS, data_label, make_dataset, read_splits, resolve_data_dir,
                         scan_folder, tile_sources)
 
     # checked here because a folder goes to scan_folder/tile_sources, which trust their arguments

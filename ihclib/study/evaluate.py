@@ -10,7 +10,7 @@ Protocol:
   batched). Outputs are clipped to [0, 1], as a saved image would be.
 * "noisy input" (the degraded tile itself) is always a method: the floor to beat. "clean" is
   the ceiling (PSNR inf, SSIM/accuracy/Dice 1) and a check of the pipeline; on by default.
-* Downstream thresholds are fitted once on all clean tiles (Otsu, see ``ihclib.downstream``).
+* Downstream thresholds are fitted once on all clean tiles (Otsu, see ``ihclib.study.downstream``).
 
 ``evaluate_per_image`` gives one row per (method, noise, amount, tile); ``evaluate`` the long
 summary (method, noise, amount, metric, mean, ci_low, ci_high, n).
@@ -27,9 +27,9 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .downstream import Thresholds, downstream_scores, fit_thresholds
-from .metrics import format_ci, image_metrics, summarise
-from .noise import GAUSSIAN_SIGMAS, SP_AMOUNTS, NoiseSpec, apply_noise
+from ihclib.study.downstream import Thresholds, downstream_scores, fit_thresholds
+from ihclib.study.metrics import format_ci, image_metrics, summarise
+from ihclib.noise import GAUSSIAN_SIGMAS, SP_AMOUNTS, NoiseSpec, apply_noise
 
 NOISY = "noisy input"
 CLEAN = "clean"

@@ -8,8 +8,8 @@ from importlib import resources
 import keras
 import pandas as pd
 
-from .model import MODELS, build_model, count_flops, count_params
-from .registry import DESCRIPTIONS
+from ihclib.model import MODELS, build_model, count_flops, count_params
+from ihclib.registry import DESCRIPTIONS
 
 
 def summary_table(model: keras.Model) -> pd.DataFrame:
@@ -28,13 +28,13 @@ def summary_table(model: keras.Model) -> pd.DataFrame:
 
 def paper_figure3() -> pd.DataFrame:
     """The paper's Figure 3 table (layer, type, output_shape, params, connected_to)."""
-    with resources.files("ihclib").joinpath("paper/figure3.csv").open() as f:
+    with resources.files("ihclib.study").joinpath("paper/figure3.csv").open() as f:
         return pd.read_csv(f)
 
 
 def paper_table1() -> pd.DataFrame:
     """The paper's Table 1 (epoch, accuracy, loss, val_accuracy, val_loss)."""
-    with resources.files("ihclib").joinpath("paper/table1.csv").open() as f:
+    with resources.files("ihclib.study").joinpath("paper/table1.csv").open() as f:
         return pd.read_csv(f)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .images import atomic_write
+from ihclib.images import atomic_write
 
 RUNS_ENV_VAR = "IHC_RUNS_DIR"
 PACKAGES = ("ihclib", "tensorflow", "keras", "numpy", "scikit-image", "scipy", "pandas", "matplotlib",
@@ -37,7 +37,7 @@ class ReportDirs:
 
 def project_root() -> Path | None:
     """The source checkout this package runs from (editable install), or None."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     return root if (root / "pyproject.toml").exists() else None
 
 
@@ -115,7 +115,7 @@ def git_commit(root: Path | None = None) -> str:
 def cpu_info() -> dict:
     """The CPU's model name and signature: vendor, family, model, stepping and a digest of its
     feature flags. oneDNN and numpy pick kernels by these, so the signature says whether two
-    machines should give bit-identical results (``ihclib.verify``)."""
+    machines should give bit-identical results (``ihclib.runner.verify``)."""
     fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..registry import MODEL_NAMES  # not ihclib.model: `ihclib --help` must not import Keras
+from ihclib.registry import MODEL_NAMES  # not ihclib.model: `ihclib --help` must not import Keras
 
 
 class _ProfileNames:
@@ -14,7 +14,7 @@ class _ProfileNames:
     asks (this command's arguments or --help): registering the command imports nothing."""
 
     def __iter__(self):
-        from ..profiles import PROFILES
+        from ihclib.study.profiles import PROFILES
 
         return iter(PROFILES)
 
@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train the chosen models; with --bundle also install the one as the user's default model."""
-    from ..profiles import get_profile
+    from ihclib.study.profiles import get_profile
 
     profile = get_profile(args.profile)
     if args.epochs is not None:
@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--bundle installs one model: pass exactly one --model")
     out_root = Path(args.out_dir) if args.out_dir else Path("runs") / profile.name
 
-    from ..model import save_model
-    from ..train import train  # TensorFlow loads here, after the arguments are checked
+    from ihclib.model import save_model
+    from ihclib.train import train  # TensorFlow loads here, after the arguments are checked
 
     dataset = profile.dataset(args.data_dir, skip_bad=args.skip_bad)
     counts = {s: len(dataset.split(s)) for s in ("train", "val", "test")}
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name}: best val_loss {best.val_loss:.3g} (epoch {int(best.name)}), val_accuracy "
               f"{best.val_accuracy:.4f}; {res.wall_time_s:.0f} s, {res.tiles_per_s:.1f} tiles/s -> {res.model_path}")
         if args.bundle:
-            from ..infer import DEFAULT_MODEL_FILE, user_models_dir
+            from ihclib.infer import DEFAULT_MODEL_FILE, user_models_dir
 
             target = user_models_dir() / DEFAULT_MODEL_FILE
             save_model(res.model, target, {k: v for k, v in res.sidecar.items() if k not in ("params", "versions", "file")})

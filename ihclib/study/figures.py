@@ -1,7 +1,7 @@
 """Figures of the study (the paper's Figures 1, 2, 4 and 5, and our learning curves).
 
 Each function returns a matplotlib Figure; notebooks show it and save it with
-``ihclib.reports.save_figure``.
+``ihclib.study.reports.save_figure``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.patches import Rectangle
 
-from .evaluate import CLEAN, METRIC_LABELS, NOISY
-from .noise import adjust_contrast_brightness, salt_and_pepper
+from ihclib.study.evaluate import CLEAN, METRIC_LABELS, NOISY
+from ihclib.noise import adjust_contrast_brightness, salt_and_pepper
 
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:red"}
 

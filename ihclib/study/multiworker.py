@@ -3,8 +3,8 @@
 
 Run the same command on each machine (or twice on one, as the tests do), changing ``--index``::
 
-    python -m ihclib.multiworker --cluster host1:12345,host2:12345 --index 0 --out runs/mw --profile smoke
-    python -m ihclib.multiworker --cluster host1:12345,host2:12345 --index 1 --out runs/mw --profile smoke
+    python -m ihclib.study.multiworker --cluster host1:12345,host2:12345 --index 0 --out runs/mw --profile smoke
+    python -m ihclib.study.multiworker --cluster host1:12345,host2:12345 --index 1 --out runs/mw --profile smoke
 
 The profile's batch size is the *global* batch: each of N workers computes the gradient of
 batch/N tiles (the training stream is split by batch, ``AutoShardPolicy.DATA``) and the
@@ -59,7 +59,7 @@ def multi_worker_strategy() -> "tf.distribute.Strategy":
 
 def main(argv: list[str] | None = None) -> int:
     """One worker of a multi-worker training run; returns the exit status."""
-    p = argparse.ArgumentParser(prog="python -m ihclib.multiworker", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m ihclib.study.multiworker", description=__doc__.splitlines()[0])
     p.add_argument("--cluster", required=True, help="host:port of every worker, comma-separated, same on all")
     p.add_argument("--index", type=int, required=True, help="this worker's position in --cluster (0 = chief)")
     p.add_argument("--out", required=True, help="output folder (the chief's)")
@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     strategy = multi_worker_strategy()
-    from .data import make_dataset
-    from .profiles import get_profile
-    from .train import train
+    from ihclib.study.data import make_dataset
+    from ihclib.study.profiles import get_profile
+    from ihclib.train import train
 
     profile = get_profile(args.profile)
     data = args.data_dir or profile.data

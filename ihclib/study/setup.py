@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:
-    from .data import TileDataset
-    from .profiles import Profile
+    from ihclib.study.data import TileDataset
+    from ihclib.study.profiles import Profile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # for processes this one starts (kernels, tools)
 
 PROFILE_ENV_VAR = "IHC_PROFILE"
 DEFAULT_PROFILE = "quick"
-EMBEDDED = "skimage"  # ihclib.data.EMBEDDED, a name rather than a path (not imported: data loads skimage)
+EMBEDDED = "skimage"  # ihclib.study.data.EMBEDDED, a name rather than a path (not imported: data loads skimage)
 
 
 @contextmanager
@@ -68,7 +68,7 @@ import_tensorflow_quietly()
 
 @dataclass(frozen=True)
 class StudyDirs:
-    """Where a notebook reads and writes; ``figures`` and ``tables`` as ``ihclib.reports.save_*`` expect."""
+    """Where a notebook reads and writes; ``figures`` and ``tables`` as ``ihclib.study.reports.save_*`` expect."""
 
     root: Path  # the repository root every relative path is taken from
     reports: Path
@@ -85,7 +85,7 @@ def find_root(start: str | os.PathLike | None = None) -> Path:
     for folder in (here, *here.parents):
         if (folder / "pyproject.toml").is_file() and (folder / "notebooks").is_dir():
             return folder
-    package_root = Path(__file__).resolve().parents[1]
+    package_root = Path(__file__).resolve().parents[2]
     return package_root if (package_root / "pyproject.toml").is_file() else here
 
 
@@ -105,7 +105,7 @@ def study_dirs(data_dir: str | None = None, reports_dir: str | os.PathLike | Non
     interactive run): ``<runs>/reports``, so that it never touches the committed ``reports/`` and
     leaves no temporary folder behind (a kernel that is killed runs no clean-up); the next
     interactive run replaces its files."""
-    from .reports import RUNS_ENV_VAR, runs_dir as make_runs_dir
+    from ihclib.study.reports import RUNS_ENV_VAR, runs_dir as make_runs_dir
 
     root = root or find_root()
     runs = from_root(runs_dir, root) or from_root(os.environ.get(RUNS_ENV_VAR) or None, root) or root / "runs"
@@ -125,7 +125,7 @@ def setup(profile: str | None = None, data_dir: str | None = None, reports_dir: 
 
     Parameters
     ----------
-    profile : name of an ``ihclib.profiles`` profile; None: ``$IHC_PROFILE``, else ``quick``.
+    profile : name of an ``ihclib.study.profiles`` profile; None: ``$IHC_PROFILE``, else ``quick``.
     data_dir, reports_dir, runs_dir : the notebook's parameters (see ``study_dirs``).
     dataset : False skips cutting the training tiles (``ds`` is then None).
 
@@ -133,7 +133,7 @@ def setup(profile: str | None = None, data_dir: str | None = None, reports_dir: 
     -------
     (Profile, TileDataset or None, StudyDirs)
     """
-    from .profiles import get_profile
+    from ihclib.study.profiles import get_profile
 
     P = get_profile(profile or os.environ.get(PROFILE_ENV_VAR) or DEFAULT_PROFILE)
     dirs = study_dirs(data_dir, reports_dir, runs_dir)
