@@ -2,7 +2,7 @@
 #   make reproduce [PROFILE=quick]   set up .venv and run the whole study -> reports/ (other profiles: reports/<profile>/)
 #   make test                        set up .venv and run pytest + nbval
 #   make verify [QUICK=1]            rerun the smoke (and quick) profile, compare every result table with the committed one
-# Also: make bench, make lab, make test-lab, make nbval-refs, make clean.
+# Also: make bench, make bench-slides, make lab, make test-lab, make nbval-refs, make clean.
 
 PYTHON  ?= python3
 VENV    ?= .venv
@@ -11,7 +11,7 @@ PROFILE ?= quick
 DATA    ?=
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup reproduce reproduce-all verify test test-lib test-lab test-notebooks bench generalisation bundle lab nbval-refs clean
+.PHONY: setup reproduce reproduce-all verify test test-lib test-lab test-notebooks bench bench-slides generalisation bundle lab nbval-refs clean
 
 setup: $(STAMP)
 
@@ -51,8 +51,17 @@ test: setup
 test-lib: setup
 	$(PY) -m pytest tests
 
+# speed against this machine's peak -> reports/benchmarks.json and the README's performance table
+# (a few minutes on a quiet 2-core machine; fails when any share of a peak is above 100 %)
 bench: setup
 	$(PY) benchmarks/bench.py
+
+# issue 14's whole-slide benchmark: a synthetic 40,000 px pyramidal TIFF from data/ denoised on a
+# local Dask cluster (peak memory, pyramid, PSNR against the in-memory path, 2 workers against 1
+# process) -> reports/slides_benchmark.json; SLIDE_SIZE=10000 for a shorter run
+SLIDE_SIZE ?= 40000
+bench-slides: setup
+	$(PY) benchmarks/slides.py --size $(SLIDE_SIZE)
 
 # issue 10's re-scoring of the bundled model on every source (two tiles per image)
 generalisation: setup

@@ -1,25 +1,27 @@
 #!/usr/bin/env python
-"""Performance benchmark of the paper's network on this machine: `make bench` (or --quick).
+"""Performance of ``ihclib denoise`` and of training against this machine's peak: `make bench`.
 
-One run measures, writes ``reports/benchmarks.json`` (atomically) and prints a table:
+One run measures, writes ``reports/benchmarks.json`` (atomically), prints a table and rewrites
+the README's performance table from the JSON (between ``<!-- bench:start -->`` and
+``<!-- bench:end -->``; ``--readme-only`` does just that from an existing JSON):
 
-* peak: the faster of NumPy's BLAS and TensorFlow's float32 matmul, timed here and now;
-* inference tiles/s of ``ihclib.model.build_paper_model`` per backend (Keras ``tf.function``,
-  OpenVINO, ONNX Runtime, whichever are installed) and batch size, as GFLOP/s and % of peak,
-  FLOPs per tile from ``ihclib.model.count_flops`` (2 x multiply-accumulates of the convolutions);
-* the project's inference path against plain ``model.predict`` on the same tiles (the ratio);
-* training tiles/s of a short ``model.fit`` with ``ihclib.train``'s compile settings and data
-  pipeline; training FLOPs are counted as 3 x forward (forward + two backward products);
-* ``ihclib denoise`` on a synthetic noisy 4096 x 4096 IHC image, run as a subprocess: seconds
-  and peak resident memory;
-* the settings that did not help (XLA, oneDNN off, op determinism, ...) with their numbers, so
-  the choice is on record. oneDNN is a switch read when TensorFlow is imported, so its "off"
-  numbers come from a child process.
+* the machine: CPU model, ISA flags (AVX2, AVX-512, AVX512_BF16, AMX), cores, clock, load;
+* the peak: the theoretical float32 peak of the ISA (cores x FLOP/cycle x clock, see
+  :data:`FLOP_PER_CYCLE`) and the measured one, the maximum over several sizes and repeats of
+  NumPy's and TensorFlow's float32 matrix product;
+* ``ihclib denoise`` with the bundled model on a noisy 4096 x 4096 image (a subprocess: MP/s,
+  share of peak end to end, peak memory), and the switching median on the same image;
+* in-process: the tile pipeline with and without threads, hard-gate skipping on a clean image,
+  and a bfloat16 trunk (:func:`ihclib.infer.bfloat16_copy`): speed and PSNR change on the
+  held-out sources of ``data/splits.json``;
+* inference of the paper's network per batch size, and its training with and without
+  TensorFlow's op determinism (what ``ihclib train`` uses), beside the data pipeline alone.
 
-Timings are the best of repeated calls (training: steps) after a warm-up call (graph tracing,
-conversion), which is robust to other processes briefly taking a core; the 1-minute load
-average is recorded with every measurement and before and after the run. ``--wait-idle LOAD``
-first waits (up to 20 minutes) for the 1-minute load to drop below LOAD.
+FLOPs are 2 x multiply-accumulates of the convolutions (``ihclib.model.count_flops``); training
+is counted as 3 x forward. Timings are the best of repeated calls after a warm-up; the 1-minute
+load average is recorded with each. Any share of a peak above 100 % means the accounting is
+wrong (or the clock in cpuinfo is not the one the CPU runs at), so the run exits 1 naming it
+instead of printing it.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "reports" / "benchmarks.json"
+README = ROOT / "README.md"
 TRAIN_FLOP_FACTOR = 3  # forward + gradient w.r.t. activations + gradient w.r.t. weights
+MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
 @dataclass(frozen=True)
@@ -48,28 +52,31 @@ class Config:
     """Sizes of one benchmark run (FULL for `make bench`, QUICK for --quick and tests)."""
 
     name: str = "full"
+    gemm_sizes: tuple[int, ...] = (1024, 2048, 3072, 4096)
+    gemm_repeats: int = 3
     tile_size: int = 256
-    batch_sizes: tuple[int, ...] = (1, 4, 8, 16)
-    main_batch: int = 8  # batch of the comparisons (predict ratio, oneDNN off, XLA)
-    min_time: float = 1.5  # seconds of timed calls per measurement (after the warm-up call)
+    batch_sizes: tuple[int, ...] = (1, 8, 16)  # paper_unet inference
+    main_batch: int = 8
+    min_time: float = 2.0  # seconds of timed calls per measurement (after the warm-up call)
     min_calls: int = 3
-    matmul_n: int = 2048
-    predict_tiles: int = 32
     train_batch: int = 8
-    train_steps: int = 4  # timed steps (per variant, taking turns) after train_warmup steps
+    train_steps: int = 4
     train_warmup: int = 1  # the first step traces the graph and creates the optimizer's slots
+    profile_steps: int = 2  # steps under TensorFlow's profiler, per training variant
     denoise_size: int = 4096
     denoise_batch: int = 8
     denoise_overlap: int = 32  # the CLI's default
-    backends: tuple[str, ...] = ("keras", "openvino", "onnxruntime")  # those installed are run
-    variant_backends: tuple[str, ...] = ("keras+xla", "openvino-1stream", "openvino-2streams")
-    variants: bool = True  # XLA, oneDNN off, OpenVINO streams, op determinism: the alternatives
+    pipeline_size: int = 2048  # in-process: threads on/off, gate skipping on a clean image
+    psnr_tile: int = 256  # bf16 check: centre tile of each held-out image
+    psnr_amounts: tuple[float, ...] = (0.1, 0.3)
+    held_out: bool = True  # False: the embedded image instead of data/'s held-out sources
+    backends: tuple[str, ...] = ("keras", "openvino")  # those installed are run
 
 
 FULL = Config()
-QUICK = Config(name="quick", tile_size=64, batch_sizes=(1, 2), main_batch=2, min_time=0.05, min_calls=1,
-               matmul_n=256, predict_tiles=4, train_batch=2, train_steps=1, train_warmup=1,
-               denoise_size=256, denoise_batch=2, backends=("keras", "openvino"), variants=False)
+QUICK = Config(name="quick", gemm_sizes=(256, 512), gemm_repeats=2, tile_size=64, batch_sizes=(1, 2), main_batch=2,
+               min_time=0.05, min_calls=1, train_batch=2, train_steps=1, profile_steps=1, denoise_size=256, denoise_batch=2,
+               pipeline_size=256, psnr_tile=64, held_out=False, backends=("keras",))
 
 
 # ---------------------------------------------------------------- helpers
@@ -114,122 +121,205 @@ def time_calls(fn: Callable[[], Any], tiles_per_call: int, min_time: float, min_
             "calls": len(times)}
 
 
-def rates(tiles_per_s: float, flops_per_tile: int, peak_gflops: float, factor: int = 1) -> dict:
+def rates(tiles_per_s: float, flops_per_tile: float, peak_gflops: float, factor: int = 1) -> dict:
     """tiles/s -> GFLOP/s and % of peak."""
     gflops = tiles_per_s * factor * flops_per_tile / 1e9
     return {"tiles_per_s": round(tiles_per_s, 3), "gflops": round(gflops, 2),
             "pct_peak": round(100 * gflops / peak_gflops, 1) if peak_gflops else None}
 
 
-# ---------------------------------------------------------------- peak
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """(fn(), seconds it took)."""
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
 
 
-def measure_peak(n: int = 2048, min_time: float = 1.0) -> dict:
-    """float32 matmul GFLOP/s of NumPy's BLAS and of TensorFlow, and the faster as the peak."""
+# ---------------------------------------------------------------- the machine and its peak
+
+# float32 FLOP per cycle per core (2 per FMA lane x lanes x FMA units). cpuinfo lists ISA
+# extensions, not how wide the units behind them are, so AMD Zen 4 (family 0x19), which runs
+# AVX-512 on two 256-bit FMA units, is told apart by its family. Some Intel Xeon Bronze/Silver
+# parts have one 512-bit FMA unit (32): there the theoretical peak below is twice too high.
+FLOP_PER_CYCLE = {
+    "avx512 (2 x 512-bit FMA: Intel Xeon Scalable, AMD Zen 5)": 64,
+    "avx512 on 2 x 256-bit FMA (AMD Zen 4)": 32,
+    "avx2+fma (2 x 256-bit FMA: Intel Haswell and later, AMD Zen 1-3)": 32,
+    "avx (256-bit add + multiply, no FMA)": 16,
+    "sse (128-bit add + multiply)": 8,
+}
+# AVX512_BF16's dot product does two bf16 products per float32 lane: twice the float32 rate
+BF16_FACTOR = 2
+ISA_FLAGS = ("sse4_2", "avx", "fma", "avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_info(cpuinfo: str | None = None) -> dict:
+    """CPU model, vendor, family, ISA flags, cores available to this process and clock (MHz)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    mhz: list[float] = []
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "cpu MHz":
+            mhz.append(float(value))
+        fields.setdefault(key, value)
+    flags = set(fields.get("flags", "").split())
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return {"model": fields.get("model name", "unknown"), "vendor": fields.get("vendor_id", ""),
+            "family": int(fields.get("cpu family", "0") or 0), "cores": cores,
+            "mhz": max(mhz) if mhz else None, "flags": {f: f in flags for f in ISA_FLAGS}}
+
+
+def flop_per_cycle(info: dict) -> tuple[str, int]:
+    """The :data:`FLOP_PER_CYCLE` row for this CPU: (ISA description, float32 FLOP/cycle/core)."""
+    flags = info["flags"]
+    names = list(FLOP_PER_CYCLE)
+    if flags.get("avx512f"):
+        zen4 = info["vendor"] == "AuthenticAMD" and info["family"] == 0x19
+        name = names[1] if zen4 else names[0]
+    elif flags.get("avx2") and flags.get("fma"):
+        name = names[2]
+    elif flags.get("avx"):
+        name = names[3]
+    else:
+        name = names[4]
+    return name, FLOP_PER_CYCLE[name]
+
+
+def theoretical_peak(info: dict) -> dict:
+    """cores x FLOP/cycle x clock, float32 (and bf16 where AVX512_BF16 is there)."""
+    isa, per_cycle = flop_per_cycle(info)
+    ghz = (info["mhz"] or 0) / 1000
+    fp32 = info["cores"] * per_cycle * ghz
+    return {"isa": isa, "flop_per_cycle_fp32": per_cycle, "ghz": round(ghz, 3), "cores": info["cores"],
+            "fp32_gflops": round(fp32, 1),
+            "bf16_gflops": round(BF16_FACTOR * fp32, 1) if info["flags"].get("avx512_bf16") else None,
+            "note": "clock = cpuinfo's 'cpu MHz', which in a VM is often the base clock; a CPU that "
+                    "boosts above it can exceed this 'peak' (then the run fails and says so)"}
+
+
+def measure_peak(sizes: tuple[int, ...], repeats: int, theoretical_gflops: float, bf16: bool = False) -> dict:
+    """float32 GEMM GFLOP/s of NumPy and TensorFlow per size (best of ``repeats`` after a warm-up);
+    the peak is the maximum over all of them. ``bf16``: also TensorFlow's bfloat16 GEMM (oneDNN),
+    whose maximum, if higher, is the peak that bf16 paths are measured against."""
     import tensorflow as tf
 
-    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
-    flops = 2 * n**3
-    numpy_rate = time_calls(lambda: a @ a, 1, min_time, 3)["tiles_per_s"] * flops / 1e9
-    ta = tf.constant(a)
-    matmul = tf.function(lambda: tf.matmul(ta, ta))
-    tf_rate = time_calls(lambda: matmul().numpy(), 1, min_time, 3)["tiles_per_s"] * flops / 1e9
-    peak, source = max((numpy_rate, "numpy"), (tf_rate, "tensorflow"))
-    return {"n": n, "numpy_gflops": round(numpy_rate, 1), "tensorflow_gflops": round(tf_rate, 1),
-            "peak_gflops": round(peak, 1), "peak_source": source}
+    rows = []
+    for n in sizes:
+        a = np.random.default_rng(n).random((n, n), dtype=np.float32)
+        ta, tb = tf.constant(a), tf.constant(a, tf.bfloat16)
+        libs = {"numpy": lambda: a @ a, "tensorflow": lambda: tf.matmul(ta, ta).numpy()}
+        if bf16:
+            libs["tensorflow-bf16"] = lambda: tf.matmul(tb, tb).numpy()
+        for lib, fn in libs.items():
+            t = time_calls(fn, 1, 0.0, repeats, warmup=1)
+            rows.append({"lib": lib, "n": n, "gflops": round(t["tiles_per_s"] * 2 * n**3 / 1e9, 1),
+                         "load_1min": load_average()[:1]})
+    fp32 = [r for r in rows if r["lib"] != "tensorflow-bf16"]
+    best = max(fp32, key=lambda r: r["gflops"])
+    return {"gemm": rows, "peak_gflops": best["gflops"], "peak_source": f"{best['lib']} n={best['n']}",
+            "pct_theoretical": round(100 * best["gflops"] / theoretical_gflops, 1) if theoretical_gflops else None,
+            "bf16_peak_gflops": max([r["gflops"] for r in rows] if bf16 else [best["gflops"]])}
 
 
 # ---------------------------------------------------------------- inference
-
-
-def _factories() -> dict[str, Callable]:
-    """Backend name -> (model, tile_size, batch_size) -> predictor, including the variants."""
-    from ihclib import backends
-
-    return {
-        "keras": lambda m, t, b: backends.predictor(m, t, b, "keras"),
-        "keras+xla": lambda m, t, b: backends.predictor(m, t, b, "keras", jit_compile=True),
-        "openvino": lambda m, t, b: backends.predictor(m, t, b, "openvino"),
-        "openvino-1stream": lambda m, t, b: backends.openvino_predictor(m, t, b, streams=1),
-        "openvino-2streams": lambda m, t, b: backends.openvino_predictor(m, t, b, streams=2),
-        "onnxruntime": lambda m, t, b: backends.predictor(m, t, b, "onnxruntime"),
-    }
 
 
 def installed(backends: tuple[str, ...]) -> list[str]:
     """The names in ``backends`` whose packages are installed."""
     from ihclib.backends import is_available
 
-    return [b for b in backends if is_available(b.split("+")[0].split("-")[0])]
+    return [b for b in backends if is_available(b)]
 
 
-def bench_inference(model, tile_size: int, batch_sizes: tuple[int, ...], backends: list[str], flops_per_tile: int,
-                    peak_gflops: float, min_time: float, min_calls: int = 3) -> list[dict]:
-    """tiles/s of each backend x batch size on random tiles (one row each).
+def bench_inference(model, label: str, tile_size: int, batch_sizes: tuple[int, ...], backends: list[str],
+                    flops_per_tile: int, peak_gflops: float, min_time: float, min_calls: int = 3) -> list[dict]:
+    """tiles/s of each backend x batch size on random tiles with 10 % impulses (one row each);
+    ``setup_s`` is the first call (tracing for Keras, conversion for OpenVINO)."""
+    from ihclib.backends import predictor
 
-    ``setup_s`` is the first call: tracing for Keras, conversion + compilation for the others.
-    """
-    factories = _factories()
     rows = []
     rng = np.random.default_rng(0)
     for backend in backends:
         for batch in batch_sizes:
             tiles = rng.random((batch, tile_size, tile_size, 3), dtype=np.float32)
-            start = time.perf_counter()
-            predict = factories[backend](model, tile_size, batch)
-            predict(tiles)
-            setup = time.perf_counter() - start
+            tiles[tiles < 0.05], tiles[tiles > 0.95] = 0.0, 1.0
+            predict, setup = timed(lambda: predictor(model, tile_size, batch, backend))
+            setup += timed(lambda: predict(tiles))[1]
             t = time_calls(lambda: predict(tiles), batch, min_time, min_calls, warmup=0)
-            rows.append({"backend": backend, "batch": batch, **rates(t["tiles_per_s"], flops_per_tile, peak_gflops),
+            rows.append({"model": label, "backend": backend, "batch": batch,
+                         **rates(t["tiles_per_s"], flops_per_tile, peak_gflops),
+                         "mp_per_s": round(t["tiles_per_s"] * tile_size**2 / 1e6, 3),
                          "mean_tiles_per_s": round(t["mean_tiles_per_s"], 3), "setup_s": round(setup, 2),
                          "load_1min": load_average()[:1]})
     return rows
 
 
-def bench_predict_ratio(model, tile_size: int, n_tiles: int, batch_size: int, backends: list[str],
-                        rounds: int = 3) -> dict:
-    """tiles/s on the same ``n_tiles`` tiles: ``model.predict`` against the project's path per
-    backend (``ihclib.backends.predictor``, what ``ihclib.infer.denoise`` calls), and the ratios.
+def peak_for(precision: str, peak: dict) -> float:
+    """The measured peak a path in ``precision`` is compared with."""
+    return peak["bf16_peak_gflops"] if precision == "bfloat16" else peak["peak_gflops"]
 
-    After one warm-up pass each, the methods take turns for ``rounds`` rounds (best pass counts),
-    so a busier moment of a shared machine does not favour one of them.
-    """
+
+def held_out_tiles(cfg: Config) -> list[np.ndarray]:
+    """Clean float32 tiles: the centre ``psnr_tile`` of every image of the sources that
+    ``data/splits.json`` keeps out of training (validation and test), else the embedded image."""
+    from ihclib.data import default_image, read_splits
+    from ihclib.images import load_image, to_float
+
+    splits = read_splits(ROOT / "data") if cfg.held_out else None
+    sources = [s for part in ("val", "test") for s in (splits or {}).get(part, [])]
+    paths = sorted(p for s in sources for p in (ROOT / "data" / s).iterdir()
+                   if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff"))
+    images = [to_float(load_image(p).rgb) for p in paths] or [default_image()]
+    t = cfg.psnr_tile
+    tiles = []
+    for img in images:
+        r, c = max(0, (img.shape[0] - t) // 2), max(0, (img.shape[1] - t) // 2)
+        tiles.append(np.ascontiguousarray(img[r : r + t, c : c + t], np.float32))
+    return tiles
+
+
+def bench_bf16(model, cfg: Config, flops_per_tile: int, peak: dict) -> dict:
+    """The bundled model with a bfloat16 trunk (:func:`ihclib.infer.bfloat16_copy`) against
+    float32: tiles/s (the two take turns, best of rounds) and mean PSNR on held-out tiles."""
     from ihclib.backends import predictor
+    from ihclib.infer import _cached_bfloat16_copy, denoise
+    from ihclib.metrics import psnr
+    from ihclib.noise import salt_and_pepper
 
-    tiles = np.random.default_rng(1).random((n_tiles, tile_size, tile_size, 3), dtype=np.float32)
-
-    def through(predict):
-        def run_all():
-            for i in range(0, n_tiles, batch_size):
-                predict(tiles[i : i + batch_size])
-        return run_all
-
-    methods = {"predict": lambda: model.predict(tiles, batch_size=batch_size, verbose=0)}
-    methods.update({b: through(predictor(model, tile_size, batch_size, b)) for b in backends})
-    best = {}
-    for name, fn in methods.items():
-        fn()  # warm-up: tracing, conversion
-        best[name] = float("inf")
-    for _ in range(rounds):
-        for name, fn in methods.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    out = {"tiles": n_tiles, "batch": batch_size, "rounds": rounds,
-           "predict_tiles_per_s": round(n_tiles / best["predict"], 3)}
-    for b in backends:
-        out[f"{b}_tiles_per_s"] = round(n_tiles / best[b], 3)
-        out[f"ratio_{b}_vs_predict"] = round(best["predict"] / best[b], 2)
-    return out
-
-
-def check_agreement(model, tile_size: int, backends: list[str]) -> dict:
-    """Largest absolute difference of each backend from Keras on two random tiles."""
-    from ihclib.backends import predictor
-
-    tiles = np.random.default_rng(2).random((2, tile_size, tile_size, 3), dtype=np.float32)
-    ref = predictor(model, tile_size, 2, "keras")(tiles)
-    return {b: float(np.abs(predictor(model, tile_size, 2, b)(tiles) - ref).max()) for b in backends if b != "keras"}
+    copy = _cached_bfloat16_copy(model)
+    t, b = cfg.tile_size, cfg.main_batch
+    tiles = np.random.default_rng(3).random((b, t, t, 3), dtype=np.float32)
+    tiles[tiles < 0.05], tiles[tiles > 0.95] = 0.0, 1.0
+    predictors = {"float32": predictor(model, t, b, "keras"), "bfloat16": predictor(copy, t, b, "keras")}
+    best = {name: timed(lambda: p(tiles))[1] for name, p in predictors.items()}  # first call: tracing
+    best = {name: float("inf") for name in best}
+    for _ in range(max(2, cfg.min_calls)):
+        for name, p in predictors.items():
+            best[name] = min(best[name], timed(lambda: p(tiles))[1])
+    clean = held_out_tiles(cfg)
+    scores: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+    for i, tile in enumerate(clean):
+        for amount in cfg.psnr_amounts:
+            noisy = salt_and_pepper(tile, amount, np.random.default_rng(i))
+            for name in scores:
+                scores[name].append(psnr(tile, np.clip(denoise(model, noisy, tile_size=cfg.psnr_tile, overlap=0,
+                                                               multiple=4, progress=False, precision=name), 0, 1)))
+    mean = {name: float(np.mean(v)) for name, v in scores.items()}
+    # bf16 against the best measured GEMM of either precision (it mixes bf16 and float32 layers)
+    speed = {name: rates(b / s, flops_per_tile, peak_for(name, peak)) for name, s in best.items()}
+    return {"tile": t, "batch": b, "speed": speed, "speedup": round(best["float32"] / best["bfloat16"], 3),
+            "psnr_float32": round(mean["float32"], 3), "psnr_bfloat16": round(mean["bfloat16"], 3),
+            "psnr_delta_db": round(mean["bfloat16"] - mean["float32"], 4), "psnr_tiles": len(clean),
+            "psnr_amounts": list(cfg.psnr_amounts), "load_1min": load_average()[:1]}
 
 
 # ---------------------------------------------------------------- training
@@ -249,20 +339,43 @@ def training_tiles(tile_size: int, n: int = 16, seed: int = 0) -> np.ndarray:
     return np.stack([img[r : r + tile_size, c : c + tile_size] for r, c in zip(rows, cols)]).astype(np.float32)
 
 
-def bench_training(tile_size: int, batch_size: int, steps: int, warmup: int, flops_per_tile: int,
-                   peak_gflops: float, jit_compile: tuple[bool, ...] = (False,), determinism: bool = False,
-                   learning_rate: float = 1e-3) -> list[dict]:
-    """Training tiles/s of the paper's network with ``ihclib.train``'s compile settings (Adam, MSE,
-    "accuracy"), one row per ``jit_compile`` (XLA) setting.
+def op_profile(step: Callable[[], Any], steps: int, top: int = 8) -> list[dict]:
+    """ms per step of the ``top`` TensorFlow op types over ``steps`` calls of ``step``, from the
+    TensorFlow profiler's trace (ops run in parallel, so the sum can exceed the step's time)."""
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    Each variant is its own compiled model, stepped with ``train_on_batch`` (the train step that
-    ``model.fit`` runs) on batches from ``ihclib.train.make_train_pipeline`` (noise made on the
-    fly, prefetched, as in training; :func:`bench_pipeline` shows it alone is far faster). After
-    ``warmup`` steps each (tracing, optimizer slots), the variants take turns, one step at a
-    time, so a slower period of a shared machine hits all of them alike.
-    ``determinism``: TF op determinism, as ``ihclib.train.train`` sets it (process-wide: it
-    stays on once set). On a GPU the mixed_float16 policy is used.
-    """
+    with tempfile.TemporaryDirectory(prefix="ihclib-profile-") as logdir:
+        tf.profiler.experimental.start(logdir)
+        try:
+            for _ in range(steps):
+                step()
+        finally:
+            tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        space.ParseFromString(next(Path(logdir).rglob("*.xplane.pb")).read_bytes())
+    totals: dict[str, float] = {}
+    for plane in space.planes:
+        names = {k: v.name for k, v in plane.event_metadata.items()}
+        for line in plane.lines:
+            for event in line.events:
+                name = names.get(event.metadata_id, "")
+                # ops are "op_name:OpType"; "Class::Method" events are the executor's own
+                op = name.rsplit(":", 1)[1].strip() if ":" in name and "::" not in name else ""
+                if op and not op.startswith("__"):  # not the whole function's event
+                    totals[op] = totals.get(op, 0.0) + event.duration_ps / 1e9 / steps
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
+    return [{"op": op, "ms_per_step": round(ms, 1)} for op, ms in ranked]
+
+
+def bench_training(tile_size: int, batch_size: int, steps: int, warmup: int, flops_per_tile: int,
+                   peak_gflops: float, determinism: bool = False, learning_rate: float = 1e-3,
+                   profile_steps: int = 0) -> dict:
+    """Training tiles/s of the paper's network with ``ihclib.train``'s compile settings (Adam,
+    MSE, "accuracy"), stepped with ``train_on_batch`` (the step ``model.fit`` runs) on batches of
+    ``ihclib.train.make_train_pipeline``. ``determinism``: TF op determinism, as
+    ``ihclib.train.set_determinism`` sets it (process-wide: it stays on once set).
+    ``profile_steps``: then that many steps under the profiler (:func:`op_profile`)."""
     import keras
     import tensorflow as tf
 
@@ -271,55 +384,36 @@ def bench_training(tile_size: int, batch_size: int, steps: int, warmup: int, flo
 
     if determinism:
         tf.config.experimental.enable_op_determinism()
-    gpu = bool(tf.config.list_physical_devices("GPU"))
-    keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "float32")
     batches = iter(make_train_pipeline(training_tiles(tile_size, max(16, batch_size)), batch_size, seed=0,
                                        amount_range=(0.0, 0.3)))
-    models, warm = [], []
-    try:
-        for jit in jit_compile:
-            keras.utils.set_random_seed(0)
-            model = build_paper_model(None)
-            model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse", metrics=["accuracy"],
-                          jit_compile=jit)
-            start = time.perf_counter()
-            for _ in range(warmup):
-                model.train_on_batch(*next(batches))
-            warm.append(time.perf_counter() - start)
-            models.append(model)
-        step_s: list[list[float]] = [[] for _ in models]
-        for _ in range(steps):
-            for model, times in zip(models, step_s):
-                noisy, clean = next(batches)
-                start = time.perf_counter()
-                model.train_on_batch(noisy, clean)
-                times.append(time.perf_counter() - start)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-    rows = []
-    for jit, w, times in zip(jit_compile, warm, step_s):
-        variant = ("XLA" if jit else "default") + (" + op determinism" if determinism else "")
-        rows.append({"variant": variant, "batch": batch_size, "steps": steps, "seconds": round(sum(times), 2),
-                     "warmup_s": round(w, 2), "mixed_precision": gpu,
-                     **rates(batch_size / min(times), flops_per_tile, peak_gflops, TRAIN_FLOP_FACTOR),
-                     "mean_tiles_per_s": round(steps * batch_size / sum(times), 3), "load_1min": load_average()[:1]})
-    return rows
+    keras.utils.set_random_seed(0)
+    model = build_paper_model(None)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse", metrics=["accuracy"])
+    warm = sum(timed(lambda: model.train_on_batch(*next(batches)))[1] for _ in range(warmup))
+    times, waits = [], []
+    for _ in range(steps):
+        batch, wait = timed(lambda: next(batches))  # time spent waiting for the input pipeline
+        times.append(timed(lambda: model.train_on_batch(*batch))[1])
+        waits.append(wait)
+    profile = op_profile(lambda: model.train_on_batch(*next(batches)), profile_steps) if profile_steps else []
+    return {"variant": "op determinism" if determinism else "no op determinism", "batch": batch_size,
+            "op_profile": profile,
+            "steps": steps, "seconds": round(sum(times), 2), "input_wait_s": round(sum(waits), 3),
+            "warmup_s": round(warm, 2), **rates(batch_size / min(times), flops_per_tile, peak_gflops, TRAIN_FLOP_FACTOR),
+            "mean_tiles_per_s": round(steps * batch_size / sum(times), 3), "load_1min": load_average()[:1]}
 
 
-def bench_pipeline(tile_size: int, batch_size: int, batches: int = 5) -> dict:
-    """tiles/s of ``make_train_pipeline`` alone (noise + augmentation), to show it is not the
-    bottleneck of training."""
+def bench_input_pipeline(tile_size: int, batch_size: int, batches: int = 5) -> dict:
+    """tiles/s of ``make_train_pipeline`` alone (noise + augmentation): is it the bottleneck?"""
     from ihclib.train import make_train_pipeline
 
     ds = iter(make_train_pipeline(training_tiles(tile_size, max(16, batch_size)), batch_size, 0, (0.0, 0.3)))
     next(ds)
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(ds)
-    return {"tiles_per_s": round(batches * batch_size / (time.perf_counter() - start), 1)}
+    _, seconds = timed(lambda: [next(ds) for _ in range(batches)])
+    return {"tiles_per_s": round(batches * batch_size / seconds, 1)}
 
 
-# ---------------------------------------------------------------- ihclib denoise
+# ---------------------------------------------------------------- whole images
 
 
 def make_test_image(size: int, amount: float = 0.1, seed: int = 0) -> np.ndarray:
@@ -362,234 +456,354 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[int, str, flo
     return proc.returncode, proc.stdout, wall, rss_mib
 
 
-def bench_denoise_cli(model_path: str | Path, size: int, workdir: str | Path, backend: str = "keras",
-                      batch_size: int = 8, tile_size: int = 256, overlap: int = 32) -> dict:
-    """``ihclib denoise`` on a synthetic ``size`` x ``size`` noisy PNG, as a subprocess.
-
-    ``seconds`` is what the command reports for the image (load, denoise, save); ``wall_s`` adds
-    start-up (imports, model loading, conversion for OpenVINO / ONNX Runtime).
-    """
-    from ihclib.images import save_image
+def bench_denoise_cli(model_path: str | Path, image_path: Path, out_dir: Path, cfg: Config,
+                      backend: str = "keras", tile: int | None = None, batch: int | None = None) -> dict:
+    """``ihclib denoise`` on ``image_path`` as a subprocess (tile and batch: the config's unless
+    given): ``seconds`` is what the command reports for the image (load, denoise, save);
+    ``wall_s`` adds start-up and model loading."""
     from ihclib.infer import tile_starts
 
-    workdir = Path(workdir)
-    src = workdir / f"noisy_{size}.png"
-    if not src.exists():
-        save_image(src, make_test_image(size))
-    dst = workdir / f"denoised_{size}_{backend}.png"
-    cmd = [sys.executable, "-m", "ihclib", "denoise", str(src), "-o", str(dst), "--overwrite",
-           "--model", str(model_path), "--batch-size", str(batch_size), "--tile-size", str(tile_size),
-           "--overlap", str(overlap)]
-    env = {**os.environ, "IHCLIB_BACKEND": backend}
-    code, output, wall, rss = run_measured(cmd, env)
+    tile, batch = tile or cfg.tile_size, batch or cfg.denoise_batch
+    dst = out_dir / f"denoised_{backend}_{tile}.png"
+    cmd = [sys.executable, "-m", "ihclib", "denoise", str(image_path), "-o", str(dst), "--overwrite",
+           "--model", str(model_path), "--batch-size", str(batch), "--tile-size", str(tile),
+           "--overlap", str(cfg.denoise_overlap)]
+    code, output, wall, rss = run_measured(cmd, {**os.environ, "IHCLIB_BACKEND": backend})
     if code != 0:
         raise RuntimeError(f"ihclib denoise failed ({code}):\n{output[-2000:]}")
     found = re.search(r"\(\d+x\d+, \w+, ([\d.]+) s\)", output)
-    n_tiles = len(tile_starts(size, tile_size, overlap)) ** 2
-    seconds = float(found.group(1)) if found else None
-    return {"backend": backend, "size": size, "tiles": n_tiles, "seconds": seconds, "wall_s": round(wall, 2),
-            "peak_rss_mib": round(rss, 1),
-            "tiles_per_s": round(n_tiles / seconds, 3) if seconds else None}
+    if not found:
+        raise RuntimeError(f"ihclib denoise did not report its time:\n{output[-2000:]}")
+    seconds = float(found.group(1))
+    if seconds <= 0:  # the command prints tenths of a second
+        raise RuntimeError(f"ihclib denoise reported {seconds} s: the image is too small to time")
+    size = cfg.denoise_size
+    return {"backend": backend, "size": size, "tile": tile, "batch": batch,
+            "tiles": len(tile_starts(size, tile, cfg.denoise_overlap)) ** 2,
+            "seconds": seconds, "wall_s": round(wall, 2), "peak_rss_mib": round(rss, 1),
+            "mp_per_s": float(f"{size * size / seconds / 1e6:.4g}"), "load_1min": load_average()[:1]}
 
 
-# ---------------------------------------------------------------- child process (oneDNN off)
+def bench_switching_median(image: np.ndarray) -> dict:
+    """``ihclib.baselines.switching_median`` on the same image (uint8 -> float, filtered)."""
+    from ihclib.baselines import switching_median
+    from ihclib.images import to_float
+
+    _, seconds = timed(lambda: switching_median(to_float(image)))
+    return {"seconds": round(seconds, 4), "mp_per_s": float(f"{image.shape[0] * image.shape[1] / seconds / 1e6:.4g}"),
+            "load_1min": load_average()[:1]}
 
 
-def child_measurements(cfg: Config, peak_gflops: float) -> dict:
-    """What the parent compares in a process with other import-time settings."""
-    from ihclib.model import build_paper_model, count_flops
+def recompute(size: int, tile: int, overlap: int) -> float:
+    """Pixels the model computes per pixel of a ``size`` x ``size`` image (overlapping tiles)."""
+    from ihclib.infer import tile_starts
 
-    model = build_paper_model(None)
-    flops = count_flops(model, cfg.tile_size)
-    out = {"inference": bench_inference(model, cfg.tile_size, (cfg.main_batch,), ["keras"], flops, peak_gflops,
-                                        cfg.min_time, cfg.min_calls)}
-    out["training"] = bench_training(cfg.tile_size, cfg.train_batch, cfg.train_steps, cfg.train_warmup, flops,
-                                     peak_gflops)[0]
+    return (len(tile_starts(size, tile, overlap)) * tile / size) ** 2
+
+
+def bench_tile_pipeline(model, cfg: Config) -> dict:
+    """In-process ``infer.denoise`` on a ``pipeline_size`` image as the CLI runs it, and with one
+    thing changed each: no threads, float32, tiles twice as large (a quarter of the batch); and
+    on the clean image, with and without skipping unflagged tiles."""
+    from ihclib.infer import _Plan, _unflagged, denoise, resolve_precision
+
+    kwargs = dict(tile_size=cfg.tile_size, overlap=cfg.denoise_overlap, batch_size=cfg.denoise_batch,
+                  multiple=4, progress=False, precision="auto")  # as `ihclib denoise` runs it
+    noisy, clean = make_test_image(cfg.pipeline_size), make_test_image(cfg.pipeline_size, amount=0.0)
+    out: dict[str, Any] = {"size": cfg.pipeline_size, "precision": resolve_precision(model, "auto"),
+                           "big_tile": 2 * cfg.tile_size}
+    big = 2 * cfg.tile_size
+    runs = {"threads": (noisy, dict(threads=True)), "no_threads": (noisy, dict(threads=False)),
+            "float32": (noisy, dict(precision="float32")),
+            f"tile{big}": (noisy, dict(tile_size=big, batch_size=max(1, cfg.denoise_batch // 4))),
+            "clean_skip": (clean, dict(skip_unflagged=True)), "clean_no_skip": (clean, dict(skip_unflagged=False))}
+    results = {}
+    for name, (img, extra) in runs.items():
+        args = {**kwargs, **extra}
+        denoise(model, img[: 2 * args["tile_size"], : 2 * args["tile_size"]], **args)  # tracing, not timed
+        results[name], seconds = timed(lambda: denoise(model, img, **args))
+        out[f"{name}_s"] = round(seconds, 2)
+    plan = _Plan(clean.shape[:2], cfg.tile_size, cfg.denoise_overlap, cfg.denoise_batch)
+    clean_f = clean.astype(np.float32) / 255
+    t = cfg.tile_size
+    out["clean_tiles_skipped"] = sum(_unflagged(clean_f[r : r + t, c : c + t]) for r, c in plan.starts)
+    out["clean_tiles"] = len(plan.starts)
+    for t_size in (cfg.tile_size, 2 * cfg.tile_size):  # pixels computed per image pixel (overlap)
+        for size in (cfg.pipeline_size, cfg.denoise_size):
+            out[f"recompute_tile{t_size}_{size}px"] = round(recompute(size, t_size, cfg.denoise_overlap), 3)
+    out["skip_identical"] = bool(np.array_equal(results["clean_skip"], results["clean_no_skip"]))
+    out["threads_identical"] = bool(np.array_equal(results["threads"], results["no_threads"]))
+    out["load_1min"] = load_average()[:1]
     return out
-
-
-def run_child(cfg: Config, peak_gflops: float, env_update: dict) -> dict:
-    """:func:`child_measurements` in a child process with ``env_update`` in its environment."""
-    env = {**os.environ, **env_update}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(asdict(cfg)),
-           "--peak", str(peak_gflops)]
-    code, output, _, _ = run_measured(cmd, env)
-    lines = [ln for ln in output.splitlines() if ln.startswith("{")]
-    if code != 0 or not lines:
-        raise RuntimeError(f"benchmark child failed ({code}):\n{output[-2000:]}")
-    return json.loads(lines[-1])
 
 
 # ---------------------------------------------------------------- the run
 
 
-def run_benchmark(cfg: Config, out_path: Path | None = DEFAULT_OUT, log: Callable[[str], None] = print) -> dict:
-    """Every measurement of ``cfg``; the result dict is also written to ``out_path`` (if given)."""
+class RatioError(RuntimeError):
+    """A share of a peak above 100 %: the FLOP accounting or the peak is wrong."""
+
+
+def machine_section(cfg: Config, log: Callable[[str], None]) -> dict:
+    """Machine, versions, load, and the theoretical and measured peaks."""
     import tensorflow as tf
 
     from ihclib import reports
-    from ihclib.model import MODELS, build_paper_model, count_flops
 
-    t0 = time.perf_counter()
-    result: dict[str, Any] = {
-        "config": asdict(cfg), "machine": reports.machine_info(), "versions": reports.package_versions(),
-        "commit": reports.git_commit(ROOT), "load_average_before": load_average(),
-        "settings": {"TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
-                     "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or "default",
-                     "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads() or "default"},
-        "notes": {"flops": "FLOPs per tile = ihclib.model.count_flops (2 x MACs of the convolutions); "
-                           f"training = {TRAIN_FLOP_FACTOR} x forward",
-                  "timing": "tiles/s of the fastest timed call (inference) or step (training) after warm-up; "
-                            "mean_tiles_per_s over all timed calls; load_1min = load average when measured"},
-    }
-    log(f"benchmark ({cfg.name}) on {result['machine']['cpu']}, {result['machine']['cores']} cores, "
-        f"load {result['load_average_before']}")
+    info = cpu_info()
+    theory = theoretical_peak(info)
+    log(f"benchmark ({cfg.name}) on {info['model']}, {info['cores']} cores, {theory['isa']}, load {load_average()}")
+    peak = measure_peak(cfg.gemm_sizes, cfg.gemm_repeats, theory["fp32_gflops"], bool(theory["bf16_gflops"]))
+    peak.update({"theoretical_gflops": theory["fp32_gflops"], "bf16_theoretical_gflops": theory["bf16_gflops"]})
+    log(f"peak: measured {peak['peak_gflops']} GFLOP/s ({peak['peak_source']}), theoretical {theory['fp32_gflops']}")
+    return {"config": asdict(cfg), "cpu": info, "theoretical": theory, "peak": peak,
+            "versions": reports.package_versions(), "commit": reports.git_commit(ROOT),
+            "load_average_before": load_average(),
+            "settings": {"TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+                         "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or "default"},
+            "notes": {"flops": "2 x multiply-accumulates of the convolutions (ihclib.model.count_flops); "
+                               f"training = {TRAIN_FLOP_FACTOR} x forward; denoise: FLOPs per image pixel x pixels "
+                               "(recomputed overlap not counted)",
+                      "timing": "best of repeated calls after warm-up; load_1min = load average when measured"}}
 
-    peak = measure_peak(cfg.matmul_n, 4 * cfg.min_time)
-    result["peak"] = peak
-    log(f"peak: numpy {peak['numpy_gflops']} GFLOP/s, tensorflow {peak['tensorflow_gflops']} GFLOP/s")
-    peak_gflops = peak["peak_gflops"]
+
+def bundled_model() -> tuple[Any, Path, str]:
+    """The model ``ihclib denoise`` uses by default, its path and its architecture."""
+    from ihclib.infer import bundled_model_path, load_default_model
+
+    model, sidecar = load_default_model()
+    return model, bundled_model_path(), sidecar.get("architecture", "crosschannel_unet")
+
+
+def whole_image_section(result: dict, cfg: Config, log: Callable[[str], None]) -> None:
+    """``ihclib denoise`` and the switching median on one noisy image, the tile pipeline, bf16."""
+    from ihclib.images import save_image
+    from ihclib.model import count_flops
+
+    model, path, arch = bundled_model()
+    peak = result["peak"]
+    per_px = count_flops(arch, cfg.tile_size) / cfg.tile_size**2
+    image = make_test_image(cfg.denoise_size)
+    with tempfile.TemporaryDirectory(prefix="ihclib-bench-") as tmp:
+        src = Path(tmp) / f"noisy_{cfg.denoise_size}.png"
+        save_image(src, image)
+        run = bench_denoise_cli(path, src, Path(tmp), cfg)
+        # twice the tile, a quarter of the batch (same pixels per call): less overlap recomputed
+        big = bench_denoise_cli(path, src, Path(tmp), cfg, tile=2 * cfg.tile_size, batch=max(1, cfg.denoise_batch // 4))
+    from ihclib.infer import resolve_precision
+
+    precision = resolve_precision(model, "auto")  # what the command runs in
+    run.update({k: v for k, v in rates(run["mp_per_s"] * 1e6, per_px, peak_for(precision, peak)).items()
+                if k != "tiles_per_s"})
+    median = bench_switching_median(image)
+    run["x_median_time"] = round(run["seconds"] / median["seconds"], 2)
+    log(f"ihclib denoise {cfg.denoise_size}px: {run['seconds']} s, {run['mp_per_s']} MP/s, {run['pct_peak']} % of "
+        f"peak; switching median {median['seconds']} s")
+    result["model"] = {"name": arch, "path": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name,
+                       "flops_per_pixel": per_px, "params": int(model.count_params())}
+    big["recompute"] = round(recompute(cfg.denoise_size, big["tile"], cfg.denoise_overlap), 3)
+    run["recompute"] = round(recompute(cfg.denoise_size, run["tile"], cfg.denoise_overlap), 3)
+    result["denoise_cli_big_tile"] = big
+    result["denoise_cli"] = {**run, "precision": precision, "image": f"{cfg.denoise_size}x{cfg.denoise_size} uint8 PNG, embedded IHC image "
+                                             "mirrored out, s&p 0.1"}
+    result["switching_median"] = median
+    result["tile_pipeline"] = bench_tile_pipeline(model, cfg)
+    flops_tile = per_px * cfg.tile_size**2
+    result["bundled_inference"] = bench_inference(model, f"{arch} (float32)", cfg.tile_size, (cfg.main_batch,), ["keras"], flops_tile,
+                                                  peak["peak_gflops"], cfg.min_time, cfg.min_calls)
+    result["bf16"] = bench_bf16(model, cfg, flops_tile, peak)
+    log(f"bf16: x{result['bf16']['speedup']}, PSNR {result['bf16']['psnr_delta_db']:+.4f} dB")
+
+
+def paper_section(result: dict, cfg: Config, log: Callable[[str], None]) -> None:
+    """Inference and training of the paper's network; op determinism last (it cannot be undone)."""
+    from ihclib.model import build_paper_model, count_flops
 
     model = build_paper_model(None)
     flops = count_flops(model, cfg.tile_size)
-    result["model"] = {"name": "paper_unet", "tile_size": cfg.tile_size, "flops_per_tile": flops,
-                       "params": int(model.count_params())}
-    backends = installed(cfg.backends)
-    result["backends"] = backends
-
-    rows = bench_inference(model, cfg.tile_size, cfg.batch_sizes, backends, flops, peak_gflops, cfg.min_time,
-                           cfg.min_calls)
-    result["inference"] = rows
-    log(f"inference: {len(rows)} measurements done ({time.perf_counter() - t0:.0f} s)")
-    result["agreement_max_abs_diff_vs_keras"] = check_agreement(model, cfg.tile_size, backends)
-    result["predict_ratio"] = bench_predict_ratio(model, cfg.tile_size, cfg.predict_tiles, cfg.main_batch, backends,
-                                                  max(1, cfg.min_calls))
-
-    # ihclib denoise on the big image: Keras and the fastest other backend at the CLI's batch size
-    others = [r for r in rows if r["batch"] == cfg.denoise_batch and r["backend"] != "keras"]
-    cli_backends = ["keras"] + ([max(others, key=lambda r: r["tiles_per_s"])["backend"]] if others else [])
-    denoise_rows = []
-    with tempfile.TemporaryDirectory(prefix="ihclib-bench-") as tmp:
-        from ihclib.infer import bundled_model_path
-        from ihclib.train import save_model
-
-        bundled = bundled_model_path()
-        if bundled.is_file():
-            side = bundled.with_suffix(".json")
-            arch = json.loads(side.read_text()).get("architecture", "?") if side.is_file() else "?"
-            model_path, which = bundled, f"bundled model ihclib/models/default.keras ({arch})"
-        else:
-            arch, model_path = "paper_unet", Path(tmp) / "paper_unet.keras"
-            which = "paper_unet, random weights (no bundled model)"
-            save_model(model, model_path, {"architecture": "paper_unet"})
-        cli_flops = count_flops(arch, cfg.tile_size) if arch in MODELS else None
-        for backend in cli_backends:
-            run = bench_denoise_cli(model_path, cfg.denoise_size, tmp, backend, cfg.denoise_batch, cfg.tile_size,
-                                    cfg.denoise_overlap)
-            if cli_flops and run["tiles_per_s"]:
-                run.update({k: v for k, v in rates(run["tiles_per_s"], cli_flops, peak_gflops).items()
-                            if k != "tiles_per_s"})
-            denoise_rows.append(run)
-            log(f"ihclib denoise {cfg.denoise_size}px ({backend}): {denoise_rows[-1]['seconds']} s")
-    result["denoise_cli"] = {"model": which, "flops_per_tile": cli_flops, "image": f"{cfg.denoise_size}x{cfg.denoise_size} uint8 PNG, embedded IHC "
-                             "image mirrored out, s&p 0.1", "runs": denoise_rows}
-
+    peak = result["peak"]["peak_gflops"]
+    result["paper_model"] = {"name": "paper_unet", "tile_size": cfg.tile_size, "flops_per_tile": flops}
+    result["inference"] = bench_inference(model, "paper_unet", cfg.tile_size, cfg.batch_sizes,
+                                          installed(cfg.backends), flops, peak, cfg.min_time, cfg.min_calls)
+    log(f"inference: {len(result['inference'])} measurements")
+    result["input_pipeline"] = bench_input_pipeline(cfg.tile_size, cfg.train_batch)
     train = dict(tile_size=cfg.tile_size, batch_size=cfg.train_batch, steps=cfg.train_steps,
-                 warmup=cfg.train_warmup, flops_per_tile=flops, peak_gflops=peak_gflops)
-    train_rows = bench_training(**train, jit_compile=(False, True) if cfg.variants else (False,))
-    log(f"training: {train_rows[0]['tiles_per_s']} tiles/s ({time.perf_counter() - t0:.0f} s)")
-    result["pipeline"] = bench_pipeline(cfg.tile_size, cfg.train_batch)
+                 warmup=cfg.train_warmup, flops_per_tile=flops, peak_gflops=peak, profile_steps=cfg.profile_steps)
+    result["training"] = [bench_training(**train), bench_training(**train, determinism=True)]
+    log("training: " + ", ".join(f"{r['variant']} {r['pct_peak']} %" for r in result["training"]))
 
-    variants: dict[str, Any] = {}
-    if cfg.variants:
-        others = installed(cfg.variant_backends)
-        variants["inference"] = bench_inference(model, cfg.tile_size, (cfg.main_batch,), others, flops,
-                                                peak_gflops, cfg.min_time, cfg.min_calls)
-        log(f"variants: inference done ({time.perf_counter() - t0:.0f} s)")
-        variants["onednn_off"] = run_child(cfg, peak_gflops, {"TF_ENABLE_ONEDNN_OPTS": "0"})
-        log(f"variants: oneDNN off done ({time.perf_counter() - t0:.0f} s)")
-        # last: op determinism (ihclib.train sets it) cannot be switched off again in this process
-        train_rows += bench_training(**train, jit_compile=(False, True), determinism=True)
-    result["training"] = train_rows
-    result["variants"] = variants
+
+def ratio_violations(obj: Any, where: str = "") -> list[str]:
+    """Every ``pct_*`` value above 100 in ``obj`` (nested dicts and lists), as 'path = value'."""
+    found = []
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            path = f"{where}.{key}" if where else key
+            if key.startswith("pct_") and isinstance(value, (int, float)) and value > 100:
+                found.append(f"{path} = {value} %")
+            else:
+                found += ratio_violations(value, path)
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj):
+            found += ratio_violations(value, f"{where}[{i}]")
+    return found
+
+
+def run_benchmark(cfg: Config, out_path: Path | None = DEFAULT_OUT, log: Callable[[str], None] = print) -> dict:
+    """Every measurement of ``cfg``, checked, with its targets; written to ``out_path`` (if given).
+
+    Raises
+    ------
+    RatioError
+        When any share of a peak exceeds 100 % (nothing is written then).
+    """
+    from ihclib import reports
+
+    start = time.perf_counter()
+    result = machine_section(cfg, log)
+    whole_image_section(result, cfg, log)
+    paper_section(result, cfg, log)
+    result["targets"] = targets(result)
     result["load_average_after"] = load_average()
-    result["total_s"] = round(time.perf_counter() - t0, 1)
+    result["total_s"] = round(time.perf_counter() - start, 1)
+    bad = ratio_violations(result)
+    if bad:
+        raise RatioError("share of peak above 100 % (FLOP count, peak or clock is wrong): " + "; ".join(bad))
     if out_path is not None:
         reports.write_json(out_path, result)
     return result
 
 
-def format_report(result: dict) -> str:
-    """The printed table: one line per measurement."""
-    peak = result["peak"]
-    lines = [f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores; load before/after "
-             f"{result['load_average_before']} / {result.get('load_average_after')}",
-             f"peak float32 matmul: numpy {peak['numpy_gflops']}, tensorflow {peak['tensorflow_gflops']} GFLOP/s "
-             f"-> peak {peak['peak_gflops']} ({peak['peak_source']})",
-             f"paper_unet at {result['model']['tile_size']}px: {result['model']['flops_per_tile'] / 1e9:.2f} GFLOP "
-             "per tile forward (training = 3x)", "",
-             f"{'what':<34}{'batch':>6}{'tiles/s':>10}{'GFLOP/s':>10}{'% peak':>8}"]
+# ---------------------------------------------------------------- targets and the README table
 
-    def row(what, r):
-        lines.append(f"{what:<34}{r['batch']:>6}{r['tiles_per_s']:>10.2f}{r['gflops']:>10.1f}{r['pct_peak']:>8.1f}")
 
+def targets(result: dict) -> list[dict]:
+    """Issue 13's targets, each with its measured value and whether it is met."""
+    cli, cfg = result["denoise_cli"], result["config"]
+    b = cfg["main_batch"]
+    inf = next(r for r in result["inference"] if r["batch"] == b and r["backend"] == "keras")
+    det = next(r for r in result["training"] if r["variant"] == "op determinism")
+    bf16 = result["bf16"]
+    rows = [(f"`ihclib denoise` {cli['size']}x{cli['size']}, bundled model: at least 2 MP/s", cli["mp_per_s"],
+             "MP/s", cli["mp_per_s"] >= 2),
+            ("... at most 4x the switching median's time (same image, same run)", cli["x_median_time"], "x",
+             cli["x_median_time"] <= 4),
+            ("... at least 60 % of the measured peak, end to end", cli["pct_peak"], "%", cli["pct_peak"] >= 60),
+            (f"inference (paper_unet, batch {b}): at least 75 % of the measured peak", inf["pct_peak"], "%",
+             inf["pct_peak"] >= 75),
+            ("training with op determinism: at least 50 % of the measured peak", det["pct_peak"], "%",
+             det["pct_peak"] >= 50),
+            ("bf16 trunk by default (on CPUs with bf16) only if held-out PSNR changes by less than 0.05 dB",
+             bf16["psnr_delta_db"], "dB", abs(bf16["psnr_delta_db"]) < 0.05),
+            ("... and only if it is faster", bf16["speedup"], "x", bf16["speedup"] > 1)]
+    return [{"target": t, "value": v, "unit": u, "met": bool(m)} for t, v, u, m in rows]
+
+
+def _machine_text(result: dict) -> str:
+    cpu, th, peak = result["cpu"], result["theoretical"], result["peak"]
+    shown = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+    flags = [f for f in shown if cpu["flags"].get(f)] + ([] if cpu["flags"].get("amx_tile") else ["no AMX"])
+    return (f"Measured by `make bench` on **{cpu['model']}** ({cpu['cores']} cores; {', '.join(flags)}), commit `{result['commit']}`, TensorFlow {result['versions'].get('tensorflow', '?')}, "
+            f"load average {result['load_average_before'][:1]} before, {result['load_average_after'][:1]} after "
+            f"({result['total_s']:.0f} s). Theoretical float32 peak: {th['cores']} cores x "
+            f"{th['flop_per_cycle_fp32']} FLOP/cycle ({th['isa']}) x {th['ghz']} GHz (cpuinfo) = "
+            f"**{th['fp32_gflops']} GFLOP/s**; measured peak (best float32 GEMM of NumPy and TensorFlow, "
+            f"n = {', '.join(str(n) for n in result['config']['gemm_sizes'])}): **{peak['peak_gflops']} GFLOP/s** "
+            f"({peak['peak_source']}, {peak['pct_theoretical']} % of theoretical); TensorFlow's best bfloat16 GEMM "
+            f"{peak['bf16_peak_gflops']} GFLOP/s. Shares below are of the measured float32 peak, for bf16 paths of "
+            "the higher of the two.")
+
+
+def _measurement_rows(result: dict) -> list[tuple[str, str, str, str]]:
+    cli, med, tp, bf = result["denoise_cli"], result["switching_median"], result["tile_pipeline"], result["bf16"]
+    big = result["denoise_cli_big_tile"]
+    rows = [(f"`ihclib denoise` {cli['size']}x{cli['size']} ({result['model']['name']}, tile {cli['tile']}, "
+             f"batch {cli['batch']})", f"{cli['seconds']} s, {cli['mp_per_s']} MP/s (wall {cli['wall_s']} s, "
+             f"{cli['peak_rss_mib']:.0f} MiB)", f"{cli['gflops']}", f"{cli['pct_peak']} %"),
+            (f"... tile {big['tile']}, batch {big['batch']} (overlap recomputed: x{big['recompute']} instead of "
+             f"x{cli['recompute']})", f"{big['seconds']} s, {big['mp_per_s']} MP/s", "", ""),
+            ("switching median, same image, same run", f"{med['seconds']} s, {med['mp_per_s']} MP/s", "", ""),
+            (f"in-process {tp['size']}px as the CLI ({tp['precision']}, tile {cli['tile']}) / no threads / float32 / "
+             f"tile {tp['big_tile']}", f"{tp['threads_s']} / {tp['no_threads_s']} / {tp['float32_s']} / "
+             f"{tp['tile' + str(tp['big_tile']) + '_s']} s", "", ""),
+            (f"clean {tp['size']}px image, skipping unflagged tiles on / off ({tp['clean_tiles_skipped']} of "
+             f"{tp['clean_tiles']} skipped)", f"{tp['clean_skip_s']} / {tp['clean_no_skip_s']} s", "", "")]
+    for r in result["bundled_inference"]:
+        rows.append((f"inference {r['model']}, batch {r['batch']}", f"{r['mp_per_s']} MP/s", f"{r['gflops']}",
+                     f"{r['pct_peak']} %"))
+    f32, b16 = bf["speed"]["float32"], bf["speed"]["bfloat16"]
+    rows.append((f"... bf16 trunk (`infer.bfloat16_copy`), batch {bf['batch']}",
+                 f"x{bf['speedup']} ({b16['tiles_per_s']} vs {f32['tiles_per_s']} tiles/s); held-out PSNR "
+                 f"{bf['psnr_delta_db']:+.3f} dB", f"{b16['gflops']}", f"{b16['pct_peak']} %"))
     for r in result["inference"]:
-        row(f"inference {r['backend']}", r)
-    for r in result["variants"].get("inference", []):
-        row(f"inference {r['backend']}", r)
-    off = result["variants"].get("onednn_off")
-    if off:
-        for r in off["inference"]:
-            row("inference keras, oneDNN off", r)
+        rows.append((f"inference paper_unet ({r['backend']}), batch {r['batch']}", f"{r['tiles_per_s']} tiles/s",
+                     f"{r['gflops']}", f"{r['pct_peak']} %"))
     for r in result["training"]:
-        row(f"training ({r['variant']})", r)
-    if off:
-        row("training (default, oneDNN off)", off["training"])
-    lines.append(f"training data pipeline alone: {result['pipeline']['tiles_per_s']} tiles/s")
-    pr = result["predict_ratio"]
-    lines.append("")
-    lines.append(f"model.predict on {pr['tiles']} tiles (batch {pr['batch']}): {pr['predict_tiles_per_s']} tiles/s; "
-                 + ", ".join(f"{b}: x{pr[f'ratio_{b}_vs_predict']}" for b in result["backends"]))
-    lines.append("max |difference| from keras: " + ", ".join(
-        f"{b} {d:.1e}" for b, d in result["agreement_max_abs_diff_vs_keras"].items()))
-    den = result["denoise_cli"]
-    for r in den["runs"]:
-        lines.append(f"ihclib denoise {r['size']}x{r['size']} ({r['tiles']} tiles, {r['backend']}): {r['seconds']} s "
-                     f"(wall {r['wall_s']} s with start-up), peak RSS {r['peak_rss_mib']:.0f} MiB"
-                     + (f", {r['gflops']} GFLOP/s = {r['pct_peak']}% of peak" if "gflops" in r else ""))
-    lines.append(f"  model: {den['model']}")
-    lines.append(f"total {result['total_s']} s")
+        rows.append((f"training paper_unet, batch {r['batch']}, {r['variant']}",
+                     f"{r['tiles_per_s']} tiles/s (input wait {r['input_wait_s']} s)", f"{r['gflops']}",
+                     f"{r['pct_peak']} %"))
+    rows.append(("training input pipeline alone", f"{result['input_pipeline']['tiles_per_s']} tiles/s", "", ""))
+    for r in result["training"]:
+        if r["op_profile"]:
+            ops = ", ".join(f"{p['op']} {p['ms_per_step']:.0f}" for p in r["op_profile"][:5])
+            rows.append((f"where a training step goes ({r['variant']}), ms per step", ops, "", ""))
+    return rows
+
+
+def render_table(result: dict) -> str:
+    """The README's performance block (markdown) from one benchmark result."""
+    lines = [_machine_text(result), "", "| measurement | result | GFLOP/s | share of peak |", "| --- | --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _measurement_rows(result)]
+    lines += ["", "| target (issue 13) | measured | met |", "| --- | --- | --- |"]
+    lines += [f"| {t['target']} | {t['value']} {t['unit']} | {'yes' if t['met'] else '**no**'} |"
+              for t in result["targets"]]
     return "\n".join(lines)
+
+
+def update_readme(result: dict, readme: Path = README) -> bool:
+    """Replace the block between the bench markers of ``readme``; False if it has no markers."""
+    text = readme.read_text()
+    start, end = text.find(MARK_START), text.find(MARK_END)
+    if start < 0 or end < start:
+        return False
+    block = f"{MARK_START}\n{render_table(result)}\n{MARK_END}"
+    readme.write_text(text[:start] + block + text[end + len(MARK_END):])
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny sizes (seconds, not minutes): checks the benchmark runs")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (seconds): checks that the benchmark runs")
     p.add_argument("--out", default=None, help=f"JSON report (default {DEFAULT_OUT.relative_to(ROOT)}; "
                                                "--quick writes none unless given)")
+    p.add_argument("--readme-only", action="store_true", help="only rewrite the README table from the JSON")
+    p.add_argument("--readme", default=str(README), help="README whose table is rewritten (default: the project's)")
     p.add_argument("--wait-idle", type=float, default=None, metavar="LOAD",
                    help="first wait (up to 20 min) until the 1-minute load average is below LOAD")
-    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--peak", type=float, default=0.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    # read when TensorFlow is first imported (all TF imports here are inside functions): the CPU
-    # wheel's oneDNN kernels are JIT-compiled for the CPU found at run time (AVX2/FMA), unlike its
-    # Eigen kernels; the "0" numbers come from a child process
+    out = Path(args.out) if args.out else (None if args.quick else DEFAULT_OUT)
+    if args.readme_only:
+        if out is None or not out.is_file():
+            print(f"bench: error: {out}: no benchmark JSON to render (run make bench)", file=sys.stderr)
+            return 1
+        if update_readme(json.loads(out.read_text()), Path(args.readme)):
+            return 0
+        print(f"bench: error: {args.readme}: no {MARK_START} ... {MARK_END} block to fill", file=sys.stderr)
+        return 1
+    # read when TensorFlow is first imported (all TF imports here are inside functions)
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if args.child:
-        cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(args.child).items()})
-        print(json.dumps(child_measurements(cfg, args.peak)))
-        return 0
-    cfg = QUICK if args.quick else FULL
-    out = Path(args.out) if args.out else (None if args.quick else DEFAULT_OUT)
     if args.wait_idle is not None and not wait_for_idle(args.wait_idle):
         print(f"machine still busy (load {load_average()}); measuring anyway", file=sys.stderr)
-    result = run_benchmark(cfg, out)
-    print()
-    print(format_report(result))
+    try:
+        result = run_benchmark(QUICK if args.quick else FULL, out)
+    except RatioError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 1
+    print("\n" + render_table(result))
     if out is not None:
-        print(f"wrote {out}")
+        table = out == DEFAULT_OUT and update_readme(result, Path(args.readme))
+        print(f"\nwrote {out}" + (f" and the table in {args.readme}" if table else ""))
     return 0
 
 

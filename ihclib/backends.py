@@ -1,24 +1,17 @@
-"""Inference runtimes for tiled denoising: Keras/TensorFlow, OpenVINO, ONNX Runtime.
+"""Inference runtimes for tiled denoising: Keras/TensorFlow (always) and OpenVINO (optional).
 
-TensorFlow's CPU wheel runs convolutions through Eigen kernels built without AVX2/FMA unless
-its oneDNN kernels are on (``TF_ENABLE_ONEDNN_OPTS=1``, which ``import ihclib`` sets by default
-because TensorFlow turns them on only on CPUs with AVX-512 VNNI/AMX). With oneDNN the Keras path
-is as fast as the two runtimes below at the batch sizes ``ihclib denoise`` uses; without it
-(TensorFlow imported before ihclib, or the variable set to 0) it is about 3x slower.
-OpenVINO and ONNX Runtime pick their kernels at run time for the CPU they find, fold batch
-normalisation into the convolutions and fuse the activations; ``benchmarks/bench.py`` measures
-all three. Both are optional extras:
+TensorFlow's CPU wheel runs convolutions through Eigen kernels unless its oneDNN kernels are on
+(``TF_ENABLE_ONEDNN_OPTS=1``, which ``import ihclib`` sets by default because TensorFlow turns
+them on by itself only on some CPUs). OpenVINO (``pip install 'ihclib[openvino]'``) picks its
+kernels at run time for the CPU it finds, folds batch normalisation into the convolutions and
+converts the model's traced ``tf.function`` directly. ``make bench`` measures the backends that
+are installed (``reports/benchmarks.json``). An ONNX Runtime backend was removed: no benchmark
+showed a case where it was faster than the Keras path with oneDNN (issue 12).
 
-* ``openvino`` (``pip install 'ihclib[openvino]'``): converts the model's traced ``tf.function``
-  directly, in a few seconds; no other dependency.
-* ``onnxruntime`` (``pip install 'ihclib[onnx]'``): needs ``tf2onnx`` for the conversion, which
-  takes longer (10-20 s for the paper's network).
-
-A backend is chosen by name: ``"keras"`` (always there), ``"openvino"``, ``"onnxruntime"`` or
-``"auto"`` (Keras when oneDNN is on, else the first installed of :data:`AUTO_ORDER`). ``None``
-means the ``IHCLIB_BACKEND`` environment variable, else ``"keras"``. Every backend gets the same fixed
-input shape ``(batch_size, tile_size, tile_size, 3)`` and is converted once per model and shape
-(cached on the model object, as :func:`ihclib.infer.compiled_predictor` caches its trace).
+A backend is chosen by name: ``"keras"``, ``"openvino"`` or ``"auto"`` (Keras when oneDNN is
+on, else OpenVINO if installed). ``None`` means the ``IHCLIB_BACKEND`` environment variable,
+else ``"keras"``. Every backend gets the same fixed input shape ``(batch_size, tile_size,
+tile_size, 3)`` and is converted once per model and shape (cached on the model object).
 """
 
 from __future__ import annotations
@@ -32,14 +25,12 @@ import numpy as np
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 
-BACKENDS = ("keras", "openvino", "onnxruntime")
-# fastest first when TensorFlow runs without oneDNN, as measured by benchmarks/bench.py on a
-# 2-core AMD EPYC (see README "Performance"): there OpenVINO is ~3x Keras, ONNX Runtime close to it
-AUTO_ORDER = ("openvino", "onnxruntime", "keras")
+BACKENDS = ("keras", "openvino")
+# preferred first when TensorFlow runs without oneDNN (make bench compares them)
+AUTO_ORDER = ("openvino", "keras")
 ENV_VAR = "IHCLIB_BACKEND"
-ONNX_OPSET = 17
-_REQUIRES = {"keras": ("keras",), "openvino": ("openvino",), "onnxruntime": ("onnxruntime", "tf2onnx")}
-_EXTRA = {"openvino": "openvino", "onnxruntime": "onnx"}
+_REQUIRES = {"keras": ("keras",), "openvino": ("openvino",)}
+_EXTRA = {"openvino": "openvino"}
 _CACHE_ATTR = "_ihclib_predictors"  # one cache per model object, for every backend
 
 
@@ -89,43 +80,6 @@ def traced_function(model: Any, tile_size: int, batch_size: int, jit_compile: bo
 
     spec = tf.TensorSpec((batch_size, tile_size, tile_size, 3), tf.float32, name="tiles")
     return tf.function(lambda x: model(x, training=False), input_signature=[spec], jit_compile=jit_compile)
-
-
-def to_onnx(model: Any, tile_size: int, batch_size: int | None = None) -> bytes:
-    """The model as a serialised ONNX graph with input ``(batch_size, tile_size, tile_size, 3)``
-    (``batch_size`` None: any batch)."""
-    import tensorflow as tf
-    import tf2onnx
-
-    spec = tf.TensorSpec((batch_size, tile_size, tile_size, 3), tf.float32, name="tiles")
-    function = tf.function(lambda x: model(x, training=False), input_signature=[spec])
-    proto, _ = tf2onnx.convert.from_function(function, input_signature=[spec], opset=ONNX_OPSET)
-    return proto.SerializeToString()
-
-
-def onnxruntime_predictor(model: Any, tile_size: int, batch_size: int, threads: int | None = None) -> Predictor:
-    """numpy batch -> numpy prediction through ONNX Runtime (CPU, all graph optimisations).
-
-    The model is converted once per tile size with a free batch dimension (the conversion is
-    the slow part: 10-20 s for the paper's network), so every batch size shares one session.
-    """
-    import onnxruntime as ort
-
-    cache = _model_cache(model)
-    key = ("onnxruntime-session", tile_size, threads)
-    if key not in cache:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or cpu_threads()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        cache[key] = ort.InferenceSession(to_onnx(model, tile_size), options, providers=["CPUExecutionProvider"])
-    session = cache[key]
-    name = session.get_inputs()[0].name
-
-    def predict(batch: np.ndarray) -> np.ndarray:
-        return session.run(None, {name: np.ascontiguousarray(batch, np.float32)})[0]
-
-    predict.session = session  # type: ignore[attr-defined]
-    return predict
 
 
 def openvino_predictor(model: Any, tile_size: int, batch_size: int, threads: int | None = None,
@@ -183,7 +137,7 @@ def keras_predictor(model: Any, tile_size: int, batch_size: int, jit_compile: bo
     return predict
 
 
-_BUILDERS = {"keras": keras_predictor, "openvino": openvino_predictor, "onnxruntime": onnxruntime_predictor}
+_BUILDERS = {"keras": keras_predictor, "openvino": openvino_predictor}
 
 
 def predictor(model: Any, tile_size: int, batch_size: int, backend: str | None = None,

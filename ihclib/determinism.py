@@ -3,11 +3,12 @@
 Why training was not reproducible (issue 16): with oneDNN, TensorFlow hands each op its
 intra-op thread pool through ``MklDnnThreadPool``, whose ``get_in_parallel()`` is true when the
 op happens to run on a thread of that pool; oneDNN then runs the op on one thread, otherwise on
-all of them. Which thread an op lands on is up to the scheduler, and the weight gradients of
-the paper network's thin layers (3 input or 3 output channels: the first convolution, the last
-transposed one and the 2x2 output convolution) are summed in a different order on one thread
-than on two, so runs drifted apart in the last bit after a few steps. Op determinism does not
-cover this. With one intra-op thread every op runs on one thread whatever the scheduler does,
+all of them. Which thread an op lands on is up to the scheduler, and some of the paper
+network's gradients are summed in a different order on one thread than on two: the weight
+gradients of its layers with 3 input or output channels (the first convolution, the last
+transposed one, the 2x2 output convolution) and the bias gradients of its half-resolution
+layers (measured layer by layer at 64 px, 1 against 2 threads; every forward output matched).
+So runs drifted apart in the last bit after a few steps. Op determinism does not cover this. With one intra-op thread every op runs on one thread whatever the scheduler does,
 and the result no longer depends on the machine's core count either; independent ops still run
 in parallel on the inter-op threads. Inference is not affected (its forward pass is the same
 on any thread count), so only training pins the setting.

@@ -37,10 +37,19 @@ METRIC_COLUMNS = ("psnr", "ssim", "accuracy", "mse", "dice_dab", "dice_nuclei", 
 # measured, not computed: they vary from run to run, so result tables leave them out (issue 16)
 TIMING_COLUMNS = ("seconds",)
 LONG_COLUMNS = ("method", "noise", "amount", "metric", "mean", "ci_low", "ci_high", "n")
-DEFAULT_SWEEP: tuple[NoiseSpec, ...] = (
-    *(NoiseSpec("s&p", a) for a in SP_AMOUNTS),
-    *(NoiseSpec("gaussian", s) for s in GAUSSIAN_SIGMAS),
-)
+
+
+def noise_sweep(sp_amounts: Sequence[float] = SP_AMOUNTS, per_pixel_amounts: Sequence[float] = (),
+                gaussian_sigmas: Sequence[float] | None = None) -> tuple[NoiseSpec, ...]:
+    """The evaluation's noise settings: s&p per channel at ``sp_amounts``, s&p per pixel at
+    ``per_pixel_amounts``, Gaussian at ``gaussian_sigmas`` (None: ``ihclib.noise.GAUSSIAN_SIGMAS``)."""
+    sigmas = GAUSSIAN_SIGMAS if gaussian_sigmas is None else gaussian_sigmas
+    return (*(NoiseSpec("s&p", a) for a in sp_amounts),
+            *(NoiseSpec("s&p", a, per_pixel=True) for a in per_pixel_amounts),
+            *(NoiseSpec("gaussian", s) for s in sigmas))
+
+
+DEFAULT_SWEEP = noise_sweep()
 METRIC_LABELS = {
     "psnr": "PSNR (dB)", "ssim": "SSIM", "accuracy": "paper 'accuracy'", "mse": "MSE",
     "dice_dab": "Dice, DAB mask", "dice_nuclei": "Dice, nuclei mask",

@@ -11,11 +11,18 @@ sum to 1, and the result is the weighted sum divided by the sum of weights, so a
 model gives the input back exactly and seams do not show. Sides on the image border are not
 tapered (there is no neighbour to hand over to).
 
-Tiles are cut and predicted ``batch_size`` at a time while walking over the grid; memory is
-the input, the output, a (H, W) weight accumulator and one batch, whatever the image size.
-Keras models are called through one ``tf.function`` with a fixed input signature
+Tiles are cut and predicted ``batch_size`` at a time while walking over the grid, in three
+named steps (:func:`_cut_batches`, :func:`_checked` prediction, :class:`_Blender`) that run in a
+pipeline: the next batch is cut and the previous one blended in two threads while the model
+runs. Memory is the input, the output, a (H, W) weight accumulator and a few batches, whatever
+the image size. A model with a hard gate (:func:`has_hard_gate`: ``crosschannel_unet``)
+returns a tile with no value near 0 or 1 unchanged, so such tiles skip the model (exactly the
+same result). Keras models are called through one ``tf.function`` with a fixed input signature
 ``(batch_size, tile_size, tile_size, 3)``: the last batch is padded to that size, so the model
-is traced once per (model, tile size, batch size) and not per call.
+is traced once per (model, tile size, batch size) and not per call. With ``precision="auto"``
+(``ihclib denoise``), on CPUs with bf16 dot products the hard-gated model runs its convolution
+trunk in bfloat16 (:func:`resolve_precision`; ``IHCLIB_PRECISION=float32`` turns it off); the
+library's default stays float32.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import importlib.resources
 import math
 import os
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -120,51 +128,37 @@ def compiled_predictor(model: Any, tile_size: int, batch_size: int, jit_compile:
 
     Cached per model, so repeated calls (many files) reuse the trace. The ``tf.function`` is
     available as the ``.function`` attribute of the returned callable (for tracing counts).
-    ``jit_compile`` (XLA) is off by default: on CPU it was slower (benchmarks/bench.py).
+    ``jit_compile`` (XLA) is off by default (``make bench`` compares it: reports/benchmarks.json).
     """
     from .backends import predictor
 
     return predictor(model, tile_size, batch_size, "keras", jit_compile)
 
 
-def _batches(starts: list[tuple[int, int]], batch_size: int) -> Iterator[list[tuple[int, int]]]:
-    for i in range(0, len(starts), batch_size):
-        yield starts[i : i + batch_size]
+class _Plan:
+    """The tiling of one (padded) image: tile starts, batch size and blending windows."""
+
+    def __init__(self, shape: tuple[int, int], tile_size: int, overlap: int, batch_size: int):
+        self.height, self.width = shape
+        self.tile = tile_size
+        rows, cols = tile_starts(self.height, tile_size, overlap), tile_starts(self.width, tile_size, overlap)
+        self.starts = [(r, c) for r in rows for c in cols]
+        self.batch_size = min(batch_size, len(self.starts))
+        # a tile's 2-D window depends only on which of its sides face a neighbour
+        self._win_1d = {(a, b): _window_1d(tile_size, overlap, a, b) for a in (False, True) for b in (False, True)}
+        self._windows: dict[tuple, np.ndarray] = {}
+
+    def window(self, r: int, c: int) -> np.ndarray:
+        """The (tile, tile) blending weights of the tile at (r, c)."""
+        sides = (r > 0, r + self.tile < self.height, c > 0, c + self.tile < self.width)
+        w = self._windows.get(sides)
+        if w is None:
+            w = self._windows[sides] = np.outer(self._win_1d[sides[:2]], self._win_1d[sides[2:]])
+        return w
 
 
-def denoise(
-    model: Any,
-    image: np.ndarray,
-    tile_size: int | None = None,
-    overlap: int = DEFAULT_OVERLAP,
-    batch_size: int = 8,
-    progress: bool | None = None,
-    jit_compile: bool = False,
-    backend: str | None = None,
-    multiple: int = DOWNSAMPLING,
-) -> np.ndarray:
-    """Denoise an RGB image of any size; returns float32 (H, W, 3) like the input.
-
-    ``model``: a Keras model (fully convolutional, 3 channels in and out), called through a
-    compiled ``tf.function``, or any callable mapping a float32 batch (n, tile, tile, 3) to a
-    batch of the same shape (every call gets exactly ``min(batch_size, number of tiles)``
-    tiles; the last batch is padded). ``image``: (H, W, 3) float in [0, 1] or uint8/uint16.
-    ``tile_size``: multiple of 32; default the model's fixed input size, else 256.
-    ``overlap``: minimum overlap between neighbouring tiles; the outer quarter of it is
-    discarded, so ``overlap >= 4 * (receptive-field radius + 1)`` gives the same result as
-    predicting the whole image at once (for the paper's U-Net, whose receptive field exceeds a
-    tile, it is what hides the seams).
-    ``progress``: tqdm bar on stderr; ``None`` = only when there are more than a few batches.
-    ``backend`` (Keras models only): "keras", "openvino", "onnxruntime" or "auto" (the fastest
-    installed); ``None`` = the ``IHCLIB_BACKEND`` environment variable, else "keras". See
-    :mod:`ihclib.backends`; the converted model is cached on the model object.
-    ``multiple``: what tile sides must be a multiple of for this model (``input_multiple`` of
-    its sidecar, see :func:`input_multiple`; default 32, which every registry model accepts).
-    The output is not clipped (a model may overshoot [0, 1]; writing an image clips). A model
-    output with NaN or Inf is refused (ValueError) rather than written as a black image.
-    """
-    tile_size = resolve_tile_size(model, tile_size)
-    check_tiling(tile_size, overlap, batch_size, multiple)
+def _prepare_image(image: np.ndarray, tile_size: int) -> np.ndarray:
+    """float32 (H, W, 3), mirrored out to one tile where the image is smaller than that."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"expected an RGB image (H, W, 3), got shape {image.shape}")
@@ -175,59 +169,299 @@ def denoise(
         # smaller than one tile: mirror it out to a tile (a copy, but of a small image)
         pad = ((0, max(0, tile_size - height)), (0, max(0, tile_size - width)), (0, 0))
         image = np.pad(image, pad, mode="reflect" if min(height, width) > 1 else "edge")
-    ph, pw = image.shape[:2]
+    return image
 
-    rows, cols = tile_starts(ph, tile_size, overlap), tile_starts(pw, tile_size, overlap)
-    starts = [(r, c) for r in rows for c in cols]
-    batch_size = min(batch_size, len(starts))
-    if _is_keras_model(model):
-        from .backends import predictor
 
-        predict = predictor(model, tile_size, batch_size, backend, jit_compile)
-    else:
-        predict = model
-    # the 2-D blending window of a tile depends only on which of its sides face a neighbour
-    win_1d = {(a, b): _window_1d(tile_size, overlap, a, b) for a in (False, True) for b in (False, True)}
-    windows: dict[tuple, np.ndarray] = {}
+def has_hard_gate(model: Any) -> bool:
+    """Whether ``model`` returns every value that is not flagged as a possible impulse unchanged.
 
-    out = np.zeros((ph, pw, 3), np.float32)
-    weight = np.zeros((ph, pw), np.float32)
-    batch = np.zeros((batch_size, tile_size, tile_size, 3), np.float32)
-    n_batches = math.ceil(len(starts) / batch_size)
-    show = n_batches > AUTO_PROGRESS_BATCHES if progress is None else bool(progress)
-    bar = None
-    if show:
-        from tqdm import tqdm  # plain text bar: no widgets in executed notebooks
+    True for ``crosschannel_unet`` (see :func:`ihclib.model.build_crosschannel_unet`): its output
+    is input + flag * sigmoid(.) * (fill - input), with flag = 0 unless a value is within 0.001
+    of 0 or 1, so on a tile without such values it is the input, bit for bit.
+    """
+    if not _is_keras_model(model) or getattr(model, "name", "") != "crosschannel_unet":
+        return False
+    names = {layer.name for layer in model.layers}
+    return {"impulse_hint", "impulse_mask", "switch", "restored"} <= names
 
-        bar = tqdm(total=n_batches, desc="denoise", unit="batch", file=sys.stderr, leave=False)
+
+# a margin inside the gate's threshold (0.999 on x and on 1 - x): no rounding can flag these
+GATE_LOW, GATE_HIGH = 0.002, 0.998
+
+
+def _unflagged(tile: np.ndarray) -> bool:
+    """True when no value of ``tile`` can be flagged by a hard-gated model's impulse test."""
+    return bool(tile.min() > GATE_LOW and tile.max() < GATE_HIGH)
+
+
+Entry = tuple[int, int, int]  # (row, column, index in the batch or -1: the tile is its own output)
+
+
+def _cut_batches(image: np.ndarray, plan: _Plan, skip_unflagged: bool) -> Iterator[tuple[list[Entry], np.ndarray | None]]:
+    """Yield (entries, batch) in the plan's order: each batch of fixed shape (one trace) with the
+    entries of its tiles and, in between, of tiles the model would return unchanged
+    (``skip_unflagged``), so that blending adds tiles in the same order either way."""
+    t, n = plan.tile, plan.batch_size
+    entries: list[Entry] = []
+    batch = np.zeros((n, t, t, 3), np.float32)
+    filled = 0
+    for r, c in plan.starts:
+        tile = image[r : r + t, c : c + t]
+        if skip_unflagged and _unflagged(tile):
+            entries.append((r, c, -1))
+            continue
+        batch[filled] = tile
+        entries.append((r, c, filled))
+        filled += 1
+        if filled == n:
+            yield entries, batch
+            entries, filled = [], 0
+            batch = np.zeros((n, t, t, 3), np.float32)  # a new buffer: the old one is in flight
+    if entries:
+        yield entries, batch if filled else None  # the rest of a last batch stays zero: padding
+
+
+def _checked(predict: Predictor, batch: np.ndarray, n: int) -> np.ndarray:
+    """``predict(batch)``, refusing a wrong shape and NaN/Inf in the first ``n`` (real) tiles."""
+    pred = np.asarray(predict(batch))
+    if pred.shape != batch.shape:
+        raise ValueError(f"model returned shape {pred.shape} for input {batch.shape}; "
+                         "denoising needs a fully convolutional RGB -> RGB model")
+    if not np.isfinite(pred[:n]).all():
+        # NaN/Inf would be clipped to black when written, and exit 0: a broken model
+        raise ValueError("model output contains NaN or Inf (a broken or diverged model)")
+    return pred
+
+
+class _Blender:
+    """Weighted sum of tile predictions and of their windows; :meth:`result` divides."""
+
+    def __init__(self, plan: _Plan):
+        self.plan = plan
+        self.out = np.zeros((plan.height, plan.width, 3), np.float32)
+        self.weight = np.zeros((plan.height, plan.width), np.float32)
+
+    def add(self, entries: list[Entry], tiles: np.ndarray | None, image: np.ndarray) -> None:
+        """Add predicted ``tiles`` (index >= 0) and unchanged tiles of ``image`` (index -1)."""
+        t = self.plan.tile
+        for r, c, i in entries:
+            w = self.plan.window(r, c)
+            tile = image[r : r + t, c : c + t] if i < 0 else tiles[i]
+            self.out[r : r + t, c : c + t] += tile * w[..., None]
+            self.weight[r : r + t, c : c + t] += w
+
+    def result(self, height: int, width: int) -> np.ndarray:
+        self.out /= self.weight[..., None]  # in place: no second output-sized array
+        if (self.plan.height, self.plan.width) != (height, width):
+            return np.ascontiguousarray(self.out[:height, :width])
+        return self.out
+
+
+def _run_tiles(image: np.ndarray, plan: _Plan, predict: Predictor, skip_unflagged: bool,
+               bar: Any, threads: bool) -> _Blender:
+    """Cut, predict and blend every tile. With ``threads``, cutting runs one batch ahead and
+    blending one batch behind, each in its own thread, beside the model (TensorFlow and numpy's
+    copies release the GIL); blending stays in one thread and in order, as tiles overlap."""
+    blender = _Blender(plan)
+
+    def blend(entries: list[Entry], tiles: np.ndarray | None) -> None:
+        blender.add(entries, tiles, image)
+        if bar is not None:
+            bar.update(len(entries))
+
+    def predicted(items: Iterator) -> Iterator[tuple[list[Entry], np.ndarray | None]]:
+        for entries, batch in items:
+            n = sum(i >= 0 for _, _, i in entries)
+            yield entries, None if batch is None else _checked(predict, batch, n)
+
+    if not threads:
+        for entries, tiles in predicted(_cut_batches(image, plan, skip_unflagged)):
+            blend(entries, tiles)
+        return blender
+    with ThreadPoolExecutor(1, "ihclib-cut") as cutter, ThreadPoolExecutor(1, "ihclib-blend") as blender_thread:
+        last: Future | None = None
+        for entries, tiles in predicted(_prefetched(cutter, _cut_batches(image, plan, skip_unflagged))):
+            if last is not None:
+                last.result()  # at most one batch waiting to be blended: memory stays O(batch)
+            last = blender_thread.submit(blend, entries, tiles)
+        if last is not None:
+            last.result()
+    return blender
+
+
+def _prefetched(pool: ThreadPoolExecutor, items: Iterator) -> Iterator:
+    """``items``, each produced in ``pool`` while the previous one is being consumed."""
+    sentinel = object()
+    future = pool.submit(next, items, sentinel)
+    while True:
+        item = future.result()
+        if item is sentinel:
+            return
+        future = pool.submit(next, items, sentinel)
+        yield item
+
+
+def _predictor_for(model: Any, tile_size: int, batch_size: int, backend: str | None, jit_compile: bool,
+                   precision: str | None) -> Predictor:
+    """The compiled predictor of a Keras model (in the precision :func:`resolve_precision`
+    picks), or the callable itself."""
+    if not _is_keras_model(model):
+        if precision not in (None, "auto", "float32"):
+            raise ValueError(f"precision {precision!r} needs a Keras model")
+        return model
+    from .backends import predictor, resolve_backend
+
+    backend = resolve_backend(backend)
+    if resolve_precision(model, precision, backend) == "bfloat16":
+        model = _cached_bfloat16_copy(model)
+    return predictor(model, tile_size, batch_size, backend, jit_compile)
+
+
+def _progress_bar(plan: _Plan, progress: bool | None) -> Any:
+    """A tqdm bar over the tiles on stderr, or None (``progress`` None: only for many batches)."""
+    n_batches = math.ceil(len(plan.starts) / plan.batch_size)
+    if not (n_batches > AUTO_PROGRESS_BATCHES if progress is None else progress):
+        return None
+    from tqdm import tqdm  # plain text bar: no widgets in executed notebooks
+
+    return tqdm(total=len(plan.starts), desc="denoise", unit="tile", file=sys.stderr, leave=False)
+
+
+def denoise(model: Any, image: np.ndarray, tile_size: int | None = None, overlap: int = DEFAULT_OVERLAP,
+            batch_size: int = 8, progress: bool | None = None, jit_compile: bool = False,
+            backend: str | None = None, multiple: int = DOWNSAMPLING, skip_unflagged: bool | None = None,
+            threads: bool = True, precision: str | None = None) -> np.ndarray:
+    """Denoise an RGB image of any size; returns float32 (H, W, 3) like the input.
+
+    Parameters
+    ----------
+    model : keras.Model or callable
+        A Keras model (fully convolutional, 3 channels in and out), called through a compiled
+        ``tf.function``, or any callable mapping a float32 batch (n, tile, tile, 3) to a batch of
+        the same shape (every call gets exactly ``min(batch_size, number of tiles)`` tiles).
+    image : ndarray
+        (H, W, 3) float in [0, 1], or uint8/uint16.
+    tile_size, multiple : int
+        Tile side, a multiple of ``multiple`` (:func:`input_multiple` of the sidecar; 32 by
+        default); tile default: the model's fixed input size, else 256.
+    overlap : int
+        Minimum overlap of neighbouring tiles; its outer quarter is discarded, so
+        ``overlap >= 4 * (receptive-field radius + 1)`` gives the whole-image result.
+    batch_size : int
+        Tiles per model call (the last batch is padded to it).
+    progress : bool, optional
+        tqdm bar on stderr; None: only when there are more than a few batches.
+    jit_compile, backend
+        XLA for the Keras path; the runtime (None: ``$IHCLIB_BACKEND``, else "keras").
+    skip_unflagged : bool, optional
+        Return tiles with no value within 0.002 of 0 or 1 unchanged without calling the model.
+        None: when :func:`has_hard_gate` says the model does exactly that itself.
+    threads : bool
+        Cut and blend tiles in threads beside the model (same result either way).
+    precision : str, optional
+        "float32", "bfloat16" (:func:`bfloat16_copy`) or "auto" (bf16 where checked, as
+        ``ihclib denoise`` runs); None: ``$IHCLIB_PRECISION``, else float32
+        (:func:`resolve_precision`).
+
+    Returns
+    -------
+    ndarray
+        float32 (H, W, 3), not clipped; a model output with NaN or Inf raises ValueError.
+    """
+    tile_size = resolve_tile_size(model, tile_size)
+    check_tiling(tile_size, overlap, batch_size, multiple)
+    height, width = np.shape(image)[:2]
+    image = _prepare_image(image, tile_size)
+    plan = _Plan(image.shape[:2], tile_size, overlap, batch_size)
+    skip = has_hard_gate(model) if skip_unflagged is None else skip_unflagged
+    predict = _predictor_for(model, tile_size, plan.batch_size, backend, jit_compile, precision)
+    bar = _progress_bar(plan, progress)
     try:
-        for group in _batches(starts, batch_size):
-            for i, (r, c) in enumerate(group):
-                batch[i] = image[r : r + tile_size, c : c + tile_size]
-            batch[len(group) :] = 0.0  # padding of the last batch: fixed shape, one trace
-            pred = np.asarray(predict(batch))
-            if pred.shape != batch.shape:
-                raise ValueError(f"model returned shape {pred.shape} for input {batch.shape}; "
-                                 "denoising needs a fully convolutional RGB -> RGB model")
-            if not np.isfinite(pred[: len(group)]).all():
-                # NaN/Inf would be clipped to black when written, and exit 0: a broken model
-                raise ValueError("model output contains NaN or Inf (a broken or diverged model)")
-            for i, (r, c) in enumerate(group):
-                sides = (r > 0, r + tile_size < ph, c > 0, c + tile_size < pw)
-                w = windows.get(sides)
-                if w is None:
-                    w = windows[sides] = np.outer(win_1d[sides[:2]], win_1d[sides[2:]])
-                out[r : r + tile_size, c : c + tile_size] += pred[i] * w[..., None]
-                weight[r : r + tile_size, c : c + tile_size] += w
-            if bar is not None:
-                bar.update(1)
+        blender = _run_tiles(image, plan, predict, skip, bar, threads)
     finally:
         if bar is not None:
             bar.close()
-    out /= weight[..., None]  # in place: no second output-sized array
-    if (ph, pw) != (height, width):
-        out = np.ascontiguousarray(out[:height, :width])
-    return out
+    return blender.result(height, width)
+
+
+def bfloat16_copy(model: Any) -> Any:
+    """A copy of a Keras model whose convolution trunk computes in bfloat16 (weights float32).
+
+    Convolutions larger than 1x1, their activations and concatenations get Keras'
+    ``mixed_bfloat16`` policy, so oneDNN can run them with bf16 dot products where the CPU has
+    them (AVX512_BF16, AMX); 1x1 heads, the custom layers (impulse flags, fills, the gate) and
+    the output layer stay float32, so a hard gate stays exact. ``make bench`` measures its speed
+    and its PSNR change on held-out images (reports/benchmarks.json); :func:`denoise` uses it
+    where :func:`resolve_precision` says so.
+    """
+    import keras
+
+    outputs = {id(t) for t in model.outputs}
+    trunk = (keras.layers.Conv2D, keras.layers.Conv2DTranspose, keras.layers.LeakyReLU, keras.layers.Concatenate)
+
+    def clone(layer: Any) -> Any:
+        config = layer.get_config()
+        one_by_one = getattr(layer, "kernel_size", None) == (1, 1)
+        if isinstance(layer, trunk) and not one_by_one and id(layer.output) not in outputs:
+            config["dtype"] = "mixed_bfloat16"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+PRECISION_ENV = "IHCLIB_PRECISION"
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU has bf16 dot products (AVX512_BF16 or AMX-BF16), from /proc/cpuinfo."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux: assume not
+            return False
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(model: Any, precision: str | None = None, backend: str = "keras") -> str:
+    """"float32" or "bfloat16" for ``precision``.
+
+    None (the library's default): ``$IHCLIB_PRECISION``, else float32, so the study's numbers
+    stay bit for bit. "auto" (what ``ihclib denoise`` asks for): ``$IHCLIB_PRECISION`` if set,
+    else bfloat16 for a hard-gated Keras model (:func:`has_hard_gate`, the bundled architecture,
+    whose held-out PSNR ``make bench`` checks against float32) on the Keras backend of a CPU
+    with bf16 dot products and no GPU (not measured there), else float32.
+    """
+    env = os.environ.get(PRECISION_ENV)
+    if precision is None or precision == "auto":
+        precision = env or ("float32" if precision is None else "auto")
+    precision = precision.strip().lower()
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        use = backend == "keras" and has_hard_gate(model) and cpu_has_bf16() and not _gpu_visible()
+        return "bfloat16" if use else "float32"
+    return precision
+
+
+def _gpu_visible() -> bool:
+    """Whether TensorFlow (imported by then: the model is a Keras model) sees a GPU."""
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def _cached_bfloat16_copy(model: Any) -> Any:
+    """:func:`bfloat16_copy` of ``model``, made once per model object."""
+    from .backends import _model_cache
+
+    cache = _model_cache(model)
+    if "bfloat16_copy" not in cache:
+        cache["bfloat16_copy"] = bfloat16_copy(model)
+    return cache["bfloat16_copy"]
 
 
 # --- models: loading, checking, the bundled default ----------------------------------------
@@ -242,9 +476,9 @@ def load_model(path: str | Path) -> tuple[Any, dict]:
     Errors are one line naming the file (FileNotFoundError / ValueError): not a Keras file,
     a sidecar that is not JSON, a model that does not map RGB to RGB.
     """
-    from .model import load_model as train_load_model  # imports keras: only when a model is needed
+    from .model import load_model as load_model_file  # imports keras: only when a model is needed
 
-    model, sidecar = train_load_model(path)
+    model, sidecar = load_model_file(path)
     check_denoiser(model, path)
     return model, sidecar
 

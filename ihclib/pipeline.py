@@ -230,7 +230,7 @@ def _run_into(build: Path, book: list[Path], run: _Run) -> int:
     if timings is None:
         return 1
     new = _files(build)
-    moves, carried_ours = _carry_over(build, new, run)
+    moves, carried_ours = _carry_over(new, run)
     manifest = _manifest(run, timings, time.perf_counter() - started, sorted(new | carried_ours | {MANIFEST}),
                          build)
     write_json(build / MANIFEST, manifest)
@@ -283,7 +283,7 @@ def _report_failure(nb: Path, out: Path, exc: Exception, run: _Run, rel_build: s
     print(f"{run.reports} was left as it was.", file=sys.stderr)
 
 
-def _carry_over(build: Path, new: set[str], run: _Run) -> tuple[list[tuple[str, str]], set[str]]:
+def _carry_over(new: set[str], run: _Run) -> tuple[list[tuple[str, str]], set[str]]:
     """(source, destination) of the files in ``reports/`` to copy into the new folder (the user's,
     renamed when the study now writes that name; a partial run's other outputs), and the latter."""
     ours = _written_by_pipeline(run.reports_dir, new)

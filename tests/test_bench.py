@@ -13,6 +13,17 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
 
+ZEN4 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model name\t: AMD EPYC
+cpu MHz\t\t: 2596.132
+flags\t\t: fpu sse4_2 avx fma avx2 avx512f avx512_bf16
+processor\t: 1
+cpu MHz\t\t: 2600.000
+"""
+XEON = ZEN4.replace("AuthenticAMD", "GenuineIntel").replace("25", "6").replace("avx512_bf16", "avx512_bf16 amx_tile")
+
 
 @pytest.fixture(scope="module")
 def bench():
@@ -25,9 +36,9 @@ def bench():
 
 @pytest.fixture(scope="module")
 def tiny_run(bench, tmp_path_factory):
-    """One whole benchmark at 32 px tiles, Keras only, no variants (seconds, not minutes)."""
-    cfg = replace(bench.QUICK, name="tiny", tile_size=32, batch_sizes=(1, 2), main_batch=2, matmul_n=128,
-                  predict_tiles=4, denoise_size=96, denoise_batch=2, denoise_overlap=8, backends=("keras",))
+    """One whole benchmark at 32 px tiles (seconds, not minutes)."""
+    cfg = replace(bench.QUICK, name="tiny", gemm_sizes=(64, 128), tile_size=32, batch_sizes=(2,), main_batch=2,
+                  denoise_size=192, denoise_overlap=8, pipeline_size=96, psnr_tile=32, psnr_amounts=(0.1,))
     out = tmp_path_factory.mktemp("bench") / "benchmarks.json"
     return bench.run_benchmark(cfg, out, log=lambda _: None), out
 
@@ -41,33 +52,106 @@ def test_time_calls_counts_calls_and_rates(bench):
     assert r == {"tiles_per_s": 10.0, "gflops": 60.0, "pct_peak": 60.0}
 
 
+def test_theoretical_peak_from_cpuinfo(bench, monkeypatch):
+    monkeypatch.setattr(bench.os, "sched_getaffinity", lambda _: {0, 1})
+    zen4 = bench.cpu_info(ZEN4)
+    assert zen4["mhz"] == 2600.0 and zen4["cores"] == 2
+    assert zen4["flags"]["avx512_bf16"] and not zen4["flags"]["amx_tile"]
+    peak = bench.theoretical_peak(zen4)
+    assert peak["flop_per_cycle_fp32"] == 32  # Zen 4 runs AVX-512 on 256-bit units
+    assert peak["fp32_gflops"] == pytest.approx(2 * 32 * 2.6, abs=0.1)
+    assert peak["bf16_gflops"] == pytest.approx(2 * peak["fp32_gflops"], abs=0.1)
+    assert bench.theoretical_peak(bench.cpu_info(XEON))["flop_per_cycle_fp32"] == 64
+    avx2 = bench.cpu_info(ZEN4.replace(" avx512f avx512_bf16", ""))
+    assert bench.flop_per_cycle(avx2)[1] == 32 and bench.theoretical_peak(avx2)["bf16_gflops"] is None
+    assert bench.flop_per_cycle(bench.cpu_info(ZEN4.replace("fma avx2 avx512f", "")))[1] == 16
+
+
+def test_ratio_above_100_is_found(bench):
+    result = {"peak": {"pct_theoretical": 99.0}, "rows": [{"pct_peak": 50.0}, {"pct_peak": 126.0}]}
+    assert bench.ratio_violations(result) == ["rows[1].pct_peak = 126.0 %"]
+    assert bench.ratio_violations({"peak": {"pct_theoretical": 100.5}}) == ["peak.pct_theoretical = 100.5 %"]
+
+
+def test_benchmark_fails_instead_of_printing_a_ratio_above_100(bench, monkeypatch, tmp_path, capsys):
+    def fake(cfg, out_path, log=print):
+        raise bench.RatioError("share of peak above 100 %: inference[0].pct_peak = 126.0 %")
+
+    monkeypatch.setattr(bench, "run_benchmark", fake)
+    assert bench.main(["--quick", "--out", str(tmp_path / "b.json")]) == 1
+    captured = capsys.readouterr()
+    assert "126.0 %" in captured.err and "| measurement |" not in captured.out
+    assert not (tmp_path / "b.json").exists()
+
+
 def test_report_is_written_and_consistent(tiny_run, bench):
     result, out = tiny_run
-    assert json.loads(out.read_text())["model"] == result["model"]
+    assert json.loads(out.read_text())["peak"] == result["peak"]
     peak = result["peak"]
-    assert peak["peak_gflops"] == max(peak["numpy_gflops"], peak["tensorflow_gflops"]) > 0
-    flops = result["model"]["flops_per_tile"]
-    assert flops > 0
-    assert [(r["backend"], r["batch"]) for r in result["inference"]] == [("keras", 1), ("keras", 2)]
+    assert peak["peak_gflops"] == max(r["gflops"] for r in peak["gemm"] if r["lib"] != "tensorflow-bf16") > 0
+    libs = ("numpy", "tensorflow") + (("tensorflow-bf16",) if result["theoretical"]["bf16_gflops"] else ())
+    assert {(r["lib"], r["n"]) for r in peak["gemm"]} == {(lib, n) for lib in libs for n in (64, 128)}
+    assert peak["bf16_peak_gflops"] == max(r["gflops"] for r in peak["gemm"])
+    flops = result["paper_model"]["flops_per_tile"]
     for r in result["inference"] + result["training"]:
         factor = 1 if r in result["inference"] else bench.TRAIN_FLOP_FACTOR
-        assert r["tiles_per_s"] > 0
         assert r["gflops"] == pytest.approx(r["tiles_per_s"] * factor * flops / 1e9, rel=0.01, abs=0.01)
         assert r["pct_peak"] == pytest.approx(100 * r["gflops"] / peak["peak_gflops"], abs=0.1)
-    ratio = result["predict_ratio"]
-    assert ratio["ratio_keras_vs_predict"] == pytest.approx(ratio["keras_tiles_per_s"] / ratio["predict_tiles_per_s"],
-                                                            rel=0.01)
-    text = bench.format_report(result)
-    assert "inference keras" in text and "ihclib denoise 96x96" in text
+    assert [r["variant"] for r in result["training"]] == ["no op determinism", "op determinism"]
+    assert bench.ratio_violations(result) == []
+    assert len(result["targets"]) == 7 and all(isinstance(t["met"], bool) for t in result["targets"])
 
 
-def test_denoise_cli_is_timed_with_its_memory(tiny_run):
+def test_denoise_cli_and_median_on_the_same_image(tiny_run):
     result, _ = tiny_run
-    (run,) = result["denoise_cli"]["runs"]
-    assert run["backend"] == "keras" and run["size"] == 96
-    assert run["tiles"] == 16  # 96 px, tile 32, overlap >= 8: starts 0, 21, 43, 64 on each side
-    assert 0 < run["seconds"] < run["wall_s"]
-    assert run["peak_rss_mib"] > 100  # a Python process with TensorFlow loaded
+    cli, median = result["denoise_cli"], result["switching_median"]
+    assert cli["size"] == 192 and cli["tiles"] == 64  # tile 32, overlap >= 8: 8 starts per side
+    assert cli["mp_per_s"] == pytest.approx(192 * 192 / cli["seconds"] / 1e6, rel=0.01)
+    assert 0 < cli["seconds"] < cli["wall_s"] and cli["peak_rss_mib"] > 100
+    assert cli["x_median_time"] == pytest.approx(cli["seconds"] / median["seconds"], rel=0.01)
+    big = result["denoise_cli_big_tile"]
+    assert (big["tile"], big["batch"], cli["tile"], cli["batch"]) == (64, 1, 32, 2)
+    assert big["tiles"] == 16 and cli["recompute"] == pytest.approx((8 * 32 / 192) ** 2, abs=1e-3)
+    per_px = result["model"]["flops_per_pixel"]
+    assert cli["gflops"] == pytest.approx(cli["mp_per_s"] * per_px / 1e3, rel=0.01, abs=0.01)
+    peak = result["peak"]["bf16_peak_gflops" if cli["precision"] == "bfloat16" else "peak_gflops"]
+    assert cli["pct_peak"] == pytest.approx(100 * cli["gflops"] / peak, abs=0.1)
+
+
+def test_tile_pipeline_and_bf16_are_measured(tiny_run):
+    result, _ = tiny_run
+    tp, bf = result["tile_pipeline"], result["bf16"]
+    assert tp["threads_identical"] and tp["skip_identical"]
+    assert 0 <= tp["clean_tiles_skipped"] <= tp["clean_tiles"] == 16
+    assert tp["recompute_tile32_96px"] == pytest.approx((4 * 32 / 96) ** 2, abs=1e-3)
+    assert all(r["op_profile"] and r["op_profile"][0]["ms_per_step"] > 0 for r in result["training"])
+    assert bf["psnr_tiles"] == 1 and np.isfinite(bf["psnr_delta_db"])
+    assert bf["psnr_delta_db"] == pytest.approx(bf["psnr_bfloat16"] - bf["psnr_float32"], abs=2e-3)
+
+
+def test_readme_table_is_rendered_between_markers(tiny_run, bench, tmp_path):
+    result, _ = tiny_run
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{bench.MARK_START}\nold\n{bench.MARK_END}\nrest\n")
+    assert bench.update_readme(result, readme)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("\nrest\n") and "old" not in text
+    assert result["cpu"]["model"] in text and "switching median, same image" in text
+    assert f"{result['denoise_cli']['mp_per_s']} MP/s" in text
+    readme.write_text("no markers")
+    assert not bench.update_readme(result, readme)
+
+
+def test_readme_only_renders_from_the_json(tiny_run, bench, tmp_path, capsys):
+    _, out = tiny_run
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{bench.MARK_START}\n{bench.MARK_END}\n")
+    assert bench.main(["--readme-only", "--out", str(out), "--readme", str(readme)]) == 0
+    assert "| target (issue 13) |" in readme.read_text()
+    readme.write_text("no markers")
+    assert bench.main(["--readme-only", "--out", str(out), "--readme", str(readme)]) == 1
+    assert bench.main(["--readme-only", "--out", str(tmp_path / "missing.json")]) == 1
+    assert "missing.json: no benchmark JSON" in capsys.readouterr().err
 
 
 def test_peak_rss_is_the_childs_own(bench):
@@ -89,7 +173,7 @@ def test_test_image_is_noisy_ihc(bench):
     assert bench.make_test_image(64, amount=0.0).std() > 5  # real tissue, not a flat image
 
 
-def test_training_tiles_are_crops(bench):
-    tiles = bench.training_tiles(32, n=5)
-    assert tiles.shape == (5, 32, 32, 3) and tiles.dtype == np.float32
-    assert bench.training_tiles(1024, n=1).shape == (1, 1024, 1024, 3)  # larger than the image: mirrored
+def test_held_out_tiles_come_from_the_split(bench):
+    tiles = bench.held_out_tiles(replace(bench.QUICK, psnr_tile=32, held_out=True))
+    assert len(tiles) >= 1 and all(t.shape == (32, 32, 3) and t.dtype == np.float32 for t in tiles)
+    assert len(bench.held_out_tiles(replace(bench.QUICK, psnr_tile=32, held_out=False))) == 1

@@ -145,3 +145,138 @@ def test_missing_bundled_model_says_how_to_create_it(monkeypatch, tmp_path):
     monkeypatch.setattr(infer, "bundled_model_path", lambda: tmp_path / "default.keras")
     with pytest.raises(FileNotFoundError, match="ihclib train --bundle"):
         infer.load_default_model()
+
+
+@pytest.fixture(scope="module")
+def gated_model():
+    """crosschannel_unet with random head weights (so the network's share is not zero)."""
+    keras = pytest.importorskip("keras")
+    from ihclib.model import build_crosschannel_unet
+
+    keras.utils.set_random_seed(1)
+    model = build_crosschannel_unet(None, base=4)
+    rng = np.random.default_rng(1)
+    for name in ("mask_logit", "correction_in_contrast_units", "spatial_share_logit"):
+        layer = model.get_layer(name)
+        layer.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in layer.get_weights()])
+    return model
+
+
+def noisy_with_clean_corner(h: int = 160, w: int = 192) -> np.ndarray:
+    """Values in [0.1, 0.9], with s&p impulses everywhere but the top-left 96x96 corner."""
+    img = 0.1 + 0.8 * rand_image(h, w, seed=7)
+    noise = np.random.default_rng(8).random(img.shape)
+    noisy = np.where(noise < 0.05, 0.0, np.where(noise > 0.95, 1.0, img)).astype(np.float32)
+    noisy[:96, :96] = img[:96, :96]
+    return noisy
+
+
+def test_hard_gate_is_recognised(gated_model):
+    from ihclib.model import build_switching_unet
+
+    assert infer.has_hard_gate(gated_model)
+    assert not infer.has_hard_gate(build_switching_unet(None, base=4))  # its mask is never exactly 0
+    assert not infer.has_hard_gate(identity)
+
+
+def test_gated_model_returns_unflagged_tiles_bit_for_bit(gated_model):
+    tile = (0.1 + 0.8 * rand_image(32, 32, seed=9))[None]
+    np.testing.assert_array_equal(np.asarray(gated_model(tile)), tile)
+    tile[0, 5, 5, 1] = 1.0  # one impulse: the model does change something
+    assert not np.array_equal(np.asarray(gated_model(tile)), tile)
+
+
+def test_skipping_unflagged_tiles_changes_nothing(gated_model):
+    img = noisy_with_clean_corner()
+    kwargs = dict(tile_size=32, overlap=8, batch_size=4, multiple=4)
+    ref = denoise(gated_model, img, skip_unflagged=False, threads=False, **kwargs)
+    np.testing.assert_array_equal(denoise(gated_model, img, **kwargs), ref)  # auto: skips, threaded
+    assert not np.array_equal(ref, img)  # the noisy part was changed
+    # a few scattered impulses: skipped and predicted tiles interleave, and overlaps add in order
+    sparse = (0.1 + 0.8 * rand_image(160, 192, seed=10)).astype(np.float32)
+    rng = np.random.default_rng(11)
+    sparse[rng.integers(0, 160, 12), rng.integers(0, 192, 12), rng.integers(0, 3, 12)] = 1.0
+    ref = denoise(gated_model, sparse, skip_unflagged=False, threads=False, **kwargs)
+    np.testing.assert_array_equal(denoise(gated_model, sparse, **kwargs), ref)
+
+
+def test_skipped_tiles_never_reach_the_model():
+    img = noisy_with_clean_corner()
+    calls = []
+
+    def model(batch):
+        calls.append(int((batch.reshape(len(batch), -1).max(axis=1) > 0).sum()))  # real tiles
+        return batch
+
+    out = denoise(model, img, tile_size=32, overlap=8, batch_size=4, skip_unflagged=True)
+    n_tiles = len(tile_starts(160, 32, 8)) * len(tile_starts(192, 32, 8))
+    clean = sum(1 for r in tile_starts(160, 32, 8) for c in tile_starts(192, 32, 8) if r + 32 <= 96 and c + 32 <= 96)
+    assert clean > 0 and sum(calls) == n_tiles - clean
+    np.testing.assert_allclose(out, img, atol=1e-6)
+
+
+def test_threads_give_the_same_result(conv_model):
+    img = rand_image(150, 101, seed=5)
+    ref = denoise(conv_model, img, tile_size=32, overlap=8, batch_size=3, threads=False)
+    np.testing.assert_array_equal(denoise(conv_model, img, tile_size=32, overlap=8, batch_size=3, threads=True), ref)
+
+
+def test_model_error_in_pipeline_is_raised():
+    def broken(batch):
+        return np.full_like(batch, np.nan)
+
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        denoise(broken, rand_image(100, 100), tile_size=32, overlap=8, batch_size=2)
+
+
+def test_bfloat16_copy_keeps_the_gate_exact_and_stays_close(gated_model):
+    img = noisy_with_clean_corner(128, 128)
+    ref = np.asarray(gated_model(img[None]))[0]
+    copy = infer.bfloat16_copy(gated_model)
+    got = np.asarray(copy(img[None]))[0]
+    assert got.dtype == np.float32
+    assert any(layer.dtype_policy.name == "mixed_bfloat16" for layer in copy.layers)
+    unflagged = (img > 0.01) & (img < 0.99)
+    np.testing.assert_array_equal(got[unflagged], img[unflagged])  # the gate is float32: exact
+    assert 0 < np.abs(got - ref).max() < 0.05  # bf16 rounding shows, but only as rounding
+
+
+def test_precision_auto_is_bf16_only_for_gated_models_on_bf16_cpus(gated_model, conv_model, monkeypatch):
+    monkeypatch.delenv(infer.PRECISION_ENV, raising=False)
+    monkeypatch.setattr(infer, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(infer, "_gpu_visible", lambda: False)
+    assert infer.resolve_precision(gated_model) == "float32"  # the library's default: the study's numbers
+    assert infer.resolve_precision(gated_model, "auto") == "bfloat16"  # what `ihclib denoise` asks for
+    assert infer.resolve_precision(gated_model, "auto", backend="openvino") == "float32"
+    assert infer.resolve_precision(conv_model, "auto") == "float32"  # bf16 not checked for other models
+    monkeypatch.setattr(infer, "_gpu_visible", lambda: True)
+    assert infer.resolve_precision(gated_model, "auto") == "float32"  # measured on CPUs only
+    monkeypatch.setattr(infer, "_gpu_visible", lambda: False)
+    monkeypatch.setenv(infer.PRECISION_ENV, "float32")
+    assert infer.resolve_precision(gated_model, "auto") == "float32"
+    monkeypatch.setenv(infer.PRECISION_ENV, "bfloat16")
+    assert infer.resolve_precision(conv_model) == "bfloat16"
+    monkeypatch.setattr(infer, "cpu_has_bf16", lambda: False)
+    monkeypatch.delenv(infer.PRECISION_ENV)
+    assert infer.resolve_precision(gated_model, "auto") == "float32"
+    assert infer.resolve_precision(conv_model, "bfloat16") == "bfloat16"  # asked for explicitly
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        infer.resolve_precision(gated_model, "fp8")
+    with pytest.raises(ValueError, match="needs a Keras model"):
+        denoise(identity, rand_image(40, 40), tile_size=32, overlap=0, precision="bfloat16")
+
+
+def test_cpu_bf16_flag_is_read_from_cpuinfo():
+    assert infer.cpu_has_bf16("processor : 0\nflags : fpu avx2 avx512f avx512_bf16\n")
+    assert infer.cpu_has_bf16("flags : fpu amx_tile amx_bf16\n")
+    assert not infer.cpu_has_bf16("flags : fpu avx2 avx512f avx512_vnni\n")
+
+
+def test_denoise_in_bf16_keeps_unflagged_values_exact(gated_model):
+    img = noisy_with_clean_corner()
+    kwargs = dict(tile_size=32, overlap=8, batch_size=4, multiple=4, skip_unflagged=False)
+    f32 = denoise(gated_model, img, precision="float32", **kwargs)
+    b16 = denoise(gated_model, img, precision="bfloat16", **kwargs)
+    unflagged = (img > 0.01) & (img < 0.99)
+    np.testing.assert_array_equal(b16[unflagged], f32[unflagged])
+    assert 0 < np.abs(b16 - f32).max() < 0.05

@@ -7,14 +7,24 @@ are never replaced without ``--overwrite``. A bad input is reported on one line 
 the others are still processed and the exit status is 1. Whatever can be checked before the
 work is (output name and format, existing file, folder, memory), so a wrong ``-o`` does not
 cost a whole denoise. Resolution (physical pixel size), EXIF orientation and ICC profile are kept.
+
+Whole slides (SVS, NDPI, MRXS, ... and tiled, pyramidal or OME-TIFF; see :mod:`ihclib.slides`)
+are read block by block, never whole, denoised on Dask (a local cluster on this machine's
+cores, ``--scheduler ADDRESS`` for an existing one, ``--workers 0`` in this process) with
+background blocks copied through, and written as a tiled pyramidal OME-TIFF named
+``NAME_denoised.ome.tif``. A progress bar per slide shows tiles done and MP/s; each slide ends
+with a summary line (time, MP/s, share of background skipped, peak memory).
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from ..images import (DENOISE_BYTES_PER_PIXEL, ImageError, check_memory, check_output, image_size, load_image,
                       save_image)
@@ -38,14 +48,32 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="multiple of 32 (default: the model's fixed input size, else 256)")
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="minimum tile overlap in pixels")
     p.add_argument("--batch-size", type=int, default=8, help="tiles per model call")
-    p.add_argument("--backend", default=None, choices=["auto", "keras", "openvino", "onnxruntime"],
+    p.add_argument("--backend", default=None, choices=["auto", "keras", "openvino"],
                    help="inference runtime (default: $IHCLIB_BACKEND, else keras)")
+    slide = p.add_argument_group("whole slides (SVS, NDPI, MRXS, tiled/pyramidal/OME-TIFF)")
+    slide.add_argument("--workers", type=int, default=None,
+                       help="local Dask worker processes (default: one per core; 0: in this process)")
+    slide.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run on an existing Dask cluster, e.g. tcp://host:8786 (its workers must see "
+                            "the slide and model files)")
+    slide.add_argument("--block-size", type=int, default=1024,
+                       help="side of the blocks that are the Dask tasks, a multiple of 256 (default 1024)")
+    slide.add_argument("--tissue-threshold", type=float, default=0.15,
+                       help="optical density above which a 16 px cell is tissue (default 0.15)")
+    slide.add_argument("--no-tissue-mask", action="store_true", help="denoise background blocks too")
+    slide.add_argument("--compression", default="zlib", choices=["zlib", "zstd", "jpeg", "none"],
+                       help="compression of the pyramidal OME-TIFF (default zlib, lossless)")
     p.set_defaults(func=run, needs_tensorflow=True, lean_keras=True)
 
 
 def _outputs(args: argparse.Namespace) -> list[Path]:
     """Output path per input, refusing -o with several inputs and name clashes between inputs."""
+    from ..slides import is_slide, slide_output_name
+
     inputs = [Path(p) for p in args.inputs]
+    if args.output is not None and len(inputs) == 1 and is_slide(inputs[0]) \
+            and not args.output.lower().endswith((".tif", ".tiff")):
+        raise ValueError(f"{args.output}: a slide is written as a pyramidal OME-TIFF; name it *.ome.tif")
     if args.output is not None:
         if len(inputs) != 1:
             raise ValueError(f"-o/--output takes a single input, got {len(inputs)}; use --out-dir DIR")
@@ -54,7 +82,8 @@ def _outputs(args: argparse.Namespace) -> list[Path]:
     out_dir = Path(args.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: --out-dir is not a folder")
-    outputs = [out_dir / f"{p.stem}{SUFFIX}{p.suffix}" for p in inputs]
+    outputs = [out_dir / (slide_output_name(p, SUFFIX) if is_slide(p) else f"{p.stem}{SUFFIX}{p.suffix}")
+               for p in inputs]
     seen: dict[Path, Path] = {}
     for src, dst in zip(inputs, outputs):
         if dst in seen:
@@ -63,8 +92,80 @@ def _outputs(args: argparse.Namespace) -> list[Path]:
     return outputs
 
 
+def _slide_job(args: argparse.Namespace, src: str, tile_size: int, multiple: int) -> Any:
+    from ..infer import bundled_model_path
+    from ..slides import BlockJob
+
+    model = str(Path(args.model).resolve()) if args.model else str(bundled_model_path())
+    return BlockJob(str(Path(src).resolve()), model, block_size=args.block_size, halo=max(args.overlap, 8),
+                    tile_size=tile_size, overlap=args.overlap, batch_size=args.batch_size, backend=args.backend,
+                    multiple=multiple, tissue_od=None if args.no_tissue_mask else args.tissue_threshold)
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux: kB
+
+
+def _denoise_slide(args: argparse.Namespace, src: str, dst: Path, model: Any, tile_size: int, multiple: int,
+                   clients: dict, stack: ExitStack) -> None:
+    """One slide on Dask (the client made on the first slide and kept for the next) or in this
+    process (``--workers 0``); prints its summary line."""
+    from ..slides import denoise_slide, open_slide, use_model
+
+    check_output(dst, overwrite=args.overwrite)  # a bad output or slide is named before a cluster starts
+    open_slide(src).close()
+    if "client" not in clients:
+        clients["client"] = None
+        if args.scheduler or args.workers != 0:
+            from ..distributed import dask_client
+
+            clients["client"] = stack.enter_context(dask_client(args.scheduler, args.workers))
+    client = clients["client"]
+    job = _slide_job(args, src, tile_size, multiple)
+    if client is None:
+        use_model(job.model, model)
+    elif clients.setdefault("loaded", None) != job.model:
+        from ..distributed import load_on_workers
+
+        load_on_workers(client, job.model)
+        clients["loaded"] = job.model
+    report = denoise_slide(job, dst, client, overwrite=args.overwrite,
+                           compression=None if args.compression == "none" else args.compression,
+                           progress=sys.stderr.isatty())
+    rss = f"peak RSS {_peak_rss_gb():.2f} GB"
+    if client is not None:
+        from ..distributed import worker_peak_rss
+
+        rss += f" here, {worker_peak_rss(client) / 1e9:.2f} GB per worker at most"
+    print(f"{src} -> {dst} ({report.width}x{report.height}, {report.levels} levels, "
+          f"{report.skipped} of {report.blocks} blocks background ({100 * report.skipped_share:.0f} %) copied, "
+          f"{report.seconds:.1f} s, {report.megapixels_per_s:.2f} MP/s, {rss})")
+
+
+def _denoise_image(args: argparse.Namespace, src: str, dst: Path, model: Any, tile_size: int, multiple: int) -> None:
+    """One PNG/JPEG/TIFF, loaded whole; prints its line."""
+    start = time.perf_counter()
+    # everything knowable before the work, not only at the write: the input's header first,
+    # so that a bad input is named as such
+    check_memory(src, *image_size(src), DENOISE_BYTES_PER_PIXEL, task="denoise")
+    check_output(dst, overwrite=args.overwrite)
+    image = load_image(src)
+    check_output(dst, image.dtype, image.alpha is not None, overwrite=args.overwrite)
+    rgb = denoise(model, image.rgb, tile_size=tile_size, overlap=args.overlap, batch_size=args.batch_size,
+                  backend=args.backend, multiple=multiple, precision="auto")
+    save_image(dst, rgb, dtype=image.dtype, alpha=image.alpha, overwrite=args.overwrite, meta=image.meta)
+    h, w = image.shape
+    print(f"{src} -> {dst} ({w}x{h}, {image.dtype}, {time.perf_counter() - start:.1f} s)")
+
+
 def run(args: argparse.Namespace) -> int:
     """Denoise every input; 1 if any failed (each reported on one line), 2 for a bad option."""
+    from ..slides import OUTPUT_TILE, is_slide
+
+    if args.block_size <= 0 or args.block_size % OUTPUT_TILE:
+        raise ValueError(f"block size must be a multiple of {OUTPUT_TILE}, got {args.block_size}")
+    if args.workers is not None and args.workers < 0:
+        raise ValueError(f"--workers must be 0 or more, got {args.workers}")
     outputs = _outputs(args)
     if args.model:
         model, sidecar = load_model(args.model)
@@ -76,29 +177,21 @@ def run(args: argparse.Namespace) -> int:
     multiple = input_multiple(sidecar)
     check_tiling(tile_size, args.overlap, args.batch_size, multiple)  # once, before any file
     failed = 0
-    for src, dst in zip(args.inputs, outputs):
-        start = time.perf_counter()
-        try:
-            # everything knowable before the work, not only at the write: the input's header first,
-            # so that a bad input is named as such
-            check_memory(src, *image_size(src), DENOISE_BYTES_PER_PIXEL, task="denoise")
-            check_output(dst, overwrite=args.overwrite)
-            image = load_image(src)
-            check_output(dst, image.dtype, image.alpha is not None, overwrite=args.overwrite)
-            rgb = denoise(model, image.rgb, tile_size=tile_size, overlap=args.overlap, batch_size=args.batch_size,
-                          backend=args.backend, multiple=multiple)
-            save_image(dst, rgb, dtype=image.dtype, alpha=image.alpha, overwrite=args.overwrite, meta=image.meta)
-        except ImageError as exc:
-            print(f"ihclib denoise: error: {exc}", file=sys.stderr)
-            failed += 1
-            continue
-        except (ValueError, OSError, MemoryError) as exc:  # e.g. a model that outputs NaN on this image
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
-            print(f"ihclib denoise: error: {src}: {reason}", file=sys.stderr)
-            failed += 1
-            continue
-        h, w = image.shape
-        print(f"{src} -> {dst} ({w}x{h}, {image.dtype}, {time.perf_counter() - start:.1f} s)")
+    clients: dict = {}
+    with ExitStack() as stack:  # the Dask cluster, if a slide needed one, closes at the end
+        for src, dst in zip(args.inputs, outputs):
+            try:
+                if is_slide(src):
+                    _denoise_slide(args, src, dst, model, tile_size, multiple, clients, stack)
+                else:
+                    _denoise_image(args, src, dst, model, tile_size, multiple)
+            except ImageError as exc:
+                print(f"ihclib denoise: error: {exc}", file=sys.stderr)
+                failed += 1
+            except (ValueError, OSError, MemoryError) as exc:  # e.g. a model that outputs NaN on this image
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+                print(f"ihclib denoise: error: {src}: {reason}", file=sys.stderr)
+                failed += 1
     if failed:
         print(f"ihclib denoise: {failed} of {len(outputs)} file(s) failed", file=sys.stderr)
     return 1 if failed else 0
