@@ -359,9 +359,7 @@ def train(
     threads = set_determinism(seed)
     strategy = strategy or default_strategy()
     data = _make_inputs(dataset, profile, seed)
-    with strategy.scope():
-        model = build_model(model_name, None)  # any input size: the saved model tiles freely
-        model.compile(optimizer=keras.optimizers.Adam(profile.learning_rate), loss="mse", metrics=["accuracy"])
+    model = _compiled_model(model_name, profile, strategy)
     resume = _resume_state(out)
     wall = _fit(model, data, profile, _callbacks(resume, profile, early_stopping, callbacks), verbose)
     history = _finish_history(model, resume, out)
@@ -375,6 +373,15 @@ def train(
     resume.best_path.unlink(missing_ok=True)  # its weights are in the saved model now
     return TrainResult(model_name, model, history, out, model_path, model_path.with_suffix(".json"),
                        out / "history.csv", resume.log_path, wall, tiles_per_s, sidecar)
+
+
+def _compiled_model(model_name: str, profile: Profile, strategy: tf.distribute.Strategy) -> keras.Model:
+    """The registry model, built for any input size (the saved model tiles freely) under
+    ``strategy`` and compiled as the paper did: MSE, Adam, Keras "accuracy"."""
+    with strategy.scope():
+        model = build_model(model_name, None)
+        model.compile(optimizer=keras.optimizers.Adam(profile.learning_rate), loss="mse", metrics=["accuracy"])
+    return model
 
 
 def _check_arguments(model_name: str, dataset: TileDataset, profile: Profile) -> None:
