@@ -129,3 +129,20 @@ def test_dirty_tree_is_refused_unless_allowed(tmp_path, capsys):
     assert pipeline.run_study("smoke", root=tmp_path, runs=str(tmp_path / "runs"), allow_dirty=True) == 0
     manifest = json.loads((tmp_path / "reports" / "manifest.json").read_text())
     assert manifest["dirty"] is True and manifest["allow_dirty"] is True and manifest["git_commit"].endswith("+dirty")
+
+
+def test_executed_notebook_gets_only_the_parameters_it_declares(tmp_path):
+    import nbformat
+
+    from ihclib.runner.pipeline import _execute
+
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                           "display_name": "Python 3"}})
+    nb.cells = [nbformat.v4.new_code_cell("a = None", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("print(a)")]
+    src, out = tmp_path / "n.ipynb", tmp_path / "out.ipynb"
+    nbformat.write(nb, src)
+    _execute(src, out, {"a": 1, "runs_dir": "runs"}, tmp_path, tmp_path / "kernels.log")
+    injected = [c.source for c in nbformat.read(out, as_version=4).cells
+                if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "a = 1" in injected[0] and "runs_dir" not in injected[0]

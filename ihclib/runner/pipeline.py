@@ -68,8 +68,12 @@ def _stderr_to(path: Path):
 
 
 def _execute(nb: Path, out: Path, params: dict, root: Path, log: Path) -> float:
+    """Execute one notebook with those of ``params`` that its parameters cell declares (an
+    executed copy carries no injected setting it never reads); returns the wall time."""
     import papermill as pm
 
+    declared = pm.inspect_notebook(str(nb))
+    params = {k: v for k, v in params.items() if k in declared}
     start = time.perf_counter()
     with _stderr_to(log):
         pm.execute_notebook(str(nb), str(out), parameters=params, kernel_name="python3",
