@@ -83,13 +83,27 @@ def _load_model(path: str) -> None:
     _model(path)  # cached in the worker; returns nothing (a Keras model does not serialise back)
 
 
+def peak_rss() -> int:
+    """Peak resident memory of this process in bytes.
+
+    ``VmHWM`` from /proc (the peak of this program's own address space) where there is one:
+    ``getrusage``'s ``ru_maxrss`` survives ``exec``, so a command started by a large process
+    would report its parent's size at the fork.
+    """
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+
+
 def worker_peak_rss(client: Any) -> int:
     """Largest peak resident memory (bytes) of any worker process so far."""
-    def peak() -> int:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return max(client.run(peak).values(), default=0)
+    return max(client.run(peak_rss).values(), default=0)
 
 
 def ordered_map(

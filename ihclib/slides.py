@@ -459,7 +459,7 @@ def _progress_rows(results: Iterator[list[tuple[np.ndarray, bool]]], origins: li
         done_px += strip.shape[0] * width
         if bar is not None:
             bar.update(math.ceil(strip.shape[0] / OUTPUT_TILE) * math.ceil(width / OUTPUT_TILE))
-            bar.set_postfix_str(f"{done_px / 1e6 / max(time.perf_counter() - start, 1e-9):.2f} MP/s", refresh=False)
+            bar.set_postfix_str(f"{done_px / 1e6 / max(time.perf_counter() - start, 1e-9):.2f} MP/s")  # redraws: a row takes seconds
         yield row[0][0], strip
 
 

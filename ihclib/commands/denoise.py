@@ -19,7 +19,6 @@ with a summary line (time, MP/s, share of background skipped, peak memory).
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import time
 from contextlib import ExitStack
@@ -103,7 +102,9 @@ def _slide_job(args: argparse.Namespace, src: str, tile_size: int, multiple: int
 
 
 def _peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux: kB
+    from ..distributed import peak_rss  # standard library only: no Dask imported
+
+    return peak_rss() / 1e9
 
 
 def _denoise_slide(args: argparse.Namespace, src: str, dst: Path, model: Any, tile_size: int, multiple: int,
