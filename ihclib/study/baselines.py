@@ -291,11 +291,6 @@ BASELINES: dict[str, Filter] = _registry()
 EXTRA_BASELINES: dict[str, Filter] = {"bm3d": bm3d_filter} if _has("bm3d") and _has("pywt") else {}
 
 
-def available_baselines(extras: bool = False) -> list[str]:
-    """Names of the filters usable here (nl-means, wavelet need PyWavelets; extras: bm3d if installed)."""
-    return list(BASELINES) + (list(EXTRA_BASELINES) if extras else [])
-
-
 def get_baselines(extras: bool = False) -> dict[str, Filter]:
     """name -> filter for every usable baseline, the opt-in extras included if ``extras``."""
     return {**BASELINES, **(EXTRA_BASELINES if extras else {})}
