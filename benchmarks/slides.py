@@ -120,7 +120,8 @@ def run_denoise(src: Path, dst: Path, workers: int, extra: list[str]) -> dict:
     if not m:
         raise SystemExit(f"no summary line in: {proc.stdout}")
     print(proc.stdout.strip())
-    return {"command": " ".join(["ihclib", *cmd[3:]]), "wall_s": round(wall, 1), "slide_s": float(m[6]),
+    shown = [Path(c).name if c.startswith(str(src.parent)) else c for c in cmd[3:]]  # no temporary paths
+    return {"command": " ".join(["ihclib", *shown]), "wall_s": round(wall, 1), "slide_s": float(m[6]),
             "mp_per_s": float(m[7]), "levels": int(m[3]), "blocks": int(m[5]), "background_blocks": int(m[4]),
             "peak_rss_gb_main": float(m[8]), "peak_rss_gb_worker": float(m[9]) if m[9] else None}
 
@@ -159,8 +160,9 @@ def main() -> int:
     p.add_argument("--workdir", help="folder for the slides (default: a temporary one, removed)")
     p.add_argument("--out", default=str(ROOT / "reports" / "slides_benchmark.json"))
     args = p.parse_args()
+    shown = {k: v for k, v in vars(args).items() if k not in ("workdir", "out")}  # no local paths
     result: dict = {"machine": {"cpus": os.cpu_count(), "cpu": _cpu_name(),
-                                "load_1min_start": round(os.getloadavg()[0], 2)}, "args": vars(args)}
+                                "load_1min_start": round(os.getloadavg()[0], 2)}, "args": shown}
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
         big = SyntheticSlide(args.size, args.tissue, args.amount)
