@@ -463,6 +463,16 @@ def _progress_rows(results: Iterator[list[tuple[np.ndarray, bool]]], origins: li
         yield row[0][0], strip
 
 
+def _progress_bar(slide: str | os.PathLike, height: int, width: int) -> Any:
+    """A tqdm bar on stderr counting the slide's 256 px output tiles."""
+    import sys
+
+    from tqdm import tqdm
+
+    total = math.ceil(height / OUTPUT_TILE) * math.ceil(width / OUTPUT_TILE)
+    return tqdm(total=total, desc=Path(slide).name, unit="tile", leave=False, file=sys.stderr)
+
+
 def denoise_slide(
     job: BlockJob,
     dst: str | os.PathLike,
@@ -506,12 +516,7 @@ def denoise_slide(
         src.close()
     origins = job.blocks(height, width)
     counts = [0]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        total = math.ceil(height / OUTPUT_TILE) * math.ceil(width / OUTPUT_TILE)
-        bar = tqdm(total=total, desc=Path(job.slide).name, unit="tile", leave=False, file=__import__("sys").stderr)
+    bar = _progress_bar(job.slide, height, width) if progress else None
     levels = [0]
     try:
         rows = [[(job, y, x) for y, x in row] for row in origins]
