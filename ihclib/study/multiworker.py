@@ -23,6 +23,10 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 def tf_config(cluster: list[str], index: int) -> str:
@@ -71,8 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     cluster = [c.strip() for c in args.cluster.split(",") if c.strip()]
     # before TensorFlow starts: the strategy reads TF_CONFIG once, when it is created
     os.environ["TF_CONFIG"] = tf_config(cluster, args.index)
-    import tensorflow as tf
-
     strategy = multi_worker_strategy()
     from ihclib.study.data import make_dataset
     from ihclib.study.profiles import get_profile
