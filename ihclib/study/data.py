@@ -38,9 +38,9 @@ import numpy as np
 import pandas as pd
 
 from ihclib.images import IMAGE_EXTENSIONS, ImageError, load_image, to_float
+from ihclib.study import EMBEDDED
 
 DEFAULT_SOURCE = "skimage:immunohistochemistry"
-EMBEDDED = "skimage"  # data_dir value that asks for the embedded image explicitly
 ENV_VAR = "IHC_DATA_DIR"
 # The repository's own data folder; it exists in a checkout or an editable install, not in a wheel.
 PROJECT_DATA = Path(__file__).resolve().parents[2] / "data"

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 
 from ihclib.noise import SP_AMOUNTS, NoiseSpec
 from ihclib.registry import INPUT_MULTIPLE
+from ihclib.study import EMBEDDED
 
 if TYPE_CHECKING:  # data imports pandas: not for `ihclib --help`, which lists the profiles
     from ihclib.study.data import TileDataset
 
-EMBEDDED = "skimage"  # ihclib.study.data.EMBEDDED: the embedded scikit-image IHC image
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from ihclib.study import EMBEDDED
+
 if TYPE_CHECKING:
     from ihclib.study.data import TileDataset
     from ihclib.study.profiles import Profile
@@ -30,7 +32,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # for processes this one sta
 
 PROFILE_ENV_VAR = "IHC_PROFILE"
 DEFAULT_PROFILE = "quick"
-EMBEDDED = "skimage"  # ihclib.study.data.EMBEDDED, a name rather than a path (not imported: data loads skimage)
 
 
 @contextmanager
