@@ -308,6 +308,7 @@ def bench_bf16(model, cfg: Config, flops_per_tile: int, peak: dict) -> dict:
     """The bundled model with a bfloat16 trunk (:func:`ihclib.infer.bfloat16_copy`) against
     float32: tiles/s (the two take turns, best of rounds) and mean PSNR on held-out tiles."""
     from ihclib.backends import predictor
+    from ihclib.fusion import can_fuse
     from ihclib.infer import _cached_bfloat16_copy, denoise
     from ihclib.study.metrics import psnr
     from ihclib.noise import salt_and_pepper
@@ -316,7 +317,10 @@ def bench_bf16(model, cfg: Config, flops_per_tile: int, peak: dict) -> dict:
     t, b = cfg.tile_size, cfg.main_batch
     tiles = np.random.default_rng(3).random((b, t, t, 3), dtype=np.float32)
     tiles[tiles < 0.05], tiles[tiles > 0.95] = 0.0, 1.0
-    predictors = {"float32": predictor(model, t, b, "keras"), "bfloat16": predictor(copy, t, b, "keras")}
+    # what `ihclib denoise` runs: the bf16 copy with its element-wise parts by XLA (ihclib.fusion)
+    fused = "elementwise" if can_fuse(model) else False
+    predictors = {"float32": predictor(model, t, b, "keras"), "bfloat16_unfused": predictor(copy, t, b, "keras"),
+                  "bfloat16": predictor(copy, t, b, "keras", fused)}
     best = {name: timed(lambda: p(tiles))[1] for name, p in predictors.items()}  # first call: tracing
     best = {name: float("inf") for name in best}
     for _ in range(max(2, cfg.min_calls)):
@@ -332,8 +336,9 @@ def bench_bf16(model, cfg: Config, flops_per_tile: int, peak: dict) -> dict:
                                                                multiple=4, progress=False, precision=name), 0, 1)))
     mean = {name: float(np.mean(v)) for name, v in scores.items()}
     # bf16 against the best measured GEMM of either precision (it mixes bf16 and float32 layers)
-    speed = {name: rates(b / s, flops_per_tile, peak_for(name, peak)) for name, s in best.items()}
+    speed = {name: rates(b / s, flops_per_tile, peak_for(name.split("_")[0], peak)) for name, s in best.items()}
     return {"tile": t, "batch": b, "speed": speed, "speedup": round(best["float32"] / best["bfloat16"], 3),
+            "fused": bool(fused), "speedup_of_fusion": round(best["bfloat16_unfused"] / best["bfloat16"], 3),
             "psnr_float32": round(mean["float32"], 3), "psnr_bfloat16": round(mean["bfloat16"], 3),
             "psnr_delta_db": round(mean["bfloat16"] - mean["float32"], 4), "psnr_tiles": len(clean),
             "psnr_amounts": list(cfg.psnr_amounts), "load_1min": load_average()[:1]}
@@ -492,18 +497,21 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[int, str, flo
     return proc.returncode, proc.stdout, wall, rss_mib
 
 
-def bench_denoise_cli(model_path: str | Path, image_path: Path, out_dir: Path, cfg: Config,
+def bench_denoise_cli(model_path: str | Path, image_path: Path, out_dir: Path, cfg: Config, multiple: int,
                       backend: str = "keras", tile: int | None = None, batch: int | None = None) -> dict:
-    """``ihclib denoise`` on ``image_path`` as a subprocess (tile and batch: the config's unless
-    given): ``seconds`` is what the command reports for the image (load, denoise, save);
-    ``wall_s`` adds start-up and model loading."""
-    from ihclib.infer import tile_starts
+    """``ihclib denoise`` on ``image_path`` as a subprocess, with the command's own tile and batch
+    size (:func:`ihclib.infer.auto_tiling`) unless given: ``seconds`` is what the command reports
+    for the image (load, denoise with tracing and compiling, save); ``wall_s`` adds start-up and
+    model loading."""
+    from ihclib.infer import auto_tiling, tile_starts
 
-    tile, batch = tile or cfg.tile_size, batch or cfg.denoise_batch
+    size = cfg.denoise_size
+    options = ["--tile-size", str(tile), "--batch-size", str(batch)] if tile else []
+    if not tile:
+        tile, batch = auto_tiling((size, size), cfg.denoise_overlap, multiple)  # what the command picks
     dst = out_dir / f"denoised_{backend}_{tile}.png"
     cmd = [sys.executable, "-m", "ihclib", "denoise", str(image_path), "-o", str(dst), "--overwrite",
-           "--model", str(model_path), "--batch-size", str(batch), "--tile-size", str(tile),
-           "--overlap", str(cfg.denoise_overlap)]
+           "--model", str(model_path), *options, "--overlap", str(cfg.denoise_overlap)]
     code, output, wall, rss = run_measured(cmd, {**os.environ, "IHCLIB_BACKEND": backend})
     if code != 0:
         raise RuntimeError(f"ihclib denoise failed ({code}):\n{output[-2000:]}")
@@ -513,9 +521,9 @@ def bench_denoise_cli(model_path: str | Path, image_path: Path, out_dir: Path, c
     seconds = float(found.group(1))
     if seconds <= 0:  # the command prints tenths of a second
         raise RuntimeError(f"ihclib denoise reported {seconds} s: the image is too small to time")
-    size = cfg.denoise_size
-    return {"backend": backend, "size": size, "tile": tile, "batch": batch,
-            "tiles": len(tile_starts(size, tile, cfg.denoise_overlap)) ** 2,
+    return {"backend": backend, "size": size, "tile": tile, "batch": batch, "options": " ".join(options) or "defaults",
+            "tiles": len(tile_starts(max(size, tile), tile, cfg.denoise_overlap)) ** 2,
+            "recompute": round(recompute(size, tile, cfg.denoise_overlap), 3),
             "seconds": seconds, "wall_s": round(wall, 2), "peak_rss_mib": round(rss, 1),
             "mp_per_s": float(f"{size * size / seconds / 1e6:.4g}"), "load_1min": load_average()[:1]}
 
@@ -531,10 +539,11 @@ def bench_switching_median(image: np.ndarray) -> dict:
 
 
 def recompute(size: int, tile: int, overlap: int) -> float:
-    """Pixels the model computes per pixel of a ``size`` x ``size`` image (overlapping tiles)."""
+    """Pixels the model computes per pixel of a ``size`` x ``size`` image (overlapping tiles;
+    an image smaller than a tile is mirrored out to it)."""
     from ihclib.infer import tile_starts
 
-    return (len(tile_starts(size, tile, overlap)) * tile / size) ** 2
+    return (len(tile_starts(max(size, tile), tile, overlap)) * tile / size) ** 2
 
 
 def bench_tile_pipeline(model, cfg: Config) -> dict:
@@ -616,17 +625,19 @@ def whole_image_section(result: dict, cfg: Config, log: Callable[[str], None]) -
     """``ihclib denoise`` and the switching median on one noisy image, the tile pipeline, bf16."""
     from ihclib.images import save_image
     from ihclib.model import count_flops
+    from ihclib.registry import INPUT_MULTIPLE
 
     model, path, arch = bundled_model()
     peak = result["peak"]
-    per_px = count_flops(arch, cfg.tile_size) / cfg.tile_size**2
+    per_px = count_flops(model, cfg.tile_size) / cfg.tile_size**2  # the model as saved (its width)
     image = make_test_image(cfg.denoise_size)
     with tempfile.TemporaryDirectory(prefix="ihclib-bench-") as tmp:
         src = Path(tmp) / f"noisy_{cfg.denoise_size}.png"
         save_image(src, image)
-        run = bench_denoise_cli(path, src, Path(tmp), cfg)
-        # twice the tile, a quarter of the batch (same pixels per call): less overlap recomputed
-        big = bench_denoise_cli(path, src, Path(tmp), cfg, tile=2 * cfg.tile_size, batch=max(1, cfg.denoise_batch // 4))
+        run = bench_denoise_cli(path, src, Path(tmp), cfg, INPUT_MULTIPLE[arch])  # as a user runs it
+        # the fixed tiling the command used before auto_tiling: more overlap recomputed
+        fixed = bench_denoise_cli(path, src, Path(tmp), cfg, INPUT_MULTIPLE[arch], tile=cfg.tile_size,
+                                  batch=cfg.denoise_batch)
     from ihclib.infer import resolve_precision
 
     precision = resolve_precision(model, "auto")  # what the command runs in
@@ -638,9 +649,7 @@ def whole_image_section(result: dict, cfg: Config, log: Callable[[str], None]) -
         f"peak; switching median {median['seconds']} s")
     result["model"] = {"name": arch, "path": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name,
                        "flops_per_pixel": per_px, "params": int(model.count_params())}
-    big["recompute"] = round(recompute(cfg.denoise_size, big["tile"], cfg.denoise_overlap), 3)
-    run["recompute"] = round(recompute(cfg.denoise_size, run["tile"], cfg.denoise_overlap), 3)
-    result["denoise_cli_big_tile"] = big
+    result["denoise_cli_fixed_tile"] = fixed
     result["denoise_cli"] = {**run, "precision": precision, "image": f"{cfg.denoise_size}x{cfg.denoise_size} uint8 PNG, embedded IHC image "
                                              "mirrored out, s&p 0.1"}
     result["switching_median"] = median
@@ -767,12 +776,13 @@ def _machine_text(result: dict) -> str:
 
 def _measurement_rows(result: dict) -> list[tuple[str, str, str, str]]:
     cli, med, tp, bf = result["denoise_cli"], result["switching_median"], result["tile_pipeline"], result["bf16"]
-    big = result["denoise_cli_big_tile"]
-    rows = [(f"`ihclib denoise` {cli['size']}x{cli['size']} ({result['model']['name']}, tile {cli['tile']}, "
-             f"batch {cli['batch']})", f"{cli['seconds']} s, {cli['mp_per_s']} MP/s (wall {cli['wall_s']} s, "
+    fixed = result["denoise_cli_fixed_tile"]
+    rows = [(f"`ihclib denoise` {cli['size']}x{cli['size']} ({result['model']['name']}, {cli['precision']}; its "
+             f"defaults: tile {cli['tile']}, batch {cli['batch']}, overlap recomputed x{cli['recompute']})",
+             f"{cli['seconds']} s, {cli['mp_per_s']} MP/s (wall {cli['wall_s']} s, "
              f"{cli['peak_rss_mib']:.0f} MiB)", f"{cli['gflops']}", f"{cli['pct_peak']} %"),
-            (f"... tile {big['tile']}, batch {big['batch']} (overlap recomputed: x{big['recompute']} instead of "
-             f"x{cli['recompute']})", f"{big['seconds']} s, {big['mp_per_s']} MP/s", "", ""),
+            (f"... `{fixed['options']}` (overlap recomputed x{fixed['recompute']})",
+             f"{fixed['seconds']} s, {fixed['mp_per_s']} MP/s", "", ""),
             ("switching median, same image, same run", f"{med['seconds']} s, {med['mp_per_s']} MP/s", "", ""),
             (f"in-process {tp['size']}px as the CLI ({tp['precision']}, tile {cli['tile']}) / no threads / float32 / "
              f"tile {tp['big_tile']}", f"{tp['threads_s']} / {tp['no_threads_s']} / {tp['float32_s']} / "
@@ -782,10 +792,13 @@ def _measurement_rows(result: dict) -> list[tuple[str, str, str, str]]:
     for r in result["bundled_inference"]:
         rows.append((f"inference {r['model']}, batch {r['batch']}", f"{r['mp_per_s']} MP/s", f"{r['gflops']}",
                      f"{r['pct_peak']} %"))
-    f32, b16 = bf["speed"]["float32"], bf["speed"]["bfloat16"]
-    rows.append((f"... bf16 trunk (`infer.bfloat16_copy`), batch {bf['batch']}",
+    f32, b16, unfused = bf["speed"]["float32"], bf["speed"]["bfloat16"], bf["speed"]["bfloat16_unfused"]
+    rows.append((f"... bf16 trunk (`infer.bfloat16_copy`), element-wise parts by XLA (`ihclib.fusion`), batch "
+                 f"{bf['batch']}: what `ihclib denoise` runs",
                  f"x{bf['speedup']} ({b16['tiles_per_s']} vs {f32['tiles_per_s']} tiles/s); held-out PSNR "
                  f"{bf['psnr_delta_db']:+.3f} dB", f"{b16['gflops']}", f"{b16['pct_peak']} %"))
+    rows.append(("... bf16 trunk without XLA", f"{unfused['tiles_per_s']} tiles/s (XLA: x{bf['speedup_of_fusion']})",
+                 f"{unfused['gflops']}", f"{unfused['pct_peak']} %"))
     for r in result["inference"]:
         rows.append((f"inference paper_unet ({r['backend']}), batch {r['batch']}", f"{r['tiles_per_s']} tiles/s",
                      f"{r['gflops']}", f"{r['pct_peak']} %"))

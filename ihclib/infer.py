@@ -21,8 +21,9 @@ same result). Keras models are called through one ``tf.function`` with a fixed i
 ``(batch_size, tile_size, tile_size, 3)``: the last batch is padded to that size, so the model
 is traced once per (model, tile size, batch size) and not per call. With ``precision="auto"``
 (``ihclib denoise``), on CPUs with bf16 dot products the hard-gated model runs its convolution
-trunk in bfloat16 (:func:`resolve_precision`; ``IHCLIB_PRECISION=float32`` turns it off); the
-library's default stays float32.
+trunk in bfloat16 and its element-wise parts compiled by XLA (:func:`resolve_precision`,
+:mod:`ihclib.fusion`; ``IHCLIB_PRECISION=float32`` turns both off); the library's default
+stays float32 and exact.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def _is_keras_model(model: Any) -> bool:
     return keras is not None and isinstance(model, keras.Model)
 
 
-def _model_tile_size(model: Any) -> int | None:
+def model_tile_size(model: Any) -> int | None:
     """The spatial input size a Keras model was built for, if fixed and square."""
     shape = getattr(model, "input_shape", None) if _is_keras_model(model) else None
     if isinstance(shape, tuple) and len(shape) == 4 and shape[1] and shape[1] == shape[2]:
@@ -115,12 +116,40 @@ def _model_tile_size(model: Any) -> int | None:
 def resolve_tile_size(model: Any, tile_size: int | None = None) -> int:
     """``tile_size`` if given (checked against a model with a fixed input size), else the
     model's fixed input size, else 256."""
-    fixed = _model_tile_size(model)
+    fixed = model_tile_size(model)
     if tile_size is None:
         return fixed or DEFAULT_TILE
     if fixed and fixed != tile_size:
         raise ValueError(f"this model takes {fixed}x{fixed} tiles only, not tile size {tile_size}")
     return tile_size
+
+
+# auto_tiling's choices: few distinct shapes, since each one is traced (and XLA-compiled) once
+AUTO_TILES = tuple(range(256, 577, 32))
+PIXELS_PER_BATCH = 8 * 256 * 256  # the batch of 8 tiles of 256 that make bench measures best
+
+
+def auto_tiling(shape: tuple[int, int], overlap: int = DEFAULT_OVERLAP, multiple: int = DOWNSAMPLING,
+                tiles: tuple[int, ...] = AUTO_TILES) -> tuple[int, int]:
+    """(tile size, batch size) that cover an image of ``shape`` with the fewest pixels computed.
+
+    Neighbouring tiles recompute their overlap, so for a 4096 px side 256 px tiles compute 1.41x
+    the image and 544 px tiles 1.13x (:func:`tile_starts` spreads the tiles over the side; a
+    tile larger than a side is mirrored out to it, which counts too). Ties go to the larger
+    tile (fewer calls); the batch holds about :data:`PIXELS_PER_BATCH` pixels.
+    """
+    def computed(tile: int) -> int:
+        rows, cols = (len(tile_starts(max(side, tile), tile, overlap)) for side in shape)
+        return rows * cols * tile * tile
+
+    usable = [t for t in tiles if t % multiple == 0 and t > overlap] or [DEFAULT_TILE]
+    tile = min(usable, key=lambda t: (computed(t), -t))
+    return tile, default_batch(tile)
+
+
+def default_batch(tile_size: int) -> int:
+    """Tiles per model call for ``tile_size``: about :data:`PIXELS_PER_BATCH` pixels (8 at 256)."""
+    return max(1, round(PIXELS_PER_BATCH / tile_size**2))
 
 
 def compiled_predictor(model: Any, tile_size: int, batch_size: int, jit_compile: bool = False) -> Predictor:
@@ -313,6 +342,11 @@ def _predictor_for(model: Any, tile_size: int, batch_size: int, backend: str | N
 
     backend = resolve_backend(backend)
     if resolve_precision(model, precision, backend) == "bfloat16":
+        # the fast path, checked as a whole by make bench: bf16 trunk, element-wise parts by XLA
+        from .fusion import can_fuse
+
+        if backend == "keras" and not jit_compile and can_fuse(model):
+            jit_compile = "elementwise"
         model = _cached_bfloat16_copy(model)
     return predictor(model, tile_size, batch_size, backend, jit_compile)
 
@@ -359,7 +393,8 @@ def denoise(model: Any, image: np.ndarray, tile_size: int | None = None, overlap
     threads : bool
         Cut and blend tiles in threads beside the model (same result either way).
     precision : str, optional
-        "float32", "bfloat16" (:func:`bfloat16_copy`) or "auto" (bf16 where checked, as
+        "float32", "bfloat16" (:func:`bfloat16_copy`; for a model :mod:`ihclib.fusion` can
+        split, its element-wise parts also compiled by XLA) or "auto" (bf16 where checked, as
         ``ihclib denoise`` runs); None: ``$IHCLIB_PRECISION``, else float32
         (:func:`resolve_precision`).
 

@@ -59,6 +59,7 @@ class Profile(Protocol):
     seed: int
     augment: bool
     early_stopping_patience: int
+    width: int | None  # U-Net width of the models that have one (ihclib.model.WIDTH_MODELS); None: 24
 
     def to_dict(self) -> dict: ...
 
@@ -379,7 +380,7 @@ def _compiled_model(model_name: str, profile: Profile, strategy: tf.distribute.S
     """The registry model, built for any input size (the saved model tiles freely) under
     ``strategy`` and compiled as the paper did: MSE, Adam, Keras "accuracy"."""
     with strategy.scope():
-        model = build_model(model_name, None)
+        model = build_model(model_name, None, width=profile.width)
         model.compile(optimizer=keras.optimizers.Adam(profile.learning_rate), loss="mse", metrics=["accuracy"])
     return model
 

@@ -142,14 +142,12 @@ def test_07_sixteen_bit_into_jpeg(tmp_path, models, capsys):
 
 
 def test_08_ctrl_c_during_a_write_leaves_nothing(tmp_path, models, capsys, monkeypatch):
-    from PIL import Image
-
-    def interrupted(self, fp, *args, **kwargs):
-        Path(fp).write_bytes(b"half")
+    def interrupted(tmp, *args, **kwargs):
+        Path(tmp).write_bytes(b"half")
         raise KeyboardInterrupt
 
     save_image(tmp_path / "in.png", rgb())
-    monkeypatch.setattr(Image.Image, "save", interrupted)
+    monkeypatch.setattr(images, "_write_pixels", interrupted)
     assert main(["denoise", str(tmp_path / "in.png"), "--out-dir", str(tmp_path / "out"), "--model", models["identity"], *TILE]) == 130
     assert capsys.readouterr().err.strip() == "ihclib denoise: interrupted"
     assert list((tmp_path / "out").iterdir()) == []

@@ -105,13 +105,16 @@ def test_report_is_written_and_consistent(tiny_run, bench):
 def test_denoise_cli_and_median_on_the_same_image(tiny_run):
     result, _ = tiny_run
     cli, median = result["denoise_cli"], result["switching_median"]
-    assert cli["size"] == 192 and cli["tiles"] == 64  # tile 32, overlap >= 8: 8 starts per side
+    # the command's defaults (auto_tiling): one tile of 256, the image mirrored out to it
+    assert (cli["size"], cli["tile"], cli["batch"], cli["tiles"], cli["options"]) == (192, 256, 8, 1, "defaults")
+    assert cli["recompute"] == pytest.approx((256 / 192) ** 2, abs=1e-3)
     assert cli["mp_per_s"] == pytest.approx(192 * 192 / cli["seconds"] / 1e6, rel=0.01)
     assert 0 < cli["seconds"] < cli["wall_s"] and cli["peak_rss_mib"] > 100
     assert cli["x_median_time"] == pytest.approx(cli["seconds"] / median["seconds"], rel=0.01)
-    big = result["denoise_cli_big_tile"]
-    assert (big["tile"], big["batch"], cli["tile"], cli["batch"]) == (64, 1, 32, 2)
-    assert big["tiles"] == 16 and cli["recompute"] == pytest.approx((8 * 32 / 192) ** 2, abs=1e-3)
+    fixed = result["denoise_cli_fixed_tile"]  # tile 32, overlap >= 8: 8 starts per side
+    assert (fixed["tile"], fixed["batch"], fixed["tiles"]) == (32, 2, 64)
+    assert fixed["options"] == "--tile-size 32 --batch-size 2"
+    assert fixed["recompute"] == pytest.approx((8 * 32 / 192) ** 2, abs=1e-3)
     per_px = result["model"]["flops_per_pixel"]
     assert cli["gflops"] == pytest.approx(cli["mp_per_s"] * per_px / 1e3, rel=0.01, abs=0.01)
     peak = result["peak"]["bf16_peak_gflops" if cli["precision"] == "bfloat16" else "peak_gflops"]
@@ -126,6 +129,8 @@ def test_tile_pipeline_and_bf16_are_measured(tiny_run):
     assert tp["recompute_tile32_96px"] == pytest.approx((4 * 32 / 96) ** 2, abs=1e-3)
     assert all(r["op_profile"] and r["op_profile"][0]["ms_per_step"] > 0 for r in result["training"])
     assert bf["psnr_tiles"] == 1 and np.isfinite(bf["psnr_delta_db"])
+    assert bf["fused"] and set(bf["speed"]) == {"float32", "bfloat16_unfused", "bfloat16"}
+    assert bf["speedup_of_fusion"] > 0
     assert bf["psnr_delta_db"] == pytest.approx(bf["psnr_bfloat16"] - bf["psnr_float32"], abs=2e-3)
 
 

@@ -280,3 +280,42 @@ def test_denoise_in_bf16_keeps_unflagged_values_exact(gated_model):
     unflagged = (img > 0.01) & (img < 0.99)
     np.testing.assert_array_equal(b16[unflagged], f32[unflagged])
     assert 0 < np.abs(b16 - f32).max() < 0.05
+
+
+# ---------------------------------------------------------------- tile size chosen per image
+
+
+def test_auto_tiling_recomputes_less_overlap_than_the_fixed_default():
+    from ihclib.infer import auto_tiling, tile_starts
+
+    def computed(side, tile):
+        return (len(tile_starts(side, tile, 32)) * tile) ** 2 / side**2
+
+    tile, batch = auto_tiling((4096, 4096), overlap=32, multiple=4)
+    assert (tile, batch) == (544, 2)  # 8 tiles of 544 per side: 4096 + 7 overlaps of 32
+    assert computed(4096, tile) < 1.13 < 1.41 == round(computed(4096, 256), 2)
+
+
+@pytest.mark.parametrize("shape, multiple", [((300, 300), 4), ((1000, 1500), 32), ((40, 5000), 4), ((777, 777), 1)])
+def test_auto_tiling_respects_the_model_multiple_and_keeps_batches_near_half_a_megapixel(shape, multiple):
+    from ihclib.infer import AUTO_TILES, auto_tiling, default_batch
+
+    tile, batch = auto_tiling(shape, overlap=32, multiple=multiple)
+    assert tile in AUTO_TILES and tile % multiple == 0
+    assert batch == default_batch(tile) and 0.25e6 < batch * tile**2 < 1.0e6
+
+
+def test_auto_tiling_gives_the_same_image_as_the_fixed_default():
+    from ihclib.infer import auto_tiling
+
+    class Blur:  # a local, shift-invariant "model": only seams could make the two differ
+        def __call__(self, batch):
+            return (batch + np.roll(batch, 1, axis=1) + np.roll(batch, -1, axis=1)) / 3.0
+
+    image = np.random.default_rng(0).random((700, 650, 3), dtype=np.float32)
+    tile, batch = auto_tiling(image.shape[:2], overlap=32, multiple=4)
+    assert tile != 256
+    auto = denoise(Blur(), image, tile_size=tile, batch_size=batch, overlap=32, multiple=4, progress=False)
+    fixed = denoise(Blur(), image, tile_size=256, batch_size=8, overlap=32, multiple=4, progress=False)
+    inner = (slice(16, -16), slice(16, -16))  # away from the tiles' own borders at the image edge
+    np.testing.assert_allclose(auto[inner], fixed[inner], atol=1e-6)

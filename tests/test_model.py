@@ -170,3 +170,16 @@ def test_saturated_background_is_not_turned_dark(name):
     noisy[0, 2, 2, 1] = 0.0  # one pepper value in the white background
     out = build_model(name, None).predict(noisy, verbose=0)[0]
     assert np.abs(out[:4, :4] - 1.0).max() < 0.02  # 7x7 windows there hold no tissue
+
+
+def test_width_sets_the_unet_width_of_the_models_that_have_one():
+    from ihclib.model import WIDTH_MODELS
+
+    for name in WIDTH_MODELS:
+        narrow, default = build_model(name, 64, width=16), build_model(name, 64)
+        convs = [layer.filters for layer in narrow.layers if layer.__class__.__name__ == "Conv2D"]
+        assert convs[0] == 16 and max(convs) == 64  # 16, 32, 64 over the three levels
+        assert count_flops(narrow) < 0.5 * count_flops(default)
+    assert count_params(build_model("paper_unet", 64, width=16)) == count_params(build_model("paper_unet", 64))
+    with pytest.raises(ValueError, match="width must be positive"):
+        build_model("crosschannel_unet", 64, width=0)

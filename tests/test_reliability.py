@@ -350,11 +350,11 @@ def test_7_sixteen_bit_into_jpeg_before_any_work(tmp_path, identity, capsys, den
 
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
 def test_8_interrupted_write_leaves_no_temp_file(tmp_path, monkeypatch, exc):
-    def interrupted(self, fp, *args, **kwargs):
-        Path(fp).write_bytes(b"half an image")
+    def interrupted(tmp, *args, **kwargs):
+        Path(tmp).write_bytes(b"half an image")
         raise exc()
 
-    monkeypatch.setattr(Image.Image, "save", interrupted)
+    monkeypatch.setattr(images, "_write_pixels", interrupted)
     with pytest.raises(exc):
         save_image(tmp_path / "out.png", rgb())
     assert list(tmp_path.iterdir()) == []

@@ -27,8 +27,8 @@ from typing import Any
 
 from ..images import (DENOISE_BYTES_PER_PIXEL, ImageError, check_memory, check_output, image_size, load_image,
                       save_image)
-from ..infer import (DEFAULT_OVERLAP, check_tiling, denoise, input_multiple, load_default_model, load_model,
-                     resolve_tile_size)
+from ..infer import (DEFAULT_OVERLAP, auto_tiling, check_tiling, default_batch, denoise, input_multiple,
+                     load_default_model, load_model, model_tile_size, resolve_tile_size)
 
 SUFFIX = "_denoised"
 
@@ -44,9 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="a .keras model (default: the bundled model)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--tile-size", type=int, default=None,
-                   help="multiple of 32 (default: the model's fixed input size, else 256)")
+                   help="a multiple of the model's input multiple (default: the model's fixed input size; "
+                        "else per image, the size in 256-576 that recomputes the least overlap; 256 for slides)")
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="minimum tile overlap in pixels")
-    p.add_argument("--batch-size", type=int, default=8, help="tiles per model call")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="tiles per model call (default: about 0.5 megapixels, e.g. 8 tiles of 256)")
     p.add_argument("--backend", default=None, choices=["auto", "keras", "openvino"],
                    help="inference runtime (default: $IHCLIB_BACKEND, else keras)")
     slide = p.add_argument_group("whole slides (SVS, NDPI, MRXS, tiled/pyramidal/OME-TIFF)")
@@ -97,8 +99,8 @@ def _slide_job(args: argparse.Namespace, src: str, tile_size: int, multiple: int
 
     model = str(Path(args.model).resolve()) if args.model else str(bundled_model_path())
     return BlockJob(str(Path(src).resolve()), model, block_size=args.block_size, halo=max(args.overlap, 8),
-                    tile_size=tile_size, overlap=args.overlap, batch_size=args.batch_size, backend=args.backend,
-                    multiple=multiple, tissue_od=None if args.no_tissue_mask else args.tissue_threshold)
+                    tile_size=tile_size, overlap=args.overlap, batch_size=args.batch_size or default_batch(tile_size),
+                    backend=args.backend, multiple=multiple, tissue_od=None if args.no_tissue_mask else args.tissue_threshold)
 
 
 def _peak_rss_gb() -> float:
@@ -143,8 +145,9 @@ def _denoise_slide(args: argparse.Namespace, src: str, dst: Path, model: Any, ti
           f"{report.seconds:.1f} s, {report.megapixels_per_s:.2f} MP/s, {rss})")
 
 
-def _denoise_image(args: argparse.Namespace, src: str, dst: Path, model: Any, tile_size: int, multiple: int) -> None:
-    """One PNG/JPEG/TIFF, loaded whole; prints its line."""
+def _denoise_image(args: argparse.Namespace, src: str, dst: Path, model: Any, tile_size: int | None,
+                   multiple: int) -> None:
+    """One PNG/JPEG/TIFF, loaded whole; prints its line. ``tile_size`` None: :func:`auto_tiling`."""
     start = time.perf_counter()
     # everything knowable before the work, not only at the write: the input's header first,
     # so that a bad input is named as such
@@ -152,7 +155,11 @@ def _denoise_image(args: argparse.Namespace, src: str, dst: Path, model: Any, ti
     check_output(dst, overwrite=args.overwrite)
     image = load_image(src)
     check_output(dst, image.dtype, image.alpha is not None, overwrite=args.overwrite)
-    rgb = denoise(model, image.rgb, tile_size=tile_size, overlap=args.overlap, batch_size=args.batch_size,
+    if tile_size is None:
+        tile_size, batch_size = auto_tiling(image.shape, args.overlap, multiple)
+    else:
+        batch_size = default_batch(tile_size)
+    rgb = denoise(model, image.rgb, tile_size=tile_size, overlap=args.overlap, batch_size=args.batch_size or batch_size,
                   backend=args.backend, multiple=multiple, precision="auto")
     save_image(dst, rgb, dtype=image.dtype, alpha=image.alpha, overwrite=args.overwrite, meta=image.meta)
     h, w = image.shape
@@ -176,7 +183,9 @@ def run(args: argparse.Namespace) -> int:
     # (less overlap recomputed) and gives the same result (checked: 49.11 vs 49.12 dB, 64 vs 256)
     tile_size = resolve_tile_size(model, args.tile_size)
     multiple = input_multiple(sidecar)
-    check_tiling(tile_size, args.overlap, args.batch_size, multiple)  # once, before any file
+    check_tiling(tile_size, args.overlap, args.batch_size or 1, multiple)  # once, before any file
+    # images: the given or the model's fixed tile size, else one chosen per image (auto_tiling)
+    image_tile = None if args.tile_size is None and model_tile_size(model) is None else tile_size
     failed = 0
     clients: dict = {}
     with ExitStack() as stack:  # the Dask cluster, if a slide needed one, closes at the end
@@ -185,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
                 if is_slide(src):
                     _denoise_slide(args, src, dst, model, tile_size, multiple, clients, stack)
                 else:
-                    _denoise_image(args, src, dst, model, tile_size, multiple)
+                    _denoise_image(args, src, dst, model, image_tile, multiple)
             except ImageError as exc:
                 print(f"ihclib denoise: error: {exc}", file=sys.stderr)
                 failed += 1
