@@ -308,7 +308,6 @@ def bench_bf16(model, cfg: Config, flops_per_tile: int, peak: dict) -> dict:
     """The bundled model with a bfloat16 trunk (:func:`ihclib.infer.bfloat16_copy`) against
     float32: tiles/s (the two take turns, best of rounds) and mean PSNR on held-out tiles."""
     from ihclib.backends import predictor
-    from ihclib.fusion import can_fuse
     from ihclib.infer import _cached_bfloat16_copy, denoise
     from ihclib.study.metrics import psnr
     from ihclib.noise import salt_and_pepper
@@ -317,10 +316,7 @@ def bench_bf16(model, cfg: Config, flops_per_tile: int, peak: dict) -> dict:
     t, b = cfg.tile_size, cfg.main_batch
     tiles = np.random.default_rng(3).random((b, t, t, 3), dtype=np.float32)
     tiles[tiles < 0.05], tiles[tiles > 0.95] = 0.0, 1.0
-    # what `ihclib denoise` runs: the bf16 copy with its element-wise parts by XLA (ihclib.fusion)
-    fused = "elementwise" if can_fuse(model) else False
-    predictors = {"float32": predictor(model, t, b, "keras"), "bfloat16_unfused": predictor(copy, t, b, "keras"),
-                  "bfloat16": predictor(copy, t, b, "keras", fused)}
+    predictors = {"float32": predictor(model, t, b, "keras"), "bfloat16": predictor(copy, t, b, "keras")}
     best = {name: timed(lambda: p(tiles))[1] for name, p in predictors.items()}  # first call: tracing
     best = {name: float("inf") for name in best}
     for _ in range(max(2, cfg.min_calls)):
@@ -336,9 +332,8 @@ def bench_bf16(model, cfg: Config, flops_per_tile: int, peak: dict) -> dict:
                                                                multiple=4, progress=False, precision=name), 0, 1)))
     mean = {name: float(np.mean(v)) for name, v in scores.items()}
     # bf16 against the best measured GEMM of either precision (it mixes bf16 and float32 layers)
-    speed = {name: rates(b / s, flops_per_tile, peak_for(name.split("_")[0], peak)) for name, s in best.items()}
+    speed = {name: rates(b / s, flops_per_tile, peak_for(name, peak)) for name, s in best.items()}
     return {"tile": t, "batch": b, "speed": speed, "speedup": round(best["float32"] / best["bfloat16"], 3),
-            "fused": bool(fused), "speedup_of_fusion": round(best["bfloat16_unfused"] / best["bfloat16"], 3),
             "psnr_float32": round(mean["float32"], 3), "psnr_bfloat16": round(mean["bfloat16"], 3),
             "psnr_delta_db": round(mean["bfloat16"] - mean["float32"], 4), "psnr_tiles": len(clean),
             "psnr_amounts": list(cfg.psnr_amounts), "load_1min": load_average()[:1]}
@@ -792,13 +787,10 @@ def _measurement_rows(result: dict) -> list[tuple[str, str, str, str]]:
     for r in result["bundled_inference"]:
         rows.append((f"inference {r['model']}, batch {r['batch']}", f"{r['mp_per_s']} MP/s", f"{r['gflops']}",
                      f"{r['pct_peak']} %"))
-    f32, b16, unfused = bf["speed"]["float32"], bf["speed"]["bfloat16"], bf["speed"]["bfloat16_unfused"]
-    rows.append((f"... bf16 trunk (`infer.bfloat16_copy`), element-wise parts by XLA (`ihclib.fusion`), batch "
-                 f"{bf['batch']}: what `ihclib denoise` runs",
+    f32, b16 = bf["speed"]["float32"], bf["speed"]["bfloat16"]
+    rows.append((f"... bf16 trunk (`infer.bfloat16_copy`), batch {bf['batch']}",
                  f"x{bf['speedup']} ({b16['tiles_per_s']} vs {f32['tiles_per_s']} tiles/s); held-out PSNR "
                  f"{bf['psnr_delta_db']:+.3f} dB", f"{b16['gflops']}", f"{b16['pct_peak']} %"))
-    rows.append(("... bf16 trunk without XLA", f"{unfused['tiles_per_s']} tiles/s (XLA: x{bf['speedup_of_fusion']})",
-                 f"{unfused['gflops']}", f"{unfused['pct_peak']} %"))
     for r in result["inference"]:
         rows.append((f"inference paper_unet ({r['backend']}), batch {r['batch']}", f"{r['tiles_per_s']} tiles/s",
                      f"{r['gflops']}", f"{r['pct_peak']} %"))

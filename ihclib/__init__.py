@@ -14,8 +14,4 @@ import os
 # TensorFlow (effective only if the user has not imported it already); a user's own setting wins.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-from .fusion import configure_compile_cache  # noqa: E402  (standard library only)
-
-configure_compile_cache()  # before TensorFlow reads TF_XLA_FLAGS
-
 __version__ = "0.1.0"

@@ -74,18 +74,9 @@ def resolve_backend(name: str | None = None) -> str:
     return name
 
 
-def traced_function(model: Any, tile_size: int, batch_size: int, jit_compile: bool | str = False):
-    """The model's inference pass as a ``tf.function`` with one fixed input signature.
-
-    ``jit_compile``: False (oneDNN kernels), True (XLA for the whole pass) or ``"elementwise"``
-    (XLA for the element-wise parts only: :func:`ihclib.fusion.fused_function`).
-    """
+def traced_function(model: Any, tile_size: int, batch_size: int, jit_compile: bool = False):
+    """The model's inference pass as a ``tf.function`` with one fixed input signature."""
     import tensorflow as tf
-
-    if jit_compile == "elementwise":
-        from .fusion import fused_function
-
-        return fused_function(model, tile_size, batch_size)
 
     spec = tf.TensorSpec((batch_size, tile_size, tile_size, 3), tf.float32, name="tiles")
     return tf.function(lambda x: model(x, training=False), input_signature=[spec], jit_compile=jit_compile)
@@ -135,7 +126,7 @@ def openvino_predictor(model: Any, tile_size: int, batch_size: int, threads: int
     return predict
 
 
-def keras_predictor(model: Any, tile_size: int, batch_size: int, jit_compile: bool | str = False) -> Predictor:
+def keras_predictor(model: Any, tile_size: int, batch_size: int, jit_compile: bool = False) -> Predictor:
     """numpy batch -> numpy prediction through the traced ``tf.function`` (no conversion)."""
     function = traced_function(model, tile_size, batch_size, jit_compile)
 
@@ -150,10 +141,10 @@ _BUILDERS = {"keras": keras_predictor, "openvino": openvino_predictor}
 
 
 def predictor(model: Any, tile_size: int, batch_size: int, backend: str | None = None,
-              jit_compile: bool | str = False) -> Predictor:
+              jit_compile: bool = False) -> Predictor:
     """A cached predictor for a Keras model on ``backend`` (resolved with :func:`resolve_backend`).
 
-    ``jit_compile`` (XLA: :func:`traced_function`) applies to the Keras backend only.
+    ``jit_compile`` (XLA) applies to the Keras backend only.
     """
     name = resolve_backend(backend)
     key = (tile_size, batch_size, jit_compile) if name == "keras" else (name, tile_size, batch_size)

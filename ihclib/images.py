@@ -290,15 +290,27 @@ def to_float(arr: np.ndarray) -> np.ndarray:
     raise TypeError(f"unsupported pixel type {arr.dtype}")
 
 
+FROM_FLOAT_BLOCK = 1 << 18
+
+
 def from_float(rgb: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Float in [0, 1] back to uint8 / uint16 with rounding."""
     dtype = np.dtype(dtype)
     top = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}[dtype]
-    # in place on one copy: the values of round(clip(rgb, 0, 1) * top), 8x faster on 4096 x 4096
-    scaled = np.clip(rgb, 0.0, 1.0)
-    scaled *= top
-    np.rint(scaled, out=scaled)
-    return scaled.astype(dtype)
+    # round(clip(rgb, 0, 1) * top), computed in blocks of 256 Ki values through one small buffer:
+    # whole-array temporaries of a 4096 x 4096 image cost 0.6 s, mostly page faults; blocks 0.1 s
+    src = np.ascontiguousarray(rgb).reshape(-1)
+    work = src.dtype if np.issubdtype(src.dtype, np.floating) else np.dtype(np.float64)
+    out = np.empty(src.size, dtype)
+    step = FROM_FLOAT_BLOCK
+    buf = np.empty(min(step, src.size), work)
+    for start in range(0, src.size, step):
+        part = buf[: min(step, src.size - start)]
+        np.clip(src[start : start + step], 0.0, 1.0, out=part)
+        part *= top
+        np.rint(part, out=part)
+        out[start : start + len(part)] = part  # whole numbers in range: the cast is exact
+    return out.reshape(np.shape(rgb))
 
 
 def load_image(path: str | os.PathLike) -> LoadedImage:
@@ -422,7 +434,8 @@ def check_output(
     return path
 
 
-PNG_LEVEL = 3  # zlib level of written PNGs (Pillow's default is 6)
+PNG_LEVEL = 1  # zlib level of written PNGs (Pillow's default is 6, libpng's 3)
+PNG_FILTER = 56  # imagecodecs.PNG.FILTER.FAST: per row the best of none, sub and up
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -479,10 +492,12 @@ def _write_pixels(tmp: str, pixels: np.ndarray, ext: str, meta: ImageMeta) -> No
         tifffile.imwrite(tmp, pixels, photometric="rgb", **kwargs)
         return
     if ext == ".png":
-        # imagecodecs (libpng): 16-bit colour, which Pillow cannot write, and 8-bit at zlib level
-        # PNG_LEVEL, which on a denoised 4096 x 4096 IHC image writes 2.7x faster than Pillow's
-        # default (0.55 vs 1.46 s) for a 6 % larger file (8.4 vs 7.9 MB): make bench's image
-        Path(tmp).write_bytes(_png_with_meta(_imagecodecs().png_encode(pixels, level=PNG_LEVEL), meta))
+        # imagecodecs (libpng): 16-bit colour, which Pillow cannot write, and 8-bit with zlib level 1
+        # and libpng's fast adaptive filters (none/sub/up). Measured on make bench's denoised
+        # 4096 x 4096 image: 0.92 s for 27.2 MB, against 1.32 s / 26.8 MB (libpng's defaults) and
+        # 2.4 s / 25.4 MB (Pillow's); on the project's clean PNGs -2 % to +7 % in size, 1.7-2.6x faster
+        png = _imagecodecs().png_encode(pixels, level=PNG_LEVEL, filter=PNG_FILTER)
+        Path(tmp).write_bytes(_png_with_meta(png, meta))
         return
     from PIL import Image
 

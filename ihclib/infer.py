@@ -21,9 +21,8 @@ same result). Keras models are called through one ``tf.function`` with a fixed i
 ``(batch_size, tile_size, tile_size, 3)``: the last batch is padded to that size, so the model
 is traced once per (model, tile size, batch size) and not per call. With ``precision="auto"``
 (``ihclib denoise``), on CPUs with bf16 dot products the hard-gated model runs its convolution
-trunk in bfloat16 and its element-wise parts compiled by XLA (:func:`resolve_precision`,
-:mod:`ihclib.fusion`; ``IHCLIB_PRECISION=float32`` turns both off); the library's default
-stays float32 and exact.
+trunk in bfloat16 (:func:`resolve_precision`; ``IHCLIB_PRECISION=float32`` turns it off); the
+library's default stays float32.
 """
 
 from __future__ import annotations
@@ -124,7 +123,7 @@ def resolve_tile_size(model: Any, tile_size: int | None = None) -> int:
     return tile_size
 
 
-# auto_tiling's choices: few distinct shapes, since each one is traced (and XLA-compiled) once
+# auto_tiling's choices: few distinct shapes, since the predictor is traced once per shape
 AUTO_TILES = tuple(range(256, 577, 32))
 PIXELS_PER_BATCH = 8 * 256 * 256  # the batch of 8 tiles of 256 that make bench measures best
 
@@ -342,11 +341,6 @@ def _predictor_for(model: Any, tile_size: int, batch_size: int, backend: str | N
 
     backend = resolve_backend(backend)
     if resolve_precision(model, precision, backend) == "bfloat16":
-        # the fast path, checked as a whole by make bench: bf16 trunk, element-wise parts by XLA
-        from .fusion import can_fuse
-
-        if backend == "keras" and not jit_compile and can_fuse(model):
-            jit_compile = "elementwise"
         model = _cached_bfloat16_copy(model)
     return predictor(model, tile_size, batch_size, backend, jit_compile)
 
@@ -393,8 +387,7 @@ def denoise(model: Any, image: np.ndarray, tile_size: int | None = None, overlap
     threads : bool
         Cut and blend tiles in threads beside the model (same result either way).
     precision : str, optional
-        "float32", "bfloat16" (:func:`bfloat16_copy`; for a model :mod:`ihclib.fusion` can
-        split, its element-wise parts also compiled by XLA) or "auto" (bf16 where checked, as
+        "float32", "bfloat16" (:func:`bfloat16_copy`) or "auto" (bf16 where checked, as
         ``ihclib denoise`` runs); None: ``$IHCLIB_PRECISION``, else float32
         (:func:`resolve_precision`).
 

@@ -99,20 +99,19 @@ class SpatialFill(layers.Layer):
     up to the last fallback.
     """
 
-    def __init__(self, windows: tuple[int, ...] = (3, 5, 7), box: str = "pool", **kwargs):
+    def __init__(self, windows: tuple[int, ...] = (3, 5, 7), **kwargs):
         super().__init__(**kwargs)
         self.windows = tuple(int(w) for w in windows)
-        self.box = box  # how neighbourhood sums are computed (box_sums); same values either way
 
     def call(self, inputs):
         x, flag = inputs
         keep = 1.0 - flag
         k = self.windows[-1]
         # all values flagged: they are 0 or 1, so rounding their mean gives the median
-        fill = keras.ops.round(box_means(x, k, self.box))
+        fill = keras.ops.round(keras.ops.average_pool(x, k, strides=1, padding="same"))
         for w in reversed(self.windows):
-            num = box_means(x * keep, w, self.box)
-            den = box_means(keep, w, self.box)
+            num = keras.ops.average_pool(x * keep, w, strides=1, padding="same")
+            den = keras.ops.average_pool(keep, w, strides=1, padding="same")
             fill = keras.ops.where(den > 1e-6, keras.ops.divide_no_nan(num, den), fill)
         return fill
 
@@ -120,47 +119,14 @@ class SpatialFill(layers.Layer):
         return input_shape[0]
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "windows": list(self.windows), "box": self.box}
+        return {**super().get_config(), "windows": list(self.windows)}
 
 
-BOX_METHODS = ("pool", "shifted")
-
-
-def box_sums(x, window: int, method: str = "pool"):
-    """Per-channel sums over ``window`` x ``window`` neighbourhoods (zero padding).
-
-    ``"pool"``: one depthwise convolution with a kernel of ones (what training and the study
-    use). ``"shifted"``: the same sums as ``2 * window`` shifted slices added up (separable):
-    slower op by op, but element-wise, so XLA fuses them with the arithmetic around them into
-    one loop (:mod:`ihclib.fusion`; its CPU convolutions and pools are slow). The two differ
-    only in the order of float additions (about 1e-7).
-    """
-    if method == "pool":
-        channels = x.shape[-1]
-        kernel = keras.ops.ones((window, window, channels, 1), dtype=x.dtype)
-        return keras.ops.depthwise_conv(x, kernel, strides=1, padding="same")
-    if method != "shifted":
-        raise ValueError(f"unknown box method {method!r}; choose from {', '.join(BOX_METHODS)}")
-    r = window // 2
-    for axis in (1, 2):
-        pad = [[0, 0]] * 4
-        pad[axis] = [r, r]
-        padded = keras.ops.pad(x, pad)
-        # slice i of the padded axis, as long as the original one (its size may be unknown)
-        parts = [padded[:, i:(i - 2 * r) or None] if axis == 1 else padded[:, :, i:(i - 2 * r) or None]
-                 for i in range(window)]
-        x = parts[0]
-        for part in parts[1:]:
-            x = x + part
-    return x
-
-
-def box_means(x, window: int, method: str = "pool"):
-    """Per-channel means over ``window`` x ``window`` neighbourhoods that lie inside the image
-    (like ``average_pool`` with ``"same"`` padding: the border's count excludes the padding)."""
-    if method == "pool":
-        return keras.ops.average_pool(x, window, strides=1, padding="same")
-    return box_sums(x, window, method) / box_sums(keras.ops.ones_like(x[..., :1]), window, method)
+def _box_sums(x, window: int):
+    """Per-channel sums over ``window`` x ``window`` neighbourhoods (zero padding, exact counts)."""
+    channels = x.shape[-1]
+    kernel = keras.ops.ones((window, window, channels, 1), dtype=x.dtype)
+    return keras.ops.depthwise_conv(x, kernel, strides=1, padding="same")
 
 
 @keras.saving.register_keras_serializable(package="ihclib")
@@ -177,10 +143,9 @@ class CrossChannelFill(layers.Layer):
     switches it in only where flagged).
     """
 
-    def __init__(self, window: int = 5, eps: float = 1e-3, min_clean: int = 3, box: str = "pool", **kwargs):
+    def __init__(self, window: int = 5, eps: float = 1e-3, min_clean: int = 3, **kwargs):
         super().__init__(**kwargs)
         self.window, self.eps, self.min_clean = int(window), float(eps), int(min_clean)
-        self.box = box  # how neighbourhood sums are computed (box_sums); same values either way
 
     def call(self, inputs):
         x, flag, fallback = inputs
@@ -189,7 +154,7 @@ class CrossChannelFill(layers.Layer):
         ch = [x[..., i:i + 1] for i in range(3)]
         pairs = [(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)]
         stacked = ops.concatenate([clean] + [clean * c for c in ch] + [clean * ch[a] * ch[b] for a, b in pairs], axis=-1)
-        sums = box_sums(stacked, self.window, self.box)
+        sums = _box_sums(stacked, self.window)
         n = sums[..., 0:1]
         enough = n >= self.min_clean - 0.5
         safe = ops.where(enough, n, ops.ones_like(n))
@@ -219,8 +184,7 @@ class CrossChannelFill(layers.Layer):
         return input_shape[0]
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "window": self.window, "eps": self.eps, "min_clean": self.min_clean,
-                "box": self.box}
+        return {**super().get_config(), "window": self.window, "eps": self.eps, "min_clean": self.min_clean}
 
 
 def impulse_features(x):
@@ -330,18 +294,17 @@ class LocalContrast(layers.Layer):
     and a learned correction could only add a noise floor; measured on near-white background
     tiles, an unscaled correction cost 8-12 dB against the prior (issue 10)."""
 
-    def __init__(self, window: int = 5, box: str = "pool", **kwargs):
+    def __init__(self, window: int = 5, **kwargs):
         super().__init__(**kwargs)
         self.window = int(window)
-        self.box = box  # how neighbourhood sums are computed (box_sums); same values either way
 
     def call(self, x):
-        mean = box_means(x, self.window, self.box)
-        sq = box_means(x * x, self.window, self.box)
+        mean = keras.ops.average_pool(x, self.window, strides=1, padding="same")
+        sq = keras.ops.average_pool(x * x, self.window, strides=1, padding="same")
         return keras.ops.sqrt(keras.ops.maximum(sq - mean * mean, 0.0) + 1e-12)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "window": self.window, "box": self.box}
+        return {**super().get_config(), "window": self.window}
 
 
 def build_crosschannel_unet(tile_size: int | None = 64, base: int = 24, mask_bias: float = 8.0) -> keras.Model:

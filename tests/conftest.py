@@ -1,7 +1,6 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("IHCLIB_XLA_CACHE", "off")  # tests write nothing to the user's cache folder
 
 import numpy as np
 import pytest

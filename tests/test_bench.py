@@ -129,8 +129,6 @@ def test_tile_pipeline_and_bf16_are_measured(tiny_run):
     assert tp["recompute_tile32_96px"] == pytest.approx((4 * 32 / 96) ** 2, abs=1e-3)
     assert all(r["op_profile"] and r["op_profile"][0]["ms_per_step"] > 0 for r in result["training"])
     assert bf["psnr_tiles"] == 1 and np.isfinite(bf["psnr_delta_db"])
-    assert bf["fused"] and set(bf["speed"]) == {"float32", "bfloat16_unfused", "bfloat16"}
-    assert bf["speedup_of_fusion"] > 0
     assert bf["psnr_delta_db"] == pytest.approx(bf["psnr_bfloat16"] - bf["psnr_float32"], abs=2e-3)
 
 

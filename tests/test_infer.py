@@ -319,3 +319,21 @@ def test_auto_tiling_gives_the_same_image_as_the_fixed_default():
     fixed = denoise(Blur(), image, tile_size=256, batch_size=8, overlap=32, multiple=4, progress=False)
     inner = (slice(16, -16), slice(16, -16))  # away from the tiles' own borders at the image edge
     np.testing.assert_allclose(auto[inner], fixed[inner], atol=1e-6)
+
+
+# ---------------------------------------------------------------- 8-bit <-> float, fast and unchanged
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("work", [np.float32, np.float64])
+def test_conversions_give_the_values_of_the_plain_formulas(monkeypatch, dtype, work):
+    from ihclib import images
+
+    monkeypatch.setattr(images, "FROM_FLOAT_BLOCK", 1000)  # several blocks and a remainder
+    top = 255.0 if dtype == np.uint8 else 65535.0
+    x = (np.random.default_rng(0).random((37, 29, 3)) * 1.4 - 0.2).astype(work)
+    x[0, :4, 0] = [0.5 / top, 1.5 / top, 0.0, 1.0]  # halves round to even, like np.round
+    assert np.array_equal(images.from_float(x, dtype), np.round(np.clip(x, 0.0, 1.0) * top).astype(dtype))
+    assert np.array_equal(images.from_float(x[::2, ::3], dtype), np.round(np.clip(x[::2, ::3], 0.0, 1.0) * top).astype(dtype))
+    ints = np.random.default_rng(1).integers(0, int(top) + 1, (13, 11, 3)).astype(dtype)
+    assert np.array_equal(images.to_float(ints), ints.astype(np.float32) / np.float32(top))

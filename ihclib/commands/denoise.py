@@ -93,13 +93,19 @@ def _outputs(args: argparse.Namespace) -> list[Path]:
     return outputs
 
 
-def _slide_job(args: argparse.Namespace, src: str, tile_size: int, multiple: int) -> Any:
+def _slide_job(args: argparse.Namespace, src: str, tile_size: int | None, multiple: int) -> Any:
+    """The Dask job of one slide; ``tile_size`` None: :func:`auto_tiling` of a block with its halo."""
     from ..infer import bundled_model_path
     from ..slides import BlockJob
 
     model = str(Path(args.model).resolve()) if args.model else str(bundled_model_path())
-    return BlockJob(str(Path(src).resolve()), model, block_size=args.block_size, halo=max(args.overlap, 8),
-                    tile_size=tile_size, overlap=args.overlap, batch_size=args.batch_size or default_batch(tile_size),
+    halo = max(args.overlap, 8)
+    if tile_size is None:  # one tiling for every block (edge blocks are read as large where they can be)
+        tile_size, batch_size = auto_tiling((args.block_size + 2 * halo,) * 2, args.overlap, multiple)
+    else:
+        batch_size = default_batch(tile_size)
+    return BlockJob(str(Path(src).resolve()), model, block_size=args.block_size, halo=halo,
+                    tile_size=tile_size, overlap=args.overlap, batch_size=args.batch_size or batch_size,
                     backend=args.backend, multiple=multiple, tissue_od=None if args.no_tissue_mask else args.tissue_threshold)
 
 
@@ -109,7 +115,7 @@ def _peak_rss_gb() -> float:
     return peak_rss() / 1e9
 
 
-def _denoise_slide(args: argparse.Namespace, src: str, dst: Path, model: Any, tile_size: int, multiple: int,
+def _denoise_slide(args: argparse.Namespace, src: str, dst: Path, model: Any, tile_size: int | None, multiple: int,
                    clients: dict, stack: ExitStack) -> None:
     """One slide on Dask (the client made on the first slide and kept for the next) or in this
     process (``--workers 0``); prints its summary line."""
@@ -192,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
         for src, dst in zip(args.inputs, outputs):
             try:
                 if is_slide(src):
-                    _denoise_slide(args, src, dst, model, tile_size, multiple, clients, stack)
+                    _denoise_slide(args, src, dst, model, image_tile, multiple, clients, stack)
                 else:
                     _denoise_image(args, src, dst, model, image_tile, multiple)
             except ImageError as exc:
