@@ -292,8 +292,9 @@ def test_auto_tiling_recomputes_less_overlap_than_the_fixed_default():
         return (len(tile_starts(side, tile, 32)) * tile) ** 2 / side**2
 
     tile, batch = auto_tiling((4096, 4096), overlap=32, multiple=4)
-    assert (tile, batch) == (544, 2)  # 8 tiles of 544 per side: 4096 + 7 overlaps of 32
-    assert computed(4096, tile) < 1.13 < 1.41 == round(computed(4096, 256), 2)
+    assert (tile, batch) == (1056, 1)  # 4 tiles of 1056 per side: 4096 + 3 overlaps of 32
+    assert computed(4096, tile) < 1.07 < 1.41 == round(computed(4096, 256), 2)
+    assert auto_tiling((1000, 1500), overlap=32, multiple=4) == (544, 2)  # not a mirrored-out 1056
 
 
 @pytest.mark.parametrize("shape, multiple", [((300, 300), 4), ((1000, 1500), 32), ((40, 5000), 4), ((777, 777), 1)])
@@ -337,3 +338,26 @@ def test_conversions_give_the_values_of_the_plain_formulas(monkeypatch, dtype, w
     assert np.array_equal(images.from_float(x[::2, ::3], dtype), np.round(np.clip(x[::2, ::3], 0.0, 1.0) * top).astype(dtype))
     ints = np.random.default_rng(1).integers(0, int(top) + 1, (13, 11, 3)).astype(dtype)
     assert np.array_equal(images.to_float(ints), ints.astype(np.float32) / np.float32(top))
+
+
+# ---------------------------------------------------------------- PNG written on several cores
+
+
+@pytest.mark.parametrize("shape", [(37, 29, 3), (40, 21, 4), (33, 17), (16, 9, 2), (1, 1, 3)])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_png_encode_8bit_decodes_to_the_same_pixels_in_pillow_and_libpng(monkeypatch, shape, threads):
+    import io
+
+    import imagecodecs
+    from PIL import Image
+
+    from ihclib import images
+
+    monkeypatch.setattr(images, "PNG_PART_BYTES", 100)  # several deflate pieces even here
+    pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    pixels[: shape[0] // 2] //= 16  # something to compress
+    png = images.png_encode_8bit(pixels, threads=threads)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), pixels)
+    assert np.array_equal(imagecodecs.png_decode(png), pixels)
+    with pytest.raises(ValueError, match="expected uint8"):
+        images.png_encode_8bit(pixels.astype(np.uint16))

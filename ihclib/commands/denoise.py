@@ -45,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--tile-size", type=int, default=None,
                    help="a multiple of the model's input multiple (default: the model's fixed input size; "
-                        "else per image, the size in 256-576 that recomputes the least overlap; 256 for slides)")
+                        "else per image, the size in 256-1088 that recomputes the least overlap; for slides, "
+                        "that of a block with its halo)")
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="minimum tile overlap in pixels")
     p.add_argument("--batch-size", type=int, default=None,
                    help="tiles per model call (default: about 0.5 megapixels, e.g. 8 tiles of 256)")
