@@ -779,7 +779,7 @@ def _measurement_rows(result: dict) -> list[tuple[str, str, str, str]]:
             (f"... `{fixed['options']}` (overlap recomputed x{fixed['recompute']})",
              f"{fixed['seconds']} s, {fixed['mp_per_s']} MP/s", "", ""),
             ("switching median, same image, same run", f"{med['seconds']} s, {med['mp_per_s']} MP/s", "", ""),
-            (f"in-process {tp['size']}px as the CLI ({tp['precision']}, tile {result['config']['tile_size']}) / no threads / float32 / "
+            (f"in-process {tp['size']}px ({tp['precision']}, tile {result['config']['tile_size']}) / no threads / float32 / "
              f"tile {tp['big_tile']}", f"{tp['threads_s']} / {tp['no_threads_s']} / {tp['float32_s']} / "
              f"{tp['tile' + str(tp['big_tile']) + '_s']} s", "", ""),
             (f"clean {tp['size']}px image, skipping unflagged tiles on / off ({tp['clean_tiles_skipped']} of "
