@@ -15,7 +15,7 @@
 4. Throughput on an all-tissue ``--throughput-size`` slide: ``--workers 0`` (one process,
    TensorFlow on every core) against ``--workers 2`` (two Dask worker processes, one core each).
 
-The bundled model denoises about 0.5 MP/s on 2 idle CPU cores, so the tissue share of the big
+The bundled model denoises about 2 MP/s on 2 idle CPU cores, so the tissue share of the big
 slide is what bounds the run: the default 6 % is a biopsy-sized section (~96 MP of tissue at
 40,000 px). On this project's shared 2-core VM (load 5-9 from other sessions) the 40,000 px
 slide took 10 minutes to build and 27 to denoise; ``--size 20000`` takes about 10 in all. Results go to ``reports/slides_benchmark.json`` (atomically) and stdout.

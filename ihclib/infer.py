@@ -123,7 +123,8 @@ def resolve_tile_size(model: Any, tile_size: int | None = None) -> int:
     return tile_size
 
 
-# auto_tiling's choices: few distinct shapes, since the predictor is traced once per shape
+# auto_tiling's choices, multiples of 32: the predictor is traced once per shape (about 0.5 s), so
+# a folder of same-sized images shares one
 AUTO_TILES = tuple(range(256, 1089, 32))  # up to 1088: 1 MP tiles (about 1.6 GB peak RSS on 4096 px)
 PIXELS_PER_BATCH = 8 * 256 * 256  # the batch of 8 tiles of 256 that make bench measures best
 
@@ -134,8 +135,8 @@ def auto_tiling(shape: tuple[int, int], overlap: int = DEFAULT_OVERLAP, multiple
 
     Neighbouring tiles recompute their overlap, so on a 4096 px image 256 px tiles compute 1.41x
     the image, 544 px tiles 1.13x and 1056 px tiles 1.06x (:func:`tile_starts` spreads the tiles
-    over the side; a tile larger than a side is mirrored out to it, which counts too). Ties go to the larger
-    tile (fewer calls); the batch holds about :data:`PIXELS_PER_BATCH` pixels.
+    over the side; a tile larger than a side is mirrored out to it, which counts too). Ties go
+    to the larger tile (fewer calls); the batch holds about :data:`PIXELS_PER_BATCH` pixels.
     """
     def computed(tile: int) -> int:
         rows, cols = (len(tile_starts(max(side, tile), tile, overlap)) for side in shape)
