@@ -459,8 +459,10 @@ def png_encode_8bit(pixels: np.ndarray, level: int = PNG_LEVEL, threads: int | N
     filtered[:, 1 : c + 1] = rows[:, :c]
     np.subtract(rows[:, c:], rows[:, :-c], out=filtered[:, c + 1 :])  # modulo 256, as PNG wants
     data = filtered.reshape(-1)
-    if threads is None:  # the cores this process may use
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if threads is None:
+        from .backends import cpu_threads  # the cores this process may use
+
+        threads = cpu_threads()
     parts = max(1, min(threads, data.nbytes // PNG_PART_BYTES))
     cuts = [h * i // parts * (w * c + 1) for i in range(parts + 1)]  # at row boundaries
 
