@@ -341,8 +341,12 @@ def _predictor_for(model: Any, tile_size: int, batch_size: int, backend: str | N
     from .backends import predictor, resolve_backend
 
     backend = resolve_backend(backend)
-    if resolve_precision(model, precision, backend) == "bfloat16":
-        model = _cached_bfloat16_copy(model)
+    bfloat16 = resolve_precision(model, precision, backend) == "bfloat16"
+    # the fused layers: for the tool ("auto") and with bf16 (both measured by make bench), on
+    # Keras only (other runtimes convert the model's graph, and the fused layers call XLA)
+    fused = backend == "keras" and (bfloat16 or precision == "auto")
+    if bfloat16 or fused:
+        model = _cached_inference_copy(model, bfloat16, fused)
     return predictor(model, tile_size, batch_size, backend, jit_compile)
 
 
@@ -413,31 +417,42 @@ def denoise(model: Any, image: np.ndarray, tile_size: int | None = None, overlap
     return blender.result(height, width)
 
 
-def bfloat16_copy(model: Any) -> Any:
-    """A copy of a Keras model whose convolution trunk computes in bfloat16 (weights float32).
+def inference_copy(model: Any, bfloat16: bool = False, fused: bool = True) -> Any:
+    """A copy of a Keras model for ``ihclib denoise``'s fast path (weights shared by value).
 
-    Convolutions larger than 1x1, their activations and concatenations get Keras'
-    ``mixed_bfloat16`` policy, so oneDNN can run them with bf16 dot products where the CPU has
-    them (AVX512_BF16, AMX); 1x1 heads, the custom layers (impulse flags, fills, the gate) and
-    the output layer stay float32, so a hard gate stays exact. ``make bench`` measures its speed
-    and its PSNR change on held-out images (reports/benchmarks.json); :func:`denoise` uses it
-    where :func:`resolve_precision` says so.
+    ``fused``: the classical layers (the fills, the local contrast) are replaced by their fused
+    variants (:mod:`ihclib.fast_layers`: the same functions up to float32 rounding, about three
+    times faster). ``bfloat16``: convolutions larger than 1x1, their activations and
+    concatenations get Keras' ``mixed_bfloat16`` policy, so oneDNN can run them with bf16 dot
+    products where the CPU has them (AVX512_BF16, AMX); 1x1 heads, the custom layers (impulse
+    flags, fills, the gate) and the output layer stay float32, so a hard gate stays exact.
+    ``make bench`` measures the bf16 copy's speed and its PSNR change on held-out images
+    (reports/benchmarks.json); :func:`denoise` uses it where :func:`resolve_precision` says so.
+    The study never uses either (it calls :func:`denoise` with float32, the reference layers).
     """
     import keras
 
+    from .fast_layers import FAST_VARIANTS
+
     outputs = {id(t) for t in model.outputs}
     trunk = (keras.layers.Conv2D, keras.layers.Conv2DTranspose, keras.layers.LeakyReLU, keras.layers.Concatenate)
+    variants = FAST_VARIANTS if fused else {}
 
     def clone(layer: Any) -> Any:
         config = layer.get_config()
         one_by_one = getattr(layer, "kernel_size", None) == (1, 1)
-        if isinstance(layer, trunk) and not one_by_one and id(layer.output) not in outputs:
+        if bfloat16 and isinstance(layer, trunk) and not one_by_one and id(layer.output) not in outputs:
             config["dtype"] = "mixed_bfloat16"
-        return layer.__class__.from_config(config)
+        return variants.get(type(layer), type(layer)).from_config(config)
 
     copy = keras.models.clone_model(model, clone_function=clone)
     copy.set_weights(model.get_weights())
     return copy
+
+
+def bfloat16_copy(model: Any) -> Any:
+    """:func:`inference_copy` with a bfloat16 trunk and the fused classical layers."""
+    return inference_copy(model, bfloat16=True)
 
 
 PRECISION_ENV = "IHCLIB_PRECISION"
@@ -483,14 +498,15 @@ def _gpu_visible() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def _cached_bfloat16_copy(model: Any) -> Any:
-    """:func:`bfloat16_copy` of ``model``, made once per model object."""
+def _cached_inference_copy(model: Any, bfloat16: bool, fused: bool = True) -> Any:
+    """:func:`inference_copy` of ``model``, made once per model object and setting."""
     from .backends import _model_cache
 
     cache = _model_cache(model)
-    if "bfloat16_copy" not in cache:
-        cache["bfloat16_copy"] = bfloat16_copy(model)
-    return cache["bfloat16_copy"]
+    key = ("inference_copy", bfloat16, fused)
+    if key not in cache:
+        cache[key] = inference_copy(model, bfloat16, fused)
+    return cache[key]
 
 
 # --- models: loading, checking, the bundled default ----------------------------------------
