@@ -65,9 +65,8 @@ def _roll(x: tf.Tensor, shift: int) -> tf.Tensor:
 # ---------------------------------------------------------------- spatial fill
 
 
-@_fused
-def _spatial_select(sums, counts):
-    """``sums[i]``: box sums over window i of x * keep (channels 0-2), keep (3-5) and x (6-8);
+def spatial_fill_from_sums(sums, counts):
+    """:class:`ihclib.model.SpatialFill` from ``sums[i]``: box sums over window i of x * keep (channels 0-2), keep (3-5) and x (6-8);
     ``counts[i]``: :func:`window_counts` of window i."""
     # all values flagged: they are 0 or 1, so the rounded mean is the majority (the median)
     fill = tf.round(sums[-1][..., 6:9] / counts[-1])
@@ -78,14 +77,22 @@ def _spatial_select(sums, counts):
     return fill
 
 
+def spatial_terms(x, flag):
+    """What :func:`spatial_fill_from_sums` sums: x * keep, keep and x (9 channels)."""
+    keep = 1.0 - flag
+    return tf.concat([x * keep, keep, x], axis=-1)
+
+
+_spatial_select = _fused(spatial_fill_from_sums)
+
+
 @keras.saving.register_keras_serializable(package="ihclib")
 class FastSpatialFill(SpatialFill):
     """:class:`ihclib.model.SpatialFill`, fused (the same function up to float32 rounding)."""
 
     def call(self, inputs):
         x, flag = inputs
-        keep = 1.0 - flag
-        stacked = tf.concat([x * keep, keep, x], axis=-1)  # unfused: XLA's compile time would cost more
+        stacked = spatial_terms(x, flag)  # unfused: compiling it would cost more than it saves
         height, width = tf.shape(x)[1], tf.shape(x)[2]
         return _spatial_select([box_sums(stacked, w) for w in self.windows],
                                [window_counts(height, width, w) for w in self.windows])
@@ -94,16 +101,18 @@ class FastSpatialFill(SpatialFill):
 # ---------------------------------------------------------------- cross-channel fill
 
 
-@_fused
-def _cross_inputs(x, flag):
-    clean = tf.reduce_prod(1.0 - flag, axis=-1, keepdims=True)  # 1 where all three channels are clean
+def cross_terms(x, flag):
+    """What :func:`cross_fill_from_sums` sums (10 channels)."""
+    keep = 1.0 - flag
+    # 1 where all three channels are clean (a product of slices: XLA compiles a reduction slower)
+    clean = keep[..., 0:1] * keep[..., 1:2] * keep[..., 2:3]
     cx = clean * x
     # to be summed: clean, x_c, x_c^2, x_c x_{c+1} (over clean pixels)
     return tf.concat([clean, cx, cx * x, cx * _roll(x, 1)], axis=-1)
 
 
-@_fused
-def _cross_select(x, flag, fallback, sums, eps, min_clean):
+def cross_fill_from_sums(x, flag, fallback, sums, eps, min_clean):
+    """:class:`ihclib.model.CrossChannelFill` from the box sums of :func:`cross_terms`."""
     n = sums[..., 0:1]
     enough = n >= min_clean - 0.5
     inv = 1.0 / tf.where(enough, n, tf.ones_like(n))
@@ -126,6 +135,9 @@ def _cross_select(x, flag, fallback, sums, eps, min_clean):
     return tf.clip_by_value(fill, 0.0, 1.0)
 
 
+_cross_inputs, _cross_select = _fused(cross_terms), _fused(cross_fill_from_sums)
+
+
 @keras.saving.register_keras_serializable(package="ihclib")
 class FastCrossChannelFill(CrossChannelFill):
     """:class:`ihclib.model.CrossChannelFill`, fused (the same function up to float32 rounding).
@@ -143,11 +155,14 @@ class FastCrossChannelFill(CrossChannelFill):
 # ---------------------------------------------------------------- local contrast
 
 
-@_fused
-def _contrast_select(sums, counts):
+def contrast_from_sums(sums, counts):
+    """:class:`ihclib.model.LocalContrast` from the box sums of [x, x^2]."""
     c = sums.shape[-1] // 2
     mean, sq = sums[..., :c] / counts, sums[..., c:] / counts
     return tf.sqrt(tf.maximum(sq - mean * mean, 0.0) + 1e-12)
+
+
+_contrast_select = _fused(contrast_from_sums)
 
 
 @keras.saving.register_keras_serializable(package="ihclib")
@@ -157,6 +172,142 @@ class FastLocalContrast(LocalContrast):
     def call(self, x):
         sums = box_sums(tf.concat([x, x * x], axis=-1), self.window)  # unfused, as in FastSpatialFill
         return _contrast_select(sums, window_counts(tf.shape(x)[1], tf.shape(x)[2], self.window))
+
+
+# ---------------------------------------------------------------- crosschannel_unet, fused whole
+#
+# With the layers above swapped in, a 1056 px tile of the bundled model still spent about
+# 0.12 s outside its convolution trunk (0.16 s): the impulse flags, the two priors, the
+# 13-channel feature stack and its cast to bf16, and the heads are some 40 more Keras layers,
+# each a pass over the tile. For crosschannel_unet (the bundled architecture) these become two
+# layers: the prefix (flags to features: two fused passes around the box sums) and the head
+# (the gate and the fill, one fused pass); the trunk and the 1x1 convolutions are the model's own.
+
+
+def impulse_flags(x):
+    """:func:`ihclib.model.impulse_hint`: Keras' ReLU(threshold=0.999) passes values above it."""
+    y = 1.0 - x
+    return tf.where(x > 0.999, x, 0.0) + tf.where(y > 0.999, y, 0.0)
+
+
+@_fused
+def _prefix_terms(x):
+    flag = impulse_flags(x)
+    return flag, spatial_terms(x, flag), cross_terms(x, flag)
+
+
+@_fused
+def _prefix_features(x, flag, spatial, xc, features_dtype):
+    # a pass of its own: fused with the fills, XLA recomputed them for each of its outputs
+    r, g, b = x[..., 0:1], x[..., 1:2], x[..., 2:3]  # ihclib.model.SameExtreme
+    same = flag[..., 0:1] * flag[..., 1:2] * flag[..., 2:3] * (1.0 - tf.abs(r - g)) * (1.0 - tf.abs(g - b))
+    prior = x + flag * (xc - x)
+    spatial_prior = x + flag * (spatial - x)
+    features = tf.cast(tf.concat([prior, spatial_prior, flag, same, x], axis=-1), features_dtype)
+    return features, tf.concat([prior, prior * prior], axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="ihclib")
+class CrossChannelPrefix(keras.layers.Layer):
+    """crosschannel_unet from its input to its trunk's features, fused: returns
+    ``[features, flag, spatial fill, cross-channel fill, box sums of [prior, prior^2]]``."""
+
+    def __init__(self, windows=(3, 5, 7), window: int = 5, eps: float = 1e-3, min_clean: int = 3,
+                 contrast_window: int = 5, features_dtype: str = "float32", **kwargs):
+        super().__init__(**kwargs)
+        self.windows, self.window, self.eps, self.min_clean = tuple(windows), int(window), float(eps), int(min_clean)
+        self.contrast_window, self.features_dtype = int(contrast_window), str(features_dtype)
+
+    def call(self, x):
+        flag, spatial_terms_, cross_terms_ = _prefix_terms(x)
+        height, width = tf.shape(x)[1], tf.shape(x)[2]
+        spatial = _spatial_select([box_sums(spatial_terms_, w) for w in self.windows],
+                                  [window_counts(height, width, w) for w in self.windows])
+        # a pass of its own: fused with the spatial fill, XLA compiled longer (it inlines the
+        # spatial fill into each of its uses) and the tile ran no faster
+        xc = _cross_select(x, flag, spatial, box_sums(cross_terms_, self.window), self.eps, self.min_clean)
+        features, contrast_terms = _prefix_features(x, flag, spatial, xc, tf.as_dtype(self.features_dtype))
+        return [features, flag, spatial, xc, box_sums(contrast_terms, self.contrast_window)]
+
+    def compute_output_shape(self, input_shape):
+        *lead, _ = input_shape
+        return [(*lead, 13), tuple(input_shape), tuple(input_shape), tuple(input_shape), (*lead, 6)]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "windows": list(self.windows), "window": self.window, "eps": self.eps,
+                "min_clean": self.min_clean, "contrast_window": self.contrast_window,
+                "features_dtype": self.features_dtype}
+
+
+@_fused
+def _head(x, flag, spatial, xc, contrast_sums, counts, logit, correction_units, share_logit):
+    mask = flag * tf.sigmoid(logit)
+    correction = correction_units * contrast_from_sums(contrast_sums, counts)
+    fill = xc + tf.sigmoid(share_logit) * (spatial - xc) + correction
+    return x + mask * (fill - x)
+
+
+@keras.saving.register_keras_serializable(package="ihclib")
+class CrossChannelHead(keras.layers.Layer):
+    """crosschannel_unet's output from its prefix and its three 1x1 heads, fused: input +
+    flag * sigmoid(mask logit) * (fill - input) (see :func:`ihclib.model.build_crosschannel_unet`)."""
+
+    def __init__(self, contrast_window: int = 5, **kwargs):
+        super().__init__(**kwargs)
+        self.contrast_window = int(contrast_window)
+
+    def call(self, inputs):
+        x, flag, spatial, xc, contrast_sums, logit, correction_units, share_logit = inputs
+        counts = window_counts(tf.shape(x)[1], tf.shape(x)[2], self.contrast_window)
+        return _head(x, flag, spatial, xc, contrast_sums, counts, tf.cast(logit, tf.float32),
+                     tf.cast(correction_units, tf.float32), tf.cast(share_logit, tf.float32))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[0])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "contrast_window": self.contrast_window}
+
+
+HEAD_CONVOLUTIONS = ("mask_logit", "correction_in_contrast_units", "spatial_share_logit")
+
+
+def fuse_crosschannel(model: keras.Model) -> keras.Model:
+    """``model`` (a crosschannel_unet, or a copy with other dtype policies) with its prefix and
+    head replaced by :class:`CrossChannelPrefix` and :class:`CrossChannelHead`; the trunk and
+    the 1x1 head convolutions are ``model``'s own layers (shared, not copied)."""
+    spatial, cross = model.get_layer("spatial_fill"), model.get_layer("cross_channel_fill")
+    contrast = model.get_layer("local_contrast")
+    seen: dict = {}
+
+    def call(layer, *args, **kwargs):
+        if layer.name == "salt_flag":  # the first layer on the model's input
+            seen["x"] = args[0]
+        if layer.name == "features":
+            outputs = CrossChannelPrefix(spatial.windows, cross.window, cross.eps, cross.min_clean, contrast.window,
+                                         layer.compute_dtype, name="fused_prefix")(seen["x"])
+            seen["prefix"] = outputs
+            return outputs[0]
+        if layer.name == "restored":  # the output: the fused head instead
+            x = seen["x"]
+            _, flag, spatial_fill, xc, contrast_sums = seen["prefix"]
+            return CrossChannelHead(contrast.window, name="fused_head")(
+                [x, flag, spatial_fill, xc, contrast_sums, *(seen[name] for name in HEAD_CONVOLUTIONS)])
+        out = layer(*args, **kwargs)
+        if layer.name in HEAD_CONVOLUTIONS:
+            seen[layer.name] = out
+        return out
+
+    # layers the new output no longer depends on (the reference prefix and head) drop out
+    return keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call)
+
+
+def can_fuse_whole(model: keras.Model) -> bool:
+    """Whether ``model`` is a crosschannel_unet that :func:`fuse_crosschannel` can rebuild."""
+    names = {layer.name for layer in model.layers}
+    return getattr(model, "name", "") == "crosschannel_unet" and {
+        "salt_flag", "features", "restored", "spatial_fill", "cross_channel_fill", "local_contrast",
+        *HEAD_CONVOLUTIONS} <= names
 
 
 # reference layer -> its fast variant (what ihclib.infer.bfloat16_copy swaps in)

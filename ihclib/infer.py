@@ -422,7 +422,8 @@ def inference_copy(model: Any, bfloat16: bool = False, fused: bool = True) -> An
 
     ``fused``: the classical layers (the fills, the local contrast) are replaced by their fused
     variants (:mod:`ihclib.fast_layers`: the same functions up to float32 rounding, about three
-    times faster). ``bfloat16``: convolutions larger than 1x1, their activations and
+    times faster); for ``crosschannel_unet`` everything before and after its convolution trunk
+    becomes two fused layers (:func:`ihclib.fast_layers.fuse_crosschannel`). ``bfloat16``: convolutions larger than 1x1, their activations and
     concatenations get Keras' ``mixed_bfloat16`` policy, so oneDNN can run them with bf16 dot
     products where the CPU has them (AVX512_BF16, AMX); 1x1 heads, the custom layers (impulse
     flags, fills, the gate) and the output layer stay float32, so a hard gate stays exact.
@@ -432,7 +433,7 @@ def inference_copy(model: Any, bfloat16: bool = False, fused: bool = True) -> An
     """
     import keras
 
-    from .fast_layers import FAST_VARIANTS
+    from .fast_layers import FAST_VARIANTS, can_fuse_whole, fuse_crosschannel
 
     outputs = {id(t) for t in model.outputs}
     trunk = (keras.layers.Conv2D, keras.layers.Conv2DTranspose, keras.layers.LeakyReLU, keras.layers.Concatenate)
@@ -447,6 +448,8 @@ def inference_copy(model: Any, bfloat16: bool = False, fused: bool = True) -> An
 
     copy = keras.models.clone_model(model, clone_function=clone)
     copy.set_weights(model.get_weights())
+    if fused and can_fuse_whole(copy):  # crosschannel_unet: prefix and head as two fused layers
+        copy = fuse_crosschannel(copy)
     return copy
 
 

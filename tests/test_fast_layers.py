@@ -63,7 +63,7 @@ def test_window_counts_are_what_an_average_pool_divides_by():
         np.testing.assert_array_equal(fast.window_counts(9, 12, w).numpy(), want)
 
 
-def test_inference_copy_swaps_the_layers_and_keeps_the_gate_exact():
+def test_inference_copy_fuses_crosschannel_unet_and_keeps_the_gate_exact():
     keras = pytest.importorskip("keras")
     keras.utils.set_random_seed(3)
     model = ref.build_crosschannel_unet(None, base=4)
@@ -72,14 +72,24 @@ def test_inference_copy_swaps_the_layers_and_keeps_the_gate_exact():
         layer = model.get_layer(name)
         layer.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in layer.get_weights()])
     x, _ = ihc_like((1, 64, 96), seed=4)
-    copy = infer.inference_copy(model)
-    kinds = {type(layer) for layer in copy.layers}
-    assert set(fast.FAST_VARIANTS.values()) <= kinds and not set(fast.FAST_VARIANTS) & kinds
-    assert all(layer.dtype_policy.name == "float32" for layer in copy.layers)
-    want, got = model(x).numpy(), copy(x).numpy()
+    want = model(x).numpy()
     unflagged = (x > 0.01) & (x < 0.99)
-    np.testing.assert_array_equal(got[unflagged], x[unflagged])
+    per_layer = infer.inference_copy(model, fused=False)
+    assert {type(layer) for layer in per_layer.layers} == {type(layer) for layer in model.layers}
+    whole = infer.inference_copy(model)
+    kinds = {type(layer) for layer in whole.layers}
+    # crosschannel_unet: the prefix and the head are one fused layer each, nothing of the reference left
+    assert {fast.CrossChannelPrefix, fast.CrossChannelHead} <= kinds
+    assert not (set(fast.FAST_VARIANTS) | set(fast.FAST_VARIANTS.values())) & kinds
+    assert all(layer.dtype_policy.name == "float32" for layer in whole.layers)
+    assert len(whole.layers) < len(model.layers) and whole.count_params() == model.count_params()
+    got = whole(x).numpy()
+    np.testing.assert_array_equal(got[unflagged], x[unflagged])  # the gate stays exact
     np.testing.assert_allclose(got, want, atol=1e-4)
+    # with a bf16 trunk: the same function as the per-layer bf16 copy, up to float32 rounding
+    bf_whole, bf_layers = infer.inference_copy(model, bfloat16=True), infer.inference_copy(model, True, fused=False)
+    np.testing.assert_allclose(bf_whole(x).numpy(), bf_layers(x).numpy(), atol=1e-3)
+    np.testing.assert_array_equal(bf_whole(x).numpy()[unflagged], x[unflagged])
 
 
 def test_denoise_uses_the_fused_layers_only_when_asked(monkeypatch):
@@ -98,3 +108,14 @@ def test_denoise_uses_the_fused_layers_only_when_asked(monkeypatch):
     assert copies() == []  # the library's default (what the study runs): the reference layers
     infer.denoise(model, x[0], tile_size=64, overlap=0, multiple=4, precision="auto")  # what `ihclib denoise` asks
     assert copies() == [("inference_copy", False, True)]  # fused layers, float32 trunk (no bf16 here)
+
+
+def test_fused_layers_serve_models_other_than_crosschannel_unet():
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(7)
+    model = ref.build_switching_unet(None, base=4)
+    x, _ = ihc_like((1, 64, 64), seed=8)
+    copy = infer.inference_copy(model)
+    kinds = {type(layer) for layer in copy.layers}
+    assert fast.FastSpatialFill in kinds and ref.SpatialFill not in kinds
+    np.testing.assert_allclose(copy(x).numpy(), model(x).numpy(), atol=1e-4)
