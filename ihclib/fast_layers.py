@@ -32,7 +32,7 @@ from .model import CrossChannelFill, LocalContrast, SpatialFill
 
 def _fused(fn):
     """``fn`` (element-wise TensorFlow ops) compiled by XLA into one pass over memory."""
-    return tf.function(fn, jit_compile=True)
+    return tf.function(fn, jit_compile=True, autograph=False)  # plain Python loops: nothing to convert
 
 
 def box_sums(x: tf.Tensor, window: int) -> tf.Tensor:
