@@ -161,7 +161,10 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "reports" / "slides_benchmark.json"))
     args = p.parse_args()
     shown = {k: v for k, v in vars(args).items() if k not in ("workdir", "out")}  # no local paths
-    result: dict = {"machine": {"cpus": os.cpu_count(), "cpu": _cpu_name(),
+    from ihclib.study.reports import git_commit
+
+    result: dict = {"commit": git_commit(ROOT),  # what was measured ('+dirty': uncommitted changes)
+                    "machine": {"cpus": os.cpu_count(), "cpu": _cpu_name(),
                                 "load_1min_start": round(os.getloadavg()[0], 2)}, "args": shown}
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
