@@ -72,6 +72,8 @@ def test_inference_copy_fuses_crosschannel_unet_and_keeps_the_gate_exact():
         layer = model.get_layer(name)
         layer.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in layer.get_weights()])
     x, _ = ihc_like((1, 64, 96), seed=4)
+    # values near the extremes but not 8-bit ones: the flag passes them only above its threshold
+    x[0, 40, 50:56, 1] = [0.9995, 0.999, 0.9989, 0.0005, 0.001, 0.0011]
     want = model(x).numpy()
     unflagged = (x > 0.01) & (x < 0.99)
     per_layer = infer.inference_copy(model, fused=False)
