@@ -13,12 +13,18 @@ compute the same functions in three steps:
    and counts, are exact);
 3. all the per-pixel algebra, vectorised over the channels, in one XLA-fused pass.
 
-Only element-wise work goes to XLA, and only where fusing saves more than compiling costs
-(about 0.1-0.3 s per function and tile shape): XLA over the whole model (or over the pools)
-compiled for minutes and ran slower (measured). The results differ from the reference by float32 rounding only
-(tests/test_fast_layers.py bounds it). :func:`ihclib.infer.bfloat16_copy` swaps them in, so
-only the tool's fast path uses them, and ``make bench`` measures that path's held-out PSNR
-against the float32 reference. TensorFlow only, the package's backend.
+For ``crosschannel_unet`` (the bundled architecture), :func:`fuse_crosschannel` goes further:
+everything before its convolution trunk and everything after it become two layers
+(:class:`CrossChannelPrefix`, :class:`CrossChannelHead`). A 1056 px tile then takes 0.24-0.26 s
+instead of 0.40 s (bf16 trunk).
+
+Only element-wise work goes to XLA: about 0.35 s of compiling per tile shape, once per
+process. XLA over the whole model (or over the pools) compiled for minutes and ran slower
+(measured). The results differ from the reference by float32 rounding only
+(tests/test_fast_layers.py bounds it). :func:`ihclib.infer.inference_copy` swaps them in, so
+only the tool's fast path (``ihclib denoise``, ``denoise(..., precision="auto")``) uses them,
+and ``make bench`` measures that path's held-out PSNR against the float32 reference.
+TensorFlow only, the package's backend.
 """
 
 from __future__ import annotations
@@ -66,8 +72,8 @@ def _roll(x: tf.Tensor, shift: int) -> tf.Tensor:
 
 
 def spatial_fill_from_sums(sums, counts):
-    """:class:`ihclib.model.SpatialFill` from ``sums[i]``: box sums over window i of x * keep (channels 0-2), keep (3-5) and x (6-8);
-    ``counts[i]``: :func:`window_counts` of window i."""
+    """:class:`ihclib.model.SpatialFill` from ``sums[i]``, the box sums over window i of x * keep
+    (channels 0-2), keep (3-5) and x (6-8), and ``counts[i]``, :func:`window_counts` of window i."""
     # all values flagged: they are 0 or 1, so the rounded mean is the majority (the median)
     fill = tf.round(sums[-1][..., 6:9] / counts[-1])
     for s, count in reversed(list(zip(sums, counts))):
@@ -310,6 +316,6 @@ def can_fuse_whole(model: keras.Model) -> bool:
         *HEAD_CONVOLUTIONS} <= names
 
 
-# reference layer -> its fast variant (what ihclib.infer.bfloat16_copy swaps in)
+# reference layer -> its fast variant (what ihclib.infer.inference_copy swaps in)
 FAST_VARIANTS: dict[type, type] = {SpatialFill: FastSpatialFill, CrossChannelFill: FastCrossChannelFill,
                                    LocalContrast: FastLocalContrast}
