@@ -13,6 +13,12 @@ and the result no longer depends on the machine's core count either; independent
 in parallel on the inter-op threads. Inference is not affected (its forward pass is the same
 on any thread count), so only training pins the setting.
 
+Measured again in issue 13 (README, "Reproducibility"): training the same model several times
+in one process, the pinned setting gave different weights for the third model in 3 of 17
+processes; one intra- and one inter-op thread (no two ops at once) gave the pinned bits in 24
+of 24 runs at about two thirds of the speed, and one inter-op thread with default intra-op
+threads was bit-reproducible (18 of 18) and fastest, with the bits of the machine's core count.
+
 ``python -m ihclib.determinism check`` trains a model a few steps several times in one
 process and compares the weights bit for bit; ``speed`` measures training tiles/s with and
 without the pinned setting, each in a fresh process (thread settings are process-wide).
