@@ -133,16 +133,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tile", type=int, default=64)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--runs", type=int, default=2)
-    p.add_argument("--threads", choices=["pinned", "default"], default="pinned",
-                   help="pinned: one intra-op thread, as ihclib.train trains; default: TensorFlow's")
+    p.add_argument("--threads", choices=["pinned", "default", "serial", "inter1"], default="pinned",
+                   help="pinned: one intra-op thread, as ihclib.train trains; default: TensorFlow's; serial: one "
+                        "intra- and one inter-op thread; inter1: one inter-op thread, default intra-op threads")
     a = p.parse_args(argv)
     if a.what == "speed":
         print(json.dumps(speed(a.model, a.tile, a.batch, a.steps)))
         return 0
+    if a.threads in ("serial", "inter1"):  # the settings measured against pinned in issue 13 (README)
+        import tensorflow as tf
+
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        if a.threads == "serial":
+            tf.config.threading.set_intra_op_parallelism_threads(1)
     threads = pin_training_threads() if a.threads == "pinned" else None
     runs = [train_steps(a.model, a.steps, a.tile, a.batch) for _ in range(a.runs)]
     digests = [d for d, _ in runs]
-    print(json.dumps({"model": a.model, "threads": threads or "default", "digests": digests,
+    print(json.dumps({"model": a.model, "threads": threads or a.threads, "digests": digests,
                       "tiles_per_s": [r for _, r in runs], "identical": len(set(digests)) == 1}))
     return 0 if len(set(digests)) == 1 else 1
 

@@ -243,6 +243,14 @@ def test_paper_unet_training_is_bitwise_reproducible():
     assert rc == 0 and out["identical"] and len(set(out["digests"])) == 1, out
 
 
+def test_check_runs_the_other_thread_settings():
+    # one intra- and one inter-op thread: the pinned setting's bits without two ops at once (README)
+    rc, serial = _check("--threads", "serial", "--steps", "4", "--runs", "2")
+    assert rc == 0 and serial["threads"] == "serial" and serial["identical"], serial
+    rc, pinned = _check("--steps", "4", "--runs", "1")
+    assert pinned["digests"][0] == serial["digests"][0]
+
+
 def test_pinning_after_tensorflow_started_warns():
     import os
     import subprocess
