@@ -344,8 +344,8 @@ def _predictor_for(model: Any, tile_size: int, batch_size: int, backend: str | N
     bfloat16 = resolve_precision(model, precision, backend) == "bfloat16"
     # the fused layers: for the tool ("auto") and with bf16 (both measured by make bench), on
     # Keras only (other runtimes convert the model's graph, and the fused layers call XLA)
-    fused = backend == "keras" and (bfloat16 or precision == "auto")
-    if bfloat16 or fused:
+    fused = backend == "keras" and (bfloat16 or precision == "auto") and has_fast_variants(model)
+    if bfloat16 or fused:  # else the model as it is: a copy would change nothing (e.g. paper_unet)
         model = _cached_inference_copy(model, bfloat16, fused)
     return predictor(model, tile_size, batch_size, backend, jit_compile)
 
@@ -499,6 +499,13 @@ def _gpu_visible() -> bool:
     import tensorflow as tf
 
     return bool(tf.config.list_physical_devices("GPU"))
+
+
+def has_fast_variants(model: Any) -> bool:
+    """Whether :func:`inference_copy` would swap any of ``model``'s layers for a fused one."""
+    from .fast_layers import FAST_VARIANTS
+
+    return any(type(layer) in FAST_VARIANTS for layer in model.layers)
 
 
 def _cached_inference_copy(model: Any, bfloat16: bool, fused: bool = True) -> Any:

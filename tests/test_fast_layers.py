@@ -121,3 +121,16 @@ def test_fused_layers_serve_models_other_than_crosschannel_unet():
     kinds = {type(layer) for layer in copy.layers}
     assert fast.FastSpatialFill in kinds and ref.SpatialFill not in kinds
     np.testing.assert_allclose(copy(x).numpy(), model(x).numpy(), atol=1e-4)
+
+
+def test_auto_makes_no_copy_of_a_model_without_such_layers(monkeypatch):
+    keras = pytest.importorskip("keras")
+    from ihclib.backends import _model_cache
+
+    inp = keras.Input((None, None, 3))
+    model = keras.Model(inp, keras.layers.Conv2D(3, 3, padding="same")(inp))
+    monkeypatch.delenv(infer.PRECISION_ENV, raising=False)
+    monkeypatch.setattr(infer, "cpu_has_bf16", lambda: False)
+    assert not infer.has_fast_variants(model)
+    infer.denoise(model, np.zeros((32, 32, 3), np.float32), tile_size=32, overlap=0, multiple=4, precision="auto")
+    assert not [k for k in _model_cache(model) if isinstance(k, tuple) and k[0] == "inference_copy"]
