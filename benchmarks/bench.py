@@ -15,7 +15,7 @@ the README's performance table from the JSON (between ``<!-- bench:start -->`` a
   the fused classical layers and a bfloat16 trunk (:func:`ihclib.infer.bfloat16_copy`): speed and PSNR change on the
   held-out sources of ``data/splits.json``;
 * inference of the paper's network per batch size, and its training three ways: as ``ihclib
-  train`` runs it (op determinism and one intra-op thread, :mod:`ihclib.determinism`), with
+  train`` runs it (op determinism, one intra- and one inter-op thread, :mod:`ihclib.determinism`), with
   TensorFlow's default threads, and with op determinism alone; beside the data pipeline alone.
 
 FLOPs are 2 x multiply-accumulates of the convolutions (``ihclib.model.count_flops``); training
@@ -429,23 +429,25 @@ def bench_training(tile_size: int, batch_size: int, steps: int, warmup: int, flo
             "mean_tiles_per_s": round(steps * batch_size / sum(times), 3), "load_1min": load_average()[:1]}
 
 
-PINNED = "op determinism + one intra-op thread (what `ihclib train` runs)"
+PINNED = "op determinism + one intra- and one inter-op thread (what `ihclib train` runs)"
+INTRA1 = "op determinism + one intra-op thread (before issue 13: races, see ihclib.determinism)"
 
 
-def bench_training_pinned(**train: Any) -> dict:
-    """:func:`bench_training` as ``ihclib train`` trains: op determinism and one intra-op thread
-    (``ihclib.determinism``), in a fresh process, as the thread count is fixed when TensorFlow starts."""
+def bench_training_threads(setting: str = "pinned", **train: Any) -> dict:
+    """:func:`bench_training` with op determinism under a thread setting of ``python -m
+    ihclib.determinism check --threads`` (``pinned``: as ``ihclib train`` trains), in a fresh
+    process, as thread counts are fixed when TensorFlow starts."""
     code = ("import json, sys\n"
-            "from ihclib.determinism import pin_training_threads\n"
-            "pin_training_threads()\n"
+            "from ihclib.determinism import set_threads\n"
+            f"set_threads({setting!r})\n"
             f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
             "import bench\n"
             "print(json.dumps(bench.bench_training(**json.loads(sys.argv[1]), determinism=True)))\n")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(train)], capture_output=True, text=True, env=env)
     if proc.returncode:
-        raise RuntimeError(f"pinned training benchmark failed: {proc.stderr.strip()[-2000:]}")
-    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "variant": PINNED}
+        raise RuntimeError(f"training benchmark ({setting} threads) failed: {proc.stderr.strip()[-2000:]}")
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "variant": {"pinned": PINNED, "intra1": INTRA1}[setting]}
 
 
 def bench_input_pipeline(tile_size: int, batch_size: int, batches: int = 5) -> dict:
@@ -679,8 +681,8 @@ def paper_section(result: dict, cfg: Config, log: Callable[[str], None]) -> None
     result["input_pipeline"] = bench_input_pipeline(cfg.tile_size, cfg.train_batch)
     train = dict(tile_size=cfg.tile_size, batch_size=cfg.train_batch, steps=cfg.train_steps,
                  warmup=cfg.train_warmup, flops_per_tile=flops, peak_gflops=peak, profile_steps=cfg.profile_steps)
-    result["training"] = [bench_training_pinned(**train), bench_training(**train),
-                          bench_training(**train, determinism=True)]
+    result["training"] = [bench_training_threads("pinned", **train), bench_training_threads("intra1", **train),
+                          bench_training(**train), bench_training(**train, determinism=True)]
     log("training: " + ", ".join(f"{r['variant']} {r['pct_peak']} %" for r in result["training"]))
 
 

@@ -8,20 +8,27 @@ network's gradients are summed in a different order on one thread than on two: t
 gradients of its layers with 3 input or output channels (the first convolution, the last
 transposed one, the 2x2 output convolution) and the bias gradients of its half-resolution
 layers (measured layer by layer at 64 px, 1 against 2 threads; every forward output matched).
-So runs drifted apart in the last bit after a few steps. Op determinism does not cover this. With one intra-op thread every op runs on one thread whatever the scheduler does,
-and the result no longer depends on the machine's core count either; independent ops still run
-in parallel on the inter-op threads. Inference is not affected (its forward pass is the same
-on any thread count), so only training pins the setting.
+So runs drifted apart in the last bit after a few steps. Op determinism does not cover this.
+One intra-op thread makes every op run on one thread whatever the scheduler does, and the
+result no longer depends on the machine's core count either.
 
-Measured again in issue 13 (README, "Reproducibility"): training the same model several times
-in one process, the pinned setting gave different weights for the third model in 3 of 17
-processes; one intra- and one inter-op thread (no two ops at once) gave the pinned bits in 24
-of 24 runs at about two thirds of the speed, and one inter-op thread with default intra-op
-threads was bit-reproducible (18 of 18) and fastest, with the bits of the machine's core count.
+One intra-op thread was not enough (issue 13): two ops still ran at once on TensorFlow's
+inter-op threads, and then, rarely on a quiet machine and often on a busy one, a training step
+came out different in the last bit (paper_unet, 64 px, batch 16, 3 x 20 steps per process:
+3 of 17 processes quiet, 6 of 12 beside a busy loop on one core; the first differing loss fell
+at a random step, 9 to 14, so it is a race while running, not a different kernel: oneDNN's
+verbose log listed the same primitives in every run). The op that races was not found. With
+one inter-op thread as well (no two ops at once) it never happened (10 of 10 processes beside
+the busy loop, 8 of 8 quiet), and the weights are the same bits as with one intra-op thread
+alone, so no result changed. The price is speed: the second core idles during a training step
+(about 0.68x on 2 cores, ``make bench``). Inference is not affected (its forward pass is the
+same on any thread count), so only training pins the setting.
 
 ``python -m ihclib.determinism check`` trains a model a few steps several times in one
-process and compares the weights bit for bit; ``speed`` measures training tiles/s with and
-without the pinned setting, each in a fresh process (thread settings are process-wide).
+process and compares the weights bit for bit (``--threads`` picks the setting, ``--busy``
+keeps a core busy meanwhile, which makes the race of ``intra1`` frequent); ``speed`` measures
+training tiles/s with and without the pinned setting, each in a fresh process (thread settings
+are process-wide).
 """
 
 from __future__ import annotations
@@ -37,11 +44,12 @@ import warnings
 
 import numpy as np
 
-TRAINING_INTRA_OP_THREADS = 1
+TRAINING_THREADS = {"intra_op": 1, "inter_op": 1}
 
 
 def pin_training_threads() -> dict:
-    """Give TensorFlow one intra-op thread, if it has not started yet; say what is in effect.
+    """Give TensorFlow one intra-op and one inter-op thread, if it has not started yet; say
+    what is in effect.
 
     Returns ``{"intra_op": n, "inter_op": m, "deterministic": bool}`` (0 = TensorFlow's default,
     one thread per core). Once TensorFlow has run an op the setting is fixed for the process:
@@ -49,19 +57,23 @@ def pin_training_threads() -> dict:
     """
     import tensorflow as tf
 
+    threading = tf.config.threading
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(TRAINING_INTRA_OP_THREADS)
+        threading.set_intra_op_parallelism_threads(TRAINING_THREADS["intra_op"])
+        threading.set_inter_op_parallelism_threads(TRAINING_THREADS["inter_op"])
     except RuntimeError:  # the runtime is up: the setting can no longer change
         pass
-    intra = tf.config.threading.get_intra_op_parallelism_threads()
-    deterministic = intra == TRAINING_INTRA_OP_THREADS or (intra == 0 and os.cpu_count() == 1)
+    now = {"intra_op": threading.get_intra_op_parallelism_threads(),
+           "inter_op": threading.get_inter_op_parallelism_threads()}
+    # TensorFlow's default (0) is one thread per core: on one core that is the pinned setting
+    deterministic = all(now[k] == n or (now[k] == 0 and os.cpu_count() == 1) for k, n in TRAINING_THREADS.items())
     if not deterministic:
-        warnings.warn(f"TensorFlow already runs with {intra or 'one per core'} intra-op threads: this training "
-                      "run may not be bit-reproducible (train in a fresh process, or call "
+        warnings.warn(f"TensorFlow already runs with {now['intra_op'] or 'one per core'} intra-op and "
+                      f"{now['inter_op'] or 'one per core'} inter-op threads: this training run may not be "
+                      "bit-reproducible (train in a fresh process, or call "
                       "ihclib.determinism.pin_training_threads() before anything else uses TensorFlow)",
                       stacklevel=2)
-    return {"intra_op": intra, "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
-            "deterministic": deterministic}
+    return {**now, "deterministic": deterministic}
 
 
 def weights_digest(model) -> str:
@@ -123,6 +135,20 @@ def _run_self(args: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def set_threads(setting: str) -> dict:
+    """Apply a ``check --threads`` setting before TensorFlow starts; the threads in effect."""
+    if setting == "pinned":
+        return pin_training_threads()
+    import tensorflow as tf
+
+    if setting == "intra1":
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+    if setting == "inter1":
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    return {"setting": setting, "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op": tf.config.threading.get_inter_op_parallelism_threads()}
+
+
 def main(argv: list[str] | None = None) -> int:
     """``check``: train ``--runs`` times, print the digests as JSON (exit 1 if they differ);
     ``speed``: the cost of the pinned threads, as JSON."""
@@ -133,23 +159,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tile", type=int, default=64)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--runs", type=int, default=2)
-    p.add_argument("--threads", choices=["pinned", "default", "serial", "inter1"], default="pinned",
-                   help="pinned: one intra-op thread, as ihclib.train trains; default: TensorFlow's; serial: one "
-                        "intra- and one inter-op thread; inter1: one inter-op thread, default intra-op threads")
+    p.add_argument("--threads", choices=["pinned", "intra1", "inter1", "default"], default="pinned",
+                   help="pinned: one intra- and one inter-op thread, as ihclib.train trains; intra1: one intra-op "
+                        "thread only (the setting before issue 13: it races); inter1: one inter-op thread, default "
+                        "intra-op threads; default: TensorFlow's")
+    p.add_argument("--busy", action="store_true",
+                   help="keep one core busy with another process meanwhile (a shared machine: races show up)")
     a = p.parse_args(argv)
     if a.what == "speed":
         print(json.dumps(speed(a.model, a.tile, a.batch, a.steps)))
         return 0
-    if a.threads in ("serial", "inter1"):  # the settings measured against pinned in issue 13 (README)
-        import tensorflow as tf
-
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-        if a.threads == "serial":
-            tf.config.threading.set_intra_op_parallelism_threads(1)
-    threads = pin_training_threads() if a.threads == "pinned" else None
-    runs = [train_steps(a.model, a.steps, a.tile, a.batch) for _ in range(a.runs)]
+    threads = set_threads(a.threads)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if a.busy else None
+    try:
+        runs = [train_steps(a.model, a.steps, a.tile, a.batch) for _ in range(a.runs)]
+    finally:
+        if busy is not None:
+            busy.kill()
+            busy.wait()
     digests = [d for d, _ in runs]
-    print(json.dumps({"model": a.model, "threads": threads or a.threads, "digests": digests,
+    print(json.dumps({"model": a.model, "threads": threads, "busy": a.busy, "digests": digests,
                       "tiles_per_s": [r for _, r in runs], "identical": len(set(digests)) == 1}))
     return 0 if len(set(digests)) == 1 else 1
 

@@ -217,8 +217,9 @@ def default_strategy() -> tf.distribute.Strategy:
 
 
 def set_determinism(seed: int) -> dict:
-    """Seed Python, numpy, TF and Keras, make TF ops deterministic and pin the intra-op threads
-    (process-wide; see :mod:`ihclib.determinism`); returns the thread settings in effect."""
+    """Seed Python, numpy, TF and Keras, make TF ops deterministic and pin TensorFlow to one
+    intra- and one inter-op thread (process-wide; see :mod:`ihclib.determinism`); returns the
+    thread settings in effect."""
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
     return pin_training_threads()
@@ -350,7 +351,7 @@ def train(
     Notes
     -----
     Loss MSE, Adam, and the paper's Keras "accuracy" (Table 1). Same seed, same CPU model:
-    bit-identical weights (op determinism, one intra-op thread: :mod:`ihclib.determinism`;
+    bit-identical weights (op determinism, one intra- and one inter-op thread: :mod:`ihclib.determinism`;
     the sidecar's ``training.threads`` says whether it held; a resumed run is not).
     """
     _check_arguments(model_name, dataset, profile)

@@ -229,7 +229,7 @@ def architecture_table(models: Mapping[str, TrainedModel], long_df: pd.DataFrame
 def timings_table(models: Mapping[str, TrainedModel], per_image_df: pd.DataFrame | None = None,
                   amount: float = 0.1, noise: str = "s&p") -> pd.DataFrame:
     """What was measured rather than computed, one row per model: training wall time and tiles/s
-    (from the sidecar), the intra-op threads it trained with, and inference ms per evaluation
+    (from the sidecar), the intra- and inter-op threads it trained with, and inference ms per evaluation
     tile at ``amount`` (from the per-image table). Apart from the results: it differs run to run."""
     secs = None
     if per_image_df is not None:
@@ -240,7 +240,8 @@ def timings_table(models: Mapping[str, TrainedModel], per_image_df: pd.DataFrame
         training = tm.sidecar.get("training", {})
         row = {"model": name, "training time (s)": training.get("wall_time_s"),
                "training tiles/s": training.get("tiles_per_s"),
-               "intra-op threads": (training.get("threads") or {}).get("intra_op")}
+               "intra-op threads": (training.get("threads") or {}).get("intra_op"),
+               "inter-op threads": (training.get("threads") or {}).get("inter_op")}
         if secs is not None:
             mine = secs[secs.method == name]
             row["inference ms / eval tile"] = 1e3 * float(mine["mean"].iloc[0]) if len(mine) else None
