@@ -21,7 +21,8 @@ verbose log listed the same primitives in every run). The op that races was not 
 one inter-op thread as well (no two ops at once) it never happened (10 of 10 processes beside
 the busy loop, 8 of 8 quiet), and the weights are the same bits as with one intra-op thread
 alone, so no result changed. The price is speed: the second core idles during a training step
-(about 0.68x on 2 cores, ``make bench``). Inference is not affected (its forward pass is the
+(``model.fit`` on 2 cores: crosschannel_unet 0.68-0.71x; paper_unet, whose steps and input
+pipeline got in each other's way with two ops at once, 1.15-1.2x; README, "Reproducibility"). Inference is not affected (its forward pass is the
 same on any thread count), so only training pins the setting.
 
 ``python -m ihclib.determinism check`` trains a model a few steps several times in one
