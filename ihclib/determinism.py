@@ -15,15 +15,17 @@ result no longer depends on the machine's core count either.
 One intra-op thread was not enough (issue 13): two ops still ran at once on TensorFlow's
 inter-op threads, and then, rarely on a quiet machine and often on a busy one, a training step
 came out different in the last bit (paper_unet, 64 px, batch 16, 3 x 20 steps per process:
-3 of 17 processes quiet, 6 of 12 beside a busy loop on one core; the first differing loss fell
-at a random step, 9 to 14, so it is a race while running, not a different kernel: oneDNN's
-verbose log listed the same primitives in every run). The op that races was not found. With
-one inter-op thread as well (no two ops at once) it never happened (10 of 10 processes beside
-the busy loop, 8 of 8 quiet), and the weights are the same bits as with one intra-op thread
-alone, so no result changed. The price is speed: the second core idles during a training step
-(``model.fit`` on 2 cores: crosschannel_unet 0.68-0.71x; paper_unet, whose steps and input
-pipeline got in each other's way with two ops at once, 1.15-1.2x; README, "Reproducibility"). Inference is not affected (its forward pass is the
-same on any thread count), so only training pins the setting.
+3 of 17 processes quiet, 12 of 26 beside a busy loop on one core; the first differing loss
+fell at a random step, 9 to 14, so it is a race while running, not a different kernel:
+oneDNN's verbose log listed the same primitives in every run). The op that races was not
+found. With one inter-op thread as well (no two ops at once) it never happened (10 of 10
+processes beside the busy loop, 8 of 8 quiet), and the weights are the same bits as with one
+intra-op thread alone when it does not race: rerunning the study's profiles changed only the
+quick profile's paper_unet, whose committed run had raced (README, "Reproducibility"). The
+price is speed: the second core idles during a training step (``model.fit`` on 2 cores:
+crosschannel_unet 0.68-0.71x; paper_unet, whose steps and input pipeline got in each other's
+way with two ops at once, 1.15-1.2x). Inference is not affected (its forward pass is the same
+on any thread count), so only training pins the setting.
 
 ``python -m ihclib.determinism check`` trains a model a few steps several times in one
 process and compares the weights bit for bit (``--threads`` picks the setting, ``--busy``

@@ -238,10 +238,10 @@ def timings_table(models: Mapping[str, TrainedModel], per_image_df: pd.DataFrame
     rows = []
     for name, tm in models.items():
         training = tm.sidecar.get("training", {})
+        threads = training.get("threads") or {}
         row = {"model": name, "training time (s)": training.get("wall_time_s"),
                "training tiles/s": training.get("tiles_per_s"),
-               "intra-op threads": (training.get("threads") or {}).get("intra_op"),
-               "inter-op threads": (training.get("threads") or {}).get("inter_op")}
+               "intra-op threads": threads.get("intra_op"), "inter-op threads": threads.get("inter_op")}
         if secs is not None:
             mine = secs[secs.method == name]
             row["inference ms / eval tile"] = 1e3 * float(mine["mean"].iloc[0]) if len(mine) else None
