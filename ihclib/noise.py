@@ -137,6 +137,13 @@ def apply_noise(image: np.ndarray, spec: NoiseSpec, rng: np.random.Generator) ->
     return out.copy()
 
 
+def noisy_copies(clean: np.ndarray, spec: NoiseSpec, seed: int) -> np.ndarray:
+    """Noisy float32 copies of clean tiles (N, h, w, 3), drawn in order from one generator keyed
+    by ``[seed, 1]``: the validation pairs of every training run (the same for every model)."""
+    rng = np.random.default_rng([seed, 1])
+    return np.stack([apply_noise(t, spec, rng) for t in clean]).astype(np.float32)
+
+
 def impulse_share(noisy: np.ndarray, clean: np.ndarray, per_pixel: bool = False) -> float:
     """Measured share of values (or pixels) that the noise changed to 0 or 1."""
     changed = (noisy != clean) & ((noisy == 0.0) | (noisy == 1.0))

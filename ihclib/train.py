@@ -27,7 +27,7 @@ import tensorflow as tf
 from .determinism import pin_training_threads
 from .images import atomic_write_text
 from .model import MODELS, build_model, count_flops, save_model
-from .noise import NoiseSpec, apply_noise
+from .noise import NoiseSpec, noisy_copies
 from .registry import DESCRIPTIONS, INPUT_MULTIPLE
 
 
@@ -195,8 +195,7 @@ def make_train_pipeline(
 
 def make_val_pairs(clean: np.ndarray, noise: NoiseSpec, seed: int) -> np.ndarray:
     """Noisy copies of the validation tiles, drawn once with ``ihclib.noise`` (seeded)."""
-    rng = np.random.default_rng([seed, 1])
-    return np.stack([apply_noise(t, noise, rng) for t in clean]).astype(np.float32)
+    return noisy_copies(clean, noise, seed)
 
 
 def _data_options() -> tf.data.Options:

@@ -1,0 +1,217 @@
+"""The paper's network trained at a GPU's scale, on any Keras backend, and scored as notebook 05 scores.
+
+The CPU study's ``paper`` profile trains ``paper_unet`` (17.8 M parameters) for 5 x 14 steps of 16
+tiles of 256 px: far too few to say what the paper's network can do. The GPU machines lent to this
+project have JAX but no TensorFlow (its wheel is too large to carry there), so this module trains
+the same network (``ihclib.model``, pure Keras) on the JAX backend with the ``paper`` profile's data
+split, validation pairs, loss, optimiser, learning rate, batch and metric, for as many steps as a
+time budget allows, and scores it on the same held-out tiles with the same seeded noise as
+notebook 05. Its tables therefore sit beside ``reports/paper/tables/comparison.csv``: the noisy
+input's rows must agree exactly (checked by :func:`merge_with_cpu`), and the classical filters are
+taken from there.
+
+What differs from ``ihclib.train`` (say it, do not hide it): the training pairs are made by
+:class:`PairBatches` in numpy, since ``ihclib.train``'s pipeline is a tf.data graph. It draws the
+same kinds of variation (flips, rotations, stain, gamma, contrast, brightness, over-exposure, JPEG,
+8-bit quantisation; :class:`ihclib.train.Augmentation`'s ranges) and the same salt-and-pepper
+noise (amount ~ U(train_amount_range) per tile), from other random streams, and sources are drawn
+in proportion to their tiles rather than equally often. GPU kernels differ from the CPU's, so
+a rerun is not bit-identical; it is seeded.
+
+Run it (on the GPU machine: ``KERAS_BACKEND=jax``)::
+
+    python -m ihclib.study.paper_scale --out DIR --minutes 6 --commit $(git rev-parse HEAD)
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ihclib.noise import NoiseSpec, noisy_copies, salt_and_pepper
+from ihclib.study.evaluate import NOISY, batched, evaluate_per_image, long_table, noise_sweep
+from ihclib.study.profiles import Profile, get_profile
+
+# ihclib.train.Augmentation's defaults (that module imports TensorFlow, which this one must not)
+AUGMENT = {"stain": 0.15, "gamma": 0.25, "contrast": 0.15, "brightness": 0.06, "p_saturate": 0.25,
+           "p_jpeg": 0.5, "jpeg_quality": (40, 95)}
+MODEL = "paper_unet"
+HISTORY_COLUMNS = ["accuracy", "loss", "val_accuracy", "val_loss"]
+
+
+def jpeg_roundtrip(x: np.ndarray, quality: int) -> np.ndarray:
+    """``x`` (h, w, 3 in [0, 1]) through JPEG at ``quality`` (Pillow), back to float."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.round(x * 255).astype(np.uint8)).save(buf, format="JPEG", quality=int(quality))
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), np.float32) / 255.0
+
+
+def augment_numpy(x: np.ndarray, rng: np.random.Generator, aug: dict = AUGMENT) -> np.ndarray:
+    """One clean tile varied as :func:`ihclib.train.augment_tile` varies it, in numpy."""
+    x = x[:, ::-1] if rng.random() < 0.5 else x
+    x = np.rot90(x, int(rng.integers(0, 4)))
+    od = -np.log(np.maximum(x, 1.0 / 255.0))  # optical density per channel (Beer-Lambert)
+    x = np.exp(-od * rng.uniform(1 - aug["stain"], 1 + aug["stain"], 3))
+    x = x ** np.exp(rng.uniform(-aug["gamma"], aug["gamma"]))
+    x = (x - 0.5) * rng.uniform(1 - aug["contrast"], 1 + aug["contrast"]) + 0.5
+    x = np.clip(x + rng.uniform(-aug["brightness"], aug["brightness"]), 0.0, 1.0)
+    if rng.random() < aug["p_saturate"]:
+        x = np.clip(x * (1.05 + 0.3 * rng.random()) + 0.08 * rng.random(), 0.0, 1.0)
+    if rng.random() < aug["p_jpeg"]:
+        x = jpeg_roundtrip(x, rng.integers(aug["jpeg_quality"][0], aug["jpeg_quality"][1] + 1))
+    return (np.round(x * 255.0) / 255.0).astype(np.float32)
+
+
+def make_pairs(clean: np.ndarray, batch_size: int, amount_range: tuple[float, float], noise: NoiseSpec,
+               seed: int, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Batch ``index`` of ``epoch``: (noisy, clean) pairs, a pure function of its arguments."""
+    rng = np.random.default_rng([seed, epoch, index])
+    picks = rng.integers(0, len(clean), batch_size)
+    ys = np.stack([augment_numpy(clean[i], rng) for i in picks])
+    xs = np.stack([salt_and_pepper(y, rng.uniform(*amount_range), rng, noise.salt_vs_pepper, noise.per_pixel)
+                   for y in ys])
+    return xs.astype(np.float32), ys
+
+
+def pair_batches(clean: np.ndarray, profile: Profile, steps: int, seed: int, epoch: int, workers: int):
+    """One epoch of :func:`make_pairs` batches as a ``keras.utils.PyDataset`` (threads: numpy and
+    Pillow release the GIL, and the dataset must not fork a process that holds the GPU)."""
+    import keras
+
+    class PairBatches(keras.utils.PyDataset):
+        def __len__(self) -> int:
+            return steps
+
+        def __getitem__(self, index: int):
+            return make_pairs(clean, profile.batch_size, profile.train_amount_range, profile.noise, seed, epoch,
+                              index)
+
+    return PairBatches(workers=workers, use_multiprocessing=False, max_queue_size=4 * workers)
+
+
+def train(profile: Profile, data_dir: str | None, out: Path, work: Path, minutes: float, steps_per_epoch: int,
+          max_epochs: int, seed: int, workers: int, log=print):
+    """Train ``paper_unet`` until ``minutes`` are spent (whole epochs) or ``max_epochs``; keep the
+    weights of the lowest val_loss (checkpoint in ``work``: 71 MB); ``out/history.csv`` is
+    rewritten after every epoch. Returns (model, history, facts)."""
+    import keras
+
+    from ihclib.model import build_model
+
+    keras.utils.set_random_seed(seed)
+    ds = profile.dataset(data_dir)
+    clean = ds.load("train").astype(np.float32)
+    val_clean = ds.load("val").astype(np.float32)
+    val_noisy = noisy_copies(val_clean, profile.noise, profile.seed)
+    model = build_model(MODEL, None)
+    model.compile(optimizer=keras.optimizers.Adam(profile.learning_rate), loss="mse", metrics=["accuracy"])
+    best_path = work / "best.weights.h5"
+    checkpoint = keras.callbacks.ModelCheckpoint(str(best_path), monitor="val_loss", mode="min",
+                                                 save_best_only=True, save_weights_only=True)
+    rows, start, epoch = [], time.perf_counter(), 0
+    while epoch < max_epochs and (time.perf_counter() - start) < minutes * 60:
+        h = model.fit(pair_batches(clean, profile, steps_per_epoch, seed, epoch, workers),
+                      validation_data=(val_noisy, val_clean), batch_size=profile.batch_size, epochs=epoch + 1,
+                      initial_epoch=epoch, callbacks=[checkpoint], verbose=0)
+        rows.append({"epoch": epoch, **{k: float(h.history[k][-1]) for k in HISTORY_COLUMNS},
+                     "elapsed_s": round(time.perf_counter() - start, 1)})
+        pd.DataFrame(rows).set_index("epoch")[HISTORY_COLUMNS].to_csv(out / "history.csv")
+        log(f"epoch {epoch}: " + ", ".join(f"{k} {rows[-1][k]:.5g}" for k in (*HISTORY_COLUMNS, "elapsed_s")))
+        epoch += 1
+    wall = time.perf_counter() - start
+    model.load_weights(best_path)
+    history = pd.DataFrame(rows).set_index("epoch")
+    facts = {"train_tiles": int(len(clean)), "val_tiles": int(len(val_clean)), "epochs": epoch,
+             "steps_per_epoch": steps_per_epoch, "steps": epoch * steps_per_epoch,
+             "tiles_seen": epoch * steps_per_epoch * profile.batch_size, "train_wall_s": round(wall, 1),
+             "tiles_per_s": round(epoch * steps_per_epoch * profile.batch_size / wall, 1),
+             "best_epoch": int(history.val_loss.idxmin())}
+    return model, history, facts
+
+
+def score(model, profile: Profile, data_dir: str | None, label: str,
+          per_pixel_amounts=(0.1, 0.3)) -> pd.DataFrame:
+    """Per-tile scores of the model and the noisy input on notebook 05's held-out tiles and noise."""
+    from ihclib.study.comparison import held_out_tiles
+
+    tiles, sources = held_out_tiles(profile.eval_dataset(data_dir), profile.max_eval_tiles, seed=profile.seed,
+                                    min_tissue=profile.eval_min_tissue)
+    method = batched(lambda x: np.clip(np.asarray(model.predict(x, batch_size=profile.batch_size, verbose=0)),
+                                       0.0, 1.0).astype(np.float32))
+    sweep = noise_sweep(profile.eval_amounts, per_pixel_amounts, None)
+    return evaluate_per_image(tiles, {label: method}, sweep, seed=profile.seed, sources=sources)
+
+
+def merge_with_cpu(gpu_long: pd.DataFrame, cpu_long: pd.DataFrame, methods: list[str],
+                   amounts=(0.1, 0.3), metrics=("psnr", "ssim", "accuracy", "dice_dab")) -> pd.DataFrame:
+    """The GPU model beside the CPU run's methods, s&p per channel at ``amounts``; raises if the
+    noisy input's scores differ (then the tiles or the noise were not the same)."""
+    key = ["method", "noise", "amount", "metric"]
+    gpu_noisy = gpu_long[gpu_long.method == NOISY].set_index(key)["mean"]
+    cpu_noisy = cpu_long[cpu_long.method == NOISY].set_index(key)["mean"].reindex(gpu_noisy.index)
+    if not np.allclose(gpu_noisy.to_numpy(float), cpu_noisy.to_numpy(float), rtol=1e-4, atol=1e-6):
+        raise ValueError("the noisy input scores differently from the CPU run: not the same held-out tiles/noise")
+    both = pd.concat([gpu_long[~gpu_long.method.isin([NOISY, "clean"])], cpu_long])
+    sel = both[(both.noise == "s&p") & both.amount.isin(amounts) & both.metric.isin(metrics)
+               & both.method.isin(methods)]
+    table = sel.assign(value=[f"{m:.4g} [{lo:.4g}, {hi:.4g}]" for m, lo, hi in zip(sel["mean"], sel.ci_low,
+                                                                                      sel.ci_high)])
+    table = table.pivot_table(index=["method"], columns=["metric", "amount"], values="value", aggfunc="first")
+    return table.reindex(methods)[[(m, a) for m in metrics for a in amounts]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ihclib.study.paper_scale", description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="folder for history.csv, per_tile.csv, comparison.csv, run.json")
+    p.add_argument("--work", default=None, help="folder for the best-weights checkpoint (default: --out)")
+    p.add_argument("--profile", default="paper", help="data split, noise, batch and learning rate (default paper)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--minutes", type=float, default=6.0, help="training budget (whole epochs; checked after each)")
+    p.add_argument("--steps-per-epoch", type=int, default=250)
+    p.add_argument("--max-epochs", type=int, default=1000)
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--commit", default=None, help="the commit this runs (the device copy has no .git)")
+    a = p.parse_args(argv)
+    import keras
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    profile = get_profile(a.profile)
+    work = Path(a.work or a.out)
+    work.mkdir(parents=True, exist_ok=True)
+    model, history, facts = train(profile, a.data_dir, out, work, a.minutes, a.steps_per_epoch, a.max_epochs, a.seed,
+                                  a.workers)
+    t0 = time.perf_counter()
+    label = f"{MODEL} ({facts['steps']} steps, {keras.backend.backend()})"
+    per_tile = score(model, profile, a.data_dir, label)
+    per_tile.to_csv(out / "per_tile.csv", index=False)
+    long_table(per_tile).to_csv(out / "comparison.csv", index=False)
+    devices = []
+    if keras.backend.backend() == "jax":
+        import jax
+
+        devices = [str(d.device_kind) for d in jax.devices()]
+    run = {"profile": profile.name, "model": MODEL, "params": int(model.count_params()), "seed": a.seed,
+           "commit": a.commit, "backend": keras.backend.backend(), "keras": keras.__version__,
+           "devices": devices, "cpu_count": os.cpu_count(), "python": platform.python_version(),
+           "minutes": a.minutes, "score_wall_s": round(time.perf_counter() - t0, 1), "label": label, **facts,
+           "command": "python -m ihclib.study.paper_scale " + " ".join(sys.argv[1:] if argv is None else argv)}
+    (out / "run.json").write_text(json.dumps(run, indent=1) + "\n")
+    print(json.dumps(run))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

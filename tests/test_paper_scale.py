@@ -1,0 +1,78 @@
+"""The GPU paper-scale run (ihclib.study.paper_scale): its numpy training pairs and its merge with
+the CPU run's table. Training itself runs on the GPU machine; here only what CI can check fast."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ihclib.noise import NoiseSpec
+from ihclib.study.evaluate import NOISY
+from ihclib.study.paper_scale import augment_numpy, jpeg_roundtrip, make_pairs, merge_with_cpu
+
+
+def _clean(n=3, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0.2, 0.9, (n, size, size, 3)).astype(np.float32)
+
+
+def test_pairs_are_a_pure_function_of_seed_epoch_and_index():
+    clean = _clean()
+    a = make_pairs(clean, 4, (0.0, 0.5), NoiseSpec(), seed=1, epoch=2, index=3)
+    b = make_pairs(clean, 4, (0.0, 0.5), NoiseSpec(), seed=1, epoch=2, index=3)
+    c = make_pairs(clean, 4, (0.0, 0.5), NoiseSpec(), seed=1, epoch=3, index=3)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(a[1], c[1])  # a new epoch draws new tiles and variations
+
+
+def test_noise_only_sets_impulses_and_amount_follows_the_range():
+    clean = _clean(n=2, size=64)
+    noisy, target = make_pairs(clean, 8, (0.3, 0.3), NoiseSpec(), seed=0, epoch=0, index=0)
+    assert noisy.dtype == target.dtype == np.float32 and noisy.shape == target.shape == (8, 64, 64, 3)
+    changed = noisy != target
+    assert np.isin(noisy[changed], (0.0, 1.0)).all()
+    hit = changed | ((target == noisy) & np.isin(noisy, (0.0, 1.0)))
+    assert 0.25 < hit.mean() < 0.35  # 30 % per value (a hit that draws its own value is invisible)
+    clean_pairs = make_pairs(clean, 8, (0.0, 0.0), NoiseSpec(), seed=0, epoch=0, index=0)
+    assert np.array_equal(clean_pairs[0], clean_pairs[1])
+
+
+def test_augmented_tiles_stay_8_bit_images_and_vary():
+    tile = _clean(n=1, size=48)[0]
+    outs = [augment_numpy(tile, np.random.default_rng(s)) for s in range(8)]
+    for out in outs:
+        assert out.shape == tile.shape and out.dtype == np.float32
+        assert out.min() >= 0.0 and out.max() <= 1.0
+        assert np.allclose(out * 255, np.round(out * 255), atol=1e-3)
+    assert len({o.tobytes() for o in outs}) == len(outs)
+    # the variations are moderate: the tile's mean moves, it is not replaced
+    assert max(abs(o.mean() - tile.mean()) for o in outs) < 0.3
+
+
+def test_jpeg_roundtrip_keeps_the_image_close():
+    ramp = np.linspace(0.2, 0.8, 64, dtype=np.float32)
+    tile = np.stack([np.add.outer(ramp, ramp) / 2] * 3, axis=-1)  # smooth, as tissue mostly is
+    out = jpeg_roundtrip(tile, 90)
+    assert out.shape == tile.shape and np.abs(out - tile).mean() < 0.02
+
+
+def _long(method, psnr, noisy_psnr=10.0):
+    rows = []
+    for m, v in ((NOISY, noisy_psnr), (method, psnr)):
+        for amount in (0.1, 0.3):
+            rows.append({"method": m, "noise": "s&p", "amount": amount, "metric": "psnr", "mean": v,
+                         "ci_low": v - 1, "ci_high": v + 1, "n": 24})
+    return pd.DataFrame(rows)
+
+
+def test_merge_puts_the_gpu_model_beside_the_cpu_methods():
+    table = merge_with_cpu(_long("gpu", 30.0), _long("switching median", 40.0),
+                           [NOISY, "gpu", "switching median"], metrics=("psnr",))
+    assert list(table.index) == [NOISY, "gpu", "switching median"]
+    assert table.loc["gpu", ("psnr", 0.1)].startswith("30 [29, 31]")
+    assert table.loc["switching median", ("psnr", 0.3)].startswith("40")
+
+
+def test_merge_refuses_runs_on_other_tiles_or_noise():
+    with pytest.raises(ValueError, match="noisy input"):
+        merge_with_cpu(_long("gpu", 30.0, noisy_psnr=10.0), _long("switching median", 40.0, noisy_psnr=11.0),
+                       [NOISY, "gpu"], metrics=("psnr",))
