@@ -430,8 +430,8 @@ def bench_training(tile_size: int, batch_size: int, steps: int, warmup: int, flo
             "mean_tiles_per_s": round(steps * batch_size / sum(times), 3), "load_1min": load_average()[:1]}
 
 
-PINNED = "op determinism + one intra- and one inter-op thread (what `ihclib train` runs)"
-INTRA1 = "op determinism + one intra-op thread (before issue 13: races, see ihclib.determinism)"
+PINNED = "op determinism + two intra-op threads and one inter-op thread (what `ihclib train` runs)"
+SERIAL = "op determinism + one intra- and one inter-op thread (the setting before, see ihclib.determinism)"
 
 
 def bench_training_threads(setting: str = "pinned", **train: Any) -> dict:
@@ -448,7 +448,7 @@ def bench_training_threads(setting: str = "pinned", **train: Any) -> dict:
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(train)], capture_output=True, text=True, env=env)
     if proc.returncode:
         raise RuntimeError(f"training benchmark ({setting} threads) failed: {proc.stderr.strip()[-2000:]}")
-    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "variant": {"pinned": PINNED, "intra1": INTRA1}[setting]}
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "variant": {"pinned": PINNED, "serial": SERIAL}[setting]}
 
 
 def bench_input_pipeline(tile_size: int, batch_size: int, batches: int = 5) -> dict:
@@ -682,7 +682,7 @@ def paper_section(result: dict, cfg: Config, log: Callable[[str], None]) -> None
     result["input_pipeline"] = bench_input_pipeline(cfg.tile_size, cfg.train_batch)
     train = dict(tile_size=cfg.tile_size, batch_size=cfg.train_batch, steps=cfg.train_steps,
                  warmup=cfg.train_warmup, flops_per_tile=flops, peak_gflops=peak, profile_steps=cfg.profile_steps)
-    result["training"] = [bench_training_threads("pinned", **train), bench_training_threads("intra1", **train),
+    result["training"] = [bench_training_threads("pinned", **train), bench_training_threads("serial", **train),
                           bench_training(**train), bench_training(**train, determinism=True)]
     log("training: " + ", ".join(f"{r['variant']} {r['pct_peak']} %" for r in result["training"]))
 

@@ -18,18 +18,25 @@ came out different in the last bit (paper_unet, 64 px, batch 16, 3 x 20 steps pe
 3 of 17 processes quiet, 12 of 26 beside a busy loop on one core; the first differing loss
 fell at a random step, 9 to 14, so it is a race while running, not a different kernel:
 oneDNN's verbose log listed the same primitives in every run). The op that races was not
-found. With one inter-op thread as well (no two ops at once) it never happened (10 of 10
-processes beside the busy loop, 8 of 8 quiet), and the weights are the same bits as with one
-intra-op thread alone when it does not race: rerunning the study's profiles changed only the
-quick profile's paper_unet, whose committed run had raced (README, "Reproducibility"). The
-price is speed: the second core idles during a training step (``model.fit`` on 2 cores:
-crosschannel_unet 0.68-0.71x; paper_unet, whose steps and input pipeline got in each other's
-way with two ops at once, 1.15-1.2x). Inference is not affected (its forward pass is the same
-on any thread count), so only training pins the setting.
+found. With one inter-op thread (no two ops at once) it never happened.
+
+So training runs one op at a time, on two intra-op threads (``TRAINING_THREADS``). One op at a
+time also ended the issue-16 lottery in every run measured (our reading, not traced inside
+TensorFlow: ops are then started by the inter-op thread, never on an intra-op one, so oneDNN
+runs each on both intra-op threads). Measured (``check --threads
+pinned``, paper_unet, 3 x 20 steps per fresh process): every run of every process gave the same
+weights, quiet and beside a busy loop (counts in the README, "Reproducibility"), and so did
+crosschannel_unet. The number is fixed at two, not one per core: the bits follow the number of
+threads, not the cores under them (the same weights on one core, ``taskset -c 0``, as on two;
+oneDNN's kernels still differ between CPU families). Two threads, because the machine the study is made
+on has two cores: one intra-op thread (``serial``, the setting until this change) left the
+second core idle and trained at 0.7x the speed; it gives other bits, so every committed result
+was regenerated with two. Inference is not pinned (its forward pass is the same on any thread
+count).
 
 ``python -m ihclib.determinism check`` trains a model a few steps several times in one
 process and compares the weights bit for bit (``--threads`` picks the setting, ``--busy``
-keeps a core busy meanwhile, which makes the race of ``intra1`` frequent); ``speed`` measures
+keeps a core busy meanwhile, which makes the race of ``intra1`` frequent; ``serial`` is one thread of each); ``speed`` measures
 training tiles/s with and without the pinned setting, each in a fresh process (thread settings
 are process-wide).
 """
@@ -47,16 +54,18 @@ import warnings
 
 import numpy as np
 
-TRAINING_THREADS = {"intra_op": 1, "inter_op": 1}
+TRAINING_THREADS = {"intra_op": 2, "inter_op": 1}
 
 
 def pin_training_threads() -> dict:
-    """Give TensorFlow one intra-op and one inter-op thread, if it has not started yet; say
-    what is in effect.
+    """Give TensorFlow two intra-op threads and one inter-op thread (``TRAINING_THREADS``), if it
+    has not started yet; say what is in effect.
 
     Returns ``{"intra_op": n, "inter_op": m, "deterministic": bool}`` (0 = TensorFlow's default,
-    one thread per core). Once TensorFlow has run an op the setting is fixed for the process:
-    then a warning says training may not be bit-reproducible, and the result says so.
+    one thread per core). Fixed numbers, not the core count: oneDNN splits an op's work by the
+    threads it has, so the bits depend on the number of threads, not on the cores under them.
+    Once TensorFlow has run an op the setting is fixed for the process: then a warning says
+    training may not be bit-reproducible, and the result says so.
     """
     import tensorflow as tf
 
@@ -68,11 +77,11 @@ def pin_training_threads() -> dict:
         pass
     now = {"intra_op": threading.get_intra_op_parallelism_threads(),
            "inter_op": threading.get_inter_op_parallelism_threads()}
-    # TensorFlow's default (0) is one thread per core: on one core that is the pinned setting
-    deterministic = all(now[k] == n or (now[k] == 0 and os.cpu_count() == 1) for k, n in TRAINING_THREADS.items())
+    deterministic = now == TRAINING_THREADS
     if not deterministic:
         warnings.warn(f"TensorFlow already runs with {now['intra_op'] or 'one per core'} intra-op and "
-                      f"{now['inter_op'] or 'one per core'} inter-op threads: this training run may not be "
+                      f"{now['inter_op'] or 'one per core'} inter-op threads, not "
+                      f"{TRAINING_THREADS['intra_op']} and {TRAINING_THREADS['inter_op']}: this training run may not be "
                       "bit-reproducible (train in a fresh process, or call "
                       "ihclib.determinism.pin_training_threads() before anything else uses TensorFlow)",
                       stacklevel=2)
@@ -144,8 +153,10 @@ def set_threads(setting: str) -> dict:
         return pin_training_threads()
     import tensorflow as tf
 
-    if setting == "intra1":
+    if setting in ("intra1", "serial"):
         tf.config.threading.set_intra_op_parallelism_threads(1)
+    if setting == "serial":
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     if setting == "inter1":
         tf.config.threading.set_inter_op_parallelism_threads(1)
     return {"setting": setting, "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
@@ -162,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tile", type=int, default=64)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--runs", type=int, default=2)
-    p.add_argument("--threads", choices=["pinned", "intra1", "inter1", "default"], default="pinned",
+    p.add_argument("--threads", choices=["pinned", "serial", "intra1", "inter1", "default"], default="pinned",
                    help="pinned: one intra- and one inter-op thread, as ihclib.train trains; intra1: one intra-op "
                         "thread only (the setting before issue 13: it races); inter1: one inter-op thread, default "
                         "intra-op threads; default: TensorFlow's")

@@ -97,7 +97,7 @@ def test_report_is_written_and_consistent(tiny_run, bench):
         factor = 1 if r in result["inference"] else bench.TRAIN_FLOP_FACTOR
         assert r["gflops"] == pytest.approx(r["tiles_per_s"] * factor * flops / 1e9, rel=0.01, abs=0.01)
         assert r["pct_peak"] == pytest.approx(100 * r["gflops"] / peak["peak_gflops"], abs=0.1)
-    assert [r["variant"] for r in result["training"]] == [bench.PINNED, bench.INTRA1, "no op determinism",
+    assert [r["variant"] for r in result["training"]] == [bench.PINNED, bench.SERIAL, "no op determinism",
                                                           "op determinism"]
     assert bench.ratio_violations(result) == []
     assert len(result["targets"]) == 7 and all(isinstance(t["met"], bool) for t in result["targets"])

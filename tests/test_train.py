@@ -240,16 +240,23 @@ def test_paper_unet_training_is_bitwise_reproducible():
     # intra-op thread alone now and then (issue 13; see ihclib.determinism for why); pinned,
     # they are bit-identical.
     rc, out = _check()
-    assert out["threads"]["intra_op"] == 1 and out["threads"]["deterministic"]
+    assert out["threads"]["intra_op"] == 2 and out["threads"]["deterministic"]
     assert rc == 0 and out["identical"] and len(set(out["digests"])) == 1, out
 
 
-def test_training_runs_one_op_at_a_time():
-    # issue 13: with one intra-op thread but TensorFlow's inter-op threads, two ops ran at once
-    # and a step now and then came out different (often on a busy machine); one inter-op
-    # thread as well never did. Failed before: pin_training_threads left the inter-op default.
+def test_training_runs_one_op_at_a_time_on_two_threads():
+    # issue 13: with TensorFlow's inter-op threads two ops ran at once and a step now and then
+    # came out different (often on a busy machine); one inter-op thread never did. Two intra-op
+    # threads, fixed (not one per core): the bits follow the thread count, and both cores work.
+    # Failed before: pin_training_threads set one intra-op thread.
     rc, out = _check("--steps", "3", "--runs", "1")
-    assert rc == 0 and out["threads"] == {"intra_op": 1, "inter_op": 1, "deterministic": True}, out
+    assert rc == 0 and out["threads"] == {"intra_op": 2, "inter_op": 1, "deterministic": True}, out
+
+
+def test_serial_setting_is_one_thread_of_each():
+    # the setting before (README's table compares with it)
+    rc, out = _check("--threads", "serial", "--steps", "2", "--runs", "1")
+    assert rc == 0 and out["threads"] == {"setting": "serial", "intra_op": 1, "inter_op": 1}, out
 
 
 def test_check_applies_the_setting_it_compares_with():
@@ -259,12 +266,9 @@ def test_check_applies_the_setting_it_compares_with():
 
 
 def test_pinning_after_tensorflow_started_warns():
-    import os
     import subprocess
     import sys
 
-    if os.cpu_count() == 1:
-        pytest.skip("on one core TensorFlow's default is one intra-op thread")
     # a fresh process whose TensorFlow runtime is up before the pin: it cannot take effect
     code = ("import json, warnings, tensorflow as tf\n"
             "tf.constant(1.0) + 1.0\n"
@@ -275,7 +279,7 @@ def test_pinning_after_tensorflow_started_warns():
             "print(json.dumps({'threads': t, 'warned': [str(x.message) for x in w]}))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["threads"]["deterministic"] is False and out["threads"]["intra_op"] != 1
+    assert out["threads"]["deterministic"] is False and out["threads"]["intra_op"] != 2
     assert out["threads"]["inter_op"] != 1
     assert any("may not be bit-reproducible" in m for m in out["warned"])
 
