@@ -68,11 +68,46 @@ def test_merge_puts_the_gpu_model_beside_the_cpu_methods():
     table = merge_with_cpu(_long("gpu", 30.0), _long("switching median", 40.0),
                            [NOISY, "gpu", "switching median"], metrics=("psnr",))
     assert list(table.index) == [NOISY, "gpu", "switching median"]
-    assert table.loc["gpu", ("psnr", 0.1)].startswith("30 [29, 31]")
-    assert table.loc["switching median", ("psnr", 0.3)].startswith("40")
+    assert list(table.columns) == ["psnr 10%", "psnr 30%"]
+    assert table.loc["gpu", "psnr 10%"].startswith("30 [29, 31]")
+    assert table.loc["switching median", "psnr 30%"].startswith("40")
 
 
 def test_merge_refuses_runs_on_other_tiles_or_noise():
     with pytest.raises(ValueError, match="noisy input"):
         merge_with_cpu(_long("gpu", 30.0, noisy_psnr=10.0), _long("switching median", 40.0, noisy_psnr=11.0),
                        [NOISY, "gpu"], metrics=("psnr",))
+
+
+def test_tables_put_runs_beside_the_cpu_report(tmp_path):
+    import json
+
+    from ihclib.study.paper_scale import write_tables
+
+    runs = []
+    for seed, psnr in ((0, 30.0), (1, 31.0)):
+        run = tmp_path / f"seed{seed}"
+        run.mkdir()
+        label = f"paper_unet (100 steps, jax, seed {seed})"
+        _long(label, psnr).to_csv(run / "comparison.csv", index=False)
+        pd.DataFrame({"epoch": [0, 1], "accuracy": [0.5, 0.6], "loss": [0.1, 0.05], "val_accuracy": [0.7, 0.8],
+                      "val_loss": [0.08, 0.04]}).to_csv(run / "history.csv", index=False)
+        (run / "run.json").write_text(json.dumps({
+            "label": label, "devices": ["NVIDIA H100 80GB HBM3"], "backend": "jax", "seed": seed, "steps": 100,
+            "tiles_seen": 1600, "epochs": 2, "train_wall_s": 60.0, "tiles_per_s": 26.7, "best_epoch": 1,
+            "profile": "paper", "train_tiles": 216}))
+        runs.append(run)
+    cpu = tmp_path / "cpu" / "tables"
+    cpu.mkdir(parents=True)
+    _long("paper_unet", 15.0).to_csv(cpu / "comparison.csv", index=False)
+    pd.DataFrame({"epoch": [0], "accuracy": [0.3], "loss": [0.5], "val_accuracy": [0.6],
+                  "val_loss": [0.3]}).to_csv(cpu / "history_paper_unet.csv", index=False)
+    scores = write_tables(runs, tmp_path / "cpu", tmp_path / "out")
+    assert list(scores.index) == [NOISY, "paper_unet (H100, 100 steps, seed 0)", "paper_unet (H100, 100 steps, seed 1)",
+                                  "paper_unet (CPU, paper profile, 1 epochs)", "median 3x3", "switching median",
+                                  "cross-channel"]
+    assert scores.loc["paper_unet (H100, 100 steps, seed 1)", "psnr 10%"].startswith("31")
+    assert scores.loc["paper_unet (CPU, paper profile, 1 epochs)", "psnr 30%"].startswith("15")
+    training = pd.read_csv(tmp_path / "out" / "tables" / "paper_scale_training.csv")
+    assert list(training["best val_loss"]) == [0.04, 0.04, 0.3, 0.008107]
+    assert (tmp_path / "out" / "figures" / "paper_scale_learning_curves.png").stat().st_size > 0

@@ -181,6 +181,29 @@ def plot_history(histories: Mapping[str, pd.DataFrame]):
     return fig
 
 
+def plot_history_by_tiles(runs: Mapping[str, tuple[pd.DataFrame, int]], reference: Mapping[str, float] | None = None):
+    """val_loss (MSE) and val_accuracy against training tiles seen (log scale), for runs whose
+    epochs differ in length: ``runs`` maps a name to (history, tiles per epoch); ``reference``
+    draws horizontal val_loss lines (e.g. the paper's last epoch)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for i, (name, (h, tiles_per_epoch)) in enumerate(runs.items()):
+        seen = (np.arange(len(h)) + 1) * tiles_per_epoch
+        axes[0].plot(seen, h["val_loss"], color=f"C{i}", marker=".", label=name)
+        axes[1].plot(seen, h["val_accuracy"], color=f"C{i}", marker=".")
+    for j, (name, value) in enumerate((reference or {}).items()):
+        axes[0].axhline(value, color="grey", ls=":" if j else "--", lw=1, label=name)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("val_loss (MSE)")
+    axes[1].set_ylabel('val_accuracy (Keras "accuracy")')
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("training tiles seen")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def plot_restoration(clean: np.ndarray, noisy: np.ndarray, restored: Mapping[str, np.ndarray],
                      box: tuple[int, int, int] | None = None, scores: Mapping[str, str] | None = None):
     """Figure 5: noisy / restored (one column per method) / clean, with a zoomed detail row.

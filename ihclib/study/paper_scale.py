@@ -20,7 +20,8 @@ a rerun is not bit-identical; it is seeded.
 
 Run it (on the GPU machine: ``KERAS_BACKEND=jax``)::
 
-    python -m ihclib.study.paper_scale --out DIR --minutes 6 --commit $(git rev-parse HEAD)
+    python -m ihclib.study.paper_scale train --out DIR --minutes 6 --commit $(git rev-parse HEAD)
+    python -m ihclib.study.paper_scale table DIR [DIR ...] --cpu reports/paper --reports reports/paper_gpu
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import platform
 import sys
@@ -168,33 +170,121 @@ def merge_with_cpu(gpu_long: pd.DataFrame, cpu_long: pd.DataFrame, methods: list
     table = sel.assign(value=[f"{m:.4g} [{lo:.4g}, {hi:.4g}]" for m, lo, hi in zip(sel["mean"], sel.ci_low,
                                                                                       sel.ci_high)])
     table = table.pivot_table(index=["method"], columns=["metric", "amount"], values="value", aggfunc="first")
-    return table.reindex(methods)[[(m, a) for m in metrics for a in amounts]]
+    table = table.reindex(methods)[[(m, a) for m in metrics for a in amounts if (m, a) in table.columns]]
+    table.columns = [f"{m} {a:.0%}" for m, a in table.columns]
+    return table
+
+
+PAPER_TABLE1_LAST = {"loss": 0.006664, "val_loss": 0.008107}  # the paper's Table 1, last epoch
+TABLE_METHODS = ("median 3x3", "switching median", "cross-channel")
+
+
+def _sanitise_command(argv: list[str]) -> str:
+    """The command line with the values of --out and --work as placeholders (no machine's paths)."""
+    out, hide = [], False
+    for arg in argv:
+        out.append("DIR" if hide else arg)
+        hide = arg in ("--out", "--work")
+    return "python -m ihclib.study.paper_scale train " + " ".join(out)
+
+
+def _manifest_commit(reports: Path) -> str | None:
+    path = reports / "manifest.json"
+    return json.loads(path.read_text()).get("git_commit") if path.exists() else None
+
+
+def run_label(run: dict) -> str:
+    """A run's name in the tables: model, device, steps, seed."""
+    device = ", ".join(d.replace("NVIDIA ", "").split()[0] for d in run["devices"]) or run["backend"]
+    return f"{MODEL} ({device}, {run['steps']} steps, seed {run['seed']})"
+
+
+def write_tables(run_dirs: list[str | os.PathLike], cpu_reports: str | os.PathLike, reports: str | os.PathLike) -> pd.DataFrame:
+    """The GPU runs beside the CPU paper profile (``cpu_reports``: its reports folder) in
+    ``reports``: tables ``paper_scale`` (held-out scores) and ``paper_scale_training``, figure
+    ``paper_scale_learning_curves``. Returns the scores table."""
+    from ihclib.study import figures
+    from ihclib.study.reports import git_commit, report_dirs, save_figure, save_table, write_json
+
+    cpu = Path(cpu_reports) / "tables"
+    cpu_long = pd.read_csv(cpu / "comparison.csv")
+    cpu_history = pd.read_csv(cpu / f"history_{MODEL}.csv").set_index("epoch")
+    runs = [(json.loads((Path(d) / "run.json").read_text()), Path(d)) for d in run_dirs]
+    labels = [run_label(r) for r, _ in runs]
+    gpu_long = pd.concat([pd.read_csv(d / "comparison.csv").replace({"method": {r["label"]: label}})
+                          for (r, d), label in zip(runs, labels)])
+    gpu_long = gpu_long[~gpu_long.duplicated(["method", "noise", "amount", "metric"])]
+    cpu_label = f"{MODEL} (CPU, paper profile, {len(cpu_history)} epochs)"
+    cpu_long = cpu_long.replace({"method": {MODEL: cpu_label}})
+    scores = merge_with_cpu(gpu_long, cpu_long, [NOISY, *labels, cpu_label, *TABLE_METHODS])
+    dirs = report_dirs(reports)
+    save_table(scores, dirs, "paper_scale", index=True)
+    rows = []
+    for r, d in runs:
+        h = pd.read_csv(d / "history.csv").set_index("epoch")
+        rows.append({"run": run_label(r), "device": ", ".join(r["devices"]) or "cpu", "seed": r["seed"],
+                     "steps": r["steps"], "tiles seen": r["tiles_seen"], "minutes": round(r["train_wall_s"] / 60, 1),
+                     "tiles/s": r["tiles_per_s"], "last loss": h["loss"].iloc[-1],
+                     "best val_loss": h["val_loss"].min(), "val_accuracy at best": h.loc[r["best_epoch"], "val_accuracy"]})
+    best = cpu_history["val_loss"].idxmin()
+    rows.append({"run": cpu_label, "device": "cpu", "seed": 0, "steps": None, "tiles seen": None, "minutes": None,
+                 "tiles/s": None, "last loss": cpu_history["loss"].iloc[-1], "best val_loss": cpu_history["val_loss"].min(),
+                 "val_accuracy at best": cpu_history.loc[best, "val_accuracy"]})
+    rows.append({"run": "the paper (Table 1, last epoch)", "device": None, "seed": None, "steps": None,
+                 "tiles seen": None, "minutes": None, "tiles/s": None, "last loss": PAPER_TABLE1_LAST["loss"],
+                 "best val_loss": PAPER_TABLE1_LAST["val_loss"], "val_accuracy at best": None})
+    training = pd.DataFrame(rows).astype({"seed": "Int64", "steps": "Int64", "tiles seen": "Int64"}).astype(object)
+    training = training.where(training.notna(), "")
+    save_table(training, dirs, "paper_scale_training")
+    curves = {run_label(r): (pd.read_csv(d / "history.csv").set_index("epoch"), r["tiles_seen"] // r["epochs"])
+              for r, d in runs}
+    batch = get_profile(runs[0][0]["profile"]).batch_size  # the CPU profile: one pass over the training tiles
+    curves[cpu_label] = (cpu_history, math.ceil(runs[0][0]["train_tiles"] / batch) * batch)
+    fig = figures.plot_history_by_tiles(curves, {"the paper's last val_loss": PAPER_TABLE1_LAST["val_loss"]})
+    save_figure(fig, dirs, "paper_scale_learning_curves")
+    write_json(dirs.root / "manifest.json", {
+        "what": "paper_unet trained at a GPU's scale (ihclib.study.paper_scale) beside the CPU paper profile",
+        "git_commit": git_commit(), "cpu_report_commit": _manifest_commit(Path(cpu_reports)),
+        "runs": [{"folder": d.name, "commit": r.get("commit"), "devices": r["devices"], "backend": r["backend"],
+                  "seed": r["seed"], "steps": r["steps"], "command": r.get("command")} for r, d in runs]})
+    return scores
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``train``: train and score on this machine's Keras backend; ``table``: put runs beside the CPU report."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(prog="python -m ihclib.study.paper_scale", description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, help="folder for history.csv, per_tile.csv, comparison.csv, run.json")
-    p.add_argument("--work", default=None, help="folder for the best-weights checkpoint (default: --out)")
-    p.add_argument("--profile", default="paper", help="data split, noise, batch and learning rate (default paper)")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--minutes", type=float, default=6.0, help="training budget (whole epochs; checked after each)")
-    p.add_argument("--steps-per-epoch", type=int, default=250)
-    p.add_argument("--max-epochs", type=int, default=1000)
-    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--commit", default=None, help="the commit this runs (the device copy has no .git)")
+    sub = p.add_subparsers(dest="what", required=True)
+    t = sub.add_parser("train", help="train paper_unet for a time budget and score it on the held-out tiles")
+    t.add_argument("--out", required=True, help="folder for history.csv, per_tile.csv, comparison.csv, run.json")
+    t.add_argument("--work", default=None, help="folder for the best-weights checkpoint (default: --out)")
+    t.add_argument("--profile", default="paper", help="data split, noise, batch and learning rate (default paper)")
+    t.add_argument("--data-dir", default=None)
+    t.add_argument("--minutes", type=float, default=6.0, help="training budget (whole epochs; checked after each)")
+    t.add_argument("--steps-per-epoch", type=int, default=250)
+    t.add_argument("--max-epochs", type=int, default=1000)
+    t.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--commit", default=None, help="the commit this runs (the device copy has no .git)")
+    m = sub.add_parser("table", help="the runs' scores beside the CPU paper profile's report")
+    m.add_argument("runs", nargs="+", help="folders written by train")
+    m.add_argument("--cpu", default="reports/paper", help="the CPU paper profile's reports folder")
+    m.add_argument("--reports", required=True, help="where tables/ and figures/ go")
     a = p.parse_args(argv)
+    if a.what == "table":
+        print(write_tables(a.runs, a.cpu, a.reports).to_string())
+        return 0
     import keras
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    profile = get_profile(a.profile)
     work = Path(a.work or a.out)
     work.mkdir(parents=True, exist_ok=True)
+    profile = get_profile(a.profile)
     model, history, facts = train(profile, a.data_dir, out, work, a.minutes, a.steps_per_epoch, a.max_epochs, a.seed,
                                   a.workers)
     t0 = time.perf_counter()
-    label = f"{MODEL} ({facts['steps']} steps, {keras.backend.backend()})"
+    label = f"{MODEL} ({facts['steps']} steps, {keras.backend.backend()}, seed {a.seed})"
     per_tile = score(model, profile, a.data_dir, label)
     per_tile.to_csv(out / "per_tile.csv", index=False)
     long_table(per_tile).to_csv(out / "comparison.csv", index=False)
@@ -207,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
            "commit": a.commit, "backend": keras.backend.backend(), "keras": keras.__version__,
            "devices": devices, "cpu_count": os.cpu_count(), "python": platform.python_version(),
            "minutes": a.minutes, "score_wall_s": round(time.perf_counter() - t0, 1), "label": label, **facts,
-           "command": "python -m ihclib.study.paper_scale " + " ".join(sys.argv[1:] if argv is None else argv)}
+           "command": _sanitise_command(argv[1:])}
     (out / "run.json").write_text(json.dumps(run, indent=1) + "\n")
     print(json.dumps(run))
     return 0
