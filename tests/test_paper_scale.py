@@ -48,6 +48,17 @@ def test_augmented_tiles_stay_8_bit_images_and_vary():
     assert max(abs(o.mean() - tile.mean()) for o in outs) < 0.3
 
 
+def test_numpy_augmentation_uses_the_training_ranges():
+    # paper_scale copies ihclib.train.Augmentation's defaults (it must run without TensorFlow)
+    from dataclasses import asdict
+
+    from ihclib.study.paper_scale import AUGMENT
+    from ihclib.train import Augmentation
+
+    defaults = {k: v for k, v in asdict(Augmentation()).items() if k != "enabled"}
+    assert AUGMENT == defaults
+
+
 def test_jpeg_roundtrip_keeps_the_image_close():
     ramp = np.linspace(0.2, 0.8, 64, dtype=np.float32)
     tile = np.stack([np.add.outer(ramp, ramp) / 2] * 3, axis=-1)  # smooth, as tissue mostly is

@@ -11,7 +11,7 @@ input's rows must agree exactly (checked by :func:`merge_with_cpu`), and the cla
 taken from there.
 
 What differs from ``ihclib.train`` (say it, do not hide it): the training pairs are made by
-:class:`PairBatches` in numpy, since ``ihclib.train``'s pipeline is a tf.data graph. It draws the
+:func:`pair_batches` in numpy, since ``ihclib.train``'s pipeline is a tf.data graph. It draws the
 same kinds of variation (flips, rotations, stain, gamma, contrast, brightness, over-exposure, JPEG,
 8-bit quantisation; :class:`ihclib.train.Augmentation`'s ranges) and the same salt-and-pepper
 noise (amount ~ U(train_amount_range) per tile), from other random streams, and sources are drawn
