@@ -15,9 +15,9 @@ the README's performance table from the JSON (between ``<!-- bench:start -->`` a
   the fused classical layers and a bfloat16 trunk (:func:`ihclib.infer.bfloat16_copy`): speed and PSNR change on the
   held-out sources of ``data/splits.json``;
 * inference of the paper's network per batch size, and its training four ways: as ``ihclib
-  train`` runs it (op determinism, one intra- and one inter-op thread, :mod:`ihclib.determinism`),
-  with one intra-op thread alone (the setting before issue 13, which races), with TensorFlow's
-  default threads, and with op determinism alone; beside the data pipeline alone.
+  train`` runs it (op determinism, two intra-op threads and one inter-op thread,
+  :mod:`ihclib.determinism`), with one thread of each (the setting before), with TensorFlow's
+  default threads and no op determinism, and with op determinism alone; beside the data pipeline alone.
 
 FLOPs are 2 x multiply-accumulates of the convolutions (``ihclib.model.count_flops``); training
 is counted as 3 x forward. Timings are the best of repeated calls after a warm-up; the 1-minute

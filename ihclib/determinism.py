@@ -174,9 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--threads", choices=["pinned", "serial", "intra1", "inter1", "default"], default="pinned",
-                   help="pinned: one intra- and one inter-op thread, as ihclib.train trains; intra1: one intra-op "
-                        "thread only (the setting before issue 13: it races); inter1: one inter-op thread, default "
-                        "intra-op threads; default: TensorFlow's")
+                   help="pinned: two intra-op threads and one inter-op thread, as ihclib.train trains; serial: one "
+                        "of each (the setting before); intra1: one intra-op thread only (it races); inter1: one "
+                        "inter-op thread, default intra-op threads (one per core); default: TensorFlow's")
     p.add_argument("--busy", action="store_true",
                    help="keep one core busy with another process meanwhile (a shared machine: races show up)")
     a = p.parse_args(argv)

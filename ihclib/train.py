@@ -350,7 +350,7 @@ def train(
     Notes
     -----
     Loss MSE, Adam, and the paper's Keras "accuracy" (Table 1). Same seed, same CPU model:
-    bit-identical weights (op determinism, one intra- and one inter-op thread: :mod:`ihclib.determinism`;
+    bit-identical weights (op determinism, two intra-op threads and one inter-op thread: :mod:`ihclib.determinism`;
     the sidecar's ``training.threads`` says whether it held; a resumed run is not).
     """
     _check_arguments(model_name, dataset, profile)
