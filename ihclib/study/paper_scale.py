@@ -175,7 +175,6 @@ def merge_with_cpu(gpu_long: pd.DataFrame, cpu_long: pd.DataFrame, methods: list
     return table
 
 
-PAPER_TABLE1_LAST = {"loss": 0.006664, "val_loss": 0.008107}  # the paper's Table 1, last epoch
 TABLE_METHODS = ("median 3x3", "switching median", "cross-channel")
 
 
@@ -204,12 +203,15 @@ def write_tables(run_dirs: list[str | os.PathLike], cpu_reports: str | os.PathLi
     ``reports``: tables ``paper_scale`` (held-out scores) and ``paper_scale_training``, figure
     ``paper_scale_learning_curves``. Returns the scores table."""
     from ihclib.study import figures
+    from ihclib.study.architectures import paper_table1
     from ihclib.study.reports import git_commit, report_dirs, save_figure, save_table, write_json
 
     cpu = Path(cpu_reports) / "tables"
     cpu_long = pd.read_csv(cpu / "comparison.csv")
     cpu_history = pd.read_csv(cpu / f"history_{MODEL}.csv").set_index("epoch")
     runs = [(json.loads((Path(d) / "run.json").read_text()), Path(d)) for d in run_dirs]
+    histories = [pd.read_csv(d / "history.csv").set_index("epoch") for _, d in runs]
+    paper_last = paper_table1().iloc[-1]
     labels = [run_label(r) for r, _ in runs]
     gpu_long = pd.concat([pd.read_csv(d / "comparison.csv").replace({"method": {r["label"]: label}})
                           for (r, d), label in zip(runs, labels)])
@@ -220,8 +222,7 @@ def write_tables(run_dirs: list[str | os.PathLike], cpu_reports: str | os.PathLi
     dirs = report_dirs(reports)
     save_table(scores, dirs, "paper_scale", index=True)
     rows = []
-    for r, d in runs:
-        h = pd.read_csv(d / "history.csv").set_index("epoch")
+    for (r, _), h in zip(runs, histories):
         rows.append({"run": run_label(r), "device": ", ".join(r["devices"]) or "cpu", "seed": r["seed"],
                      "steps": r["steps"], "tiles seen": r["tiles_seen"], "minutes": round(r["train_wall_s"] / 60, 1),
                      "tiles/s": r["tiles_per_s"], "last loss": h["loss"].iloc[-1],
@@ -231,16 +232,15 @@ def write_tables(run_dirs: list[str | os.PathLike], cpu_reports: str | os.PathLi
                  "tiles/s": None, "last loss": cpu_history["loss"].iloc[-1], "best val_loss": cpu_history["val_loss"].min(),
                  "val_accuracy at best": cpu_history.loc[best, "val_accuracy"]})
     rows.append({"run": "the paper (Table 1, last epoch)", "device": None, "seed": None, "steps": None,
-                 "tiles seen": None, "minutes": None, "tiles/s": None, "last loss": PAPER_TABLE1_LAST["loss"],
-                 "best val_loss": PAPER_TABLE1_LAST["val_loss"], "val_accuracy at best": None})
+                 "tiles seen": None, "minutes": None, "tiles/s": None, "last loss": paper_last["loss"],
+                 "best val_loss": paper_last["val_loss"], "val_accuracy at best": None})
     training = pd.DataFrame(rows).astype({"seed": "Int64", "steps": "Int64", "tiles seen": "Int64"}).astype(object)
     training = training.where(training.notna(), "")
     save_table(training, dirs, "paper_scale_training")
-    curves = {run_label(r): (pd.read_csv(d / "history.csv").set_index("epoch"), r["tiles_seen"] // r["epochs"])
-              for r, d in runs}
+    curves = {label: (h, r["tiles_seen"] // r["epochs"]) for (r, _), label, h in zip(runs, labels, histories)}
     batch = get_profile(runs[0][0]["profile"]).batch_size  # the CPU profile: one pass over the training tiles
     curves[cpu_label] = (cpu_history, math.ceil(runs[0][0]["train_tiles"] / batch) * batch)
-    fig = figures.plot_history_by_tiles(curves, {"the paper's last val_loss": PAPER_TABLE1_LAST["val_loss"]})
+    fig = figures.plot_history_by_tiles(curves, {"the paper's last val_loss": paper_last["val_loss"]})
     save_figure(fig, dirs, "paper_scale_learning_curves")
     write_json(dirs.root / "manifest.json", {
         "what": "paper_unet trained at a GPU's scale (ihclib.study.paper_scale) beside the CPU paper profile",
