@@ -476,6 +476,17 @@ def make_test_image(size: int, amount: float = 0.1, seed: int = 0) -> np.ndarray
     return from_float(salt_and_pepper(big[:size, :size], amount, np.random.default_rng(seed)), np.uint8)
 
 
+def write_test_image(path: Path, image: np.ndarray) -> Path:
+    """``image`` (uint8) as a PNG at ``path``, checked by reading it back: the command must be
+    timed on these pixels (reading and writing cost depends on them), not on a blank image."""
+    from ihclib.images import from_float, load_image, save_image
+
+    save_image(path, image)
+    if not np.array_equal(from_float(load_image(path).rgb, np.uint8), image):
+        raise RuntimeError(f"{path}: the written test image does not read back as the one made")
+    return path
+
+
 # A child's peak RSS includes its parent's resident memory at the fork: Linux records the
 # high-water mark of the address space that exec() replaces, and with vfork that is the parent's
 # (here gigabytes of TensorFlow and models). So the command is started by a small launcher
@@ -630,7 +641,6 @@ def bundled_model() -> tuple[Any, Path, str]:
 
 def whole_image_section(result: dict, cfg: Config, log: Callable[[str], None]) -> None:
     """``ihclib denoise`` and the switching median on one noisy image, the tile pipeline, bf16."""
-    from ihclib.images import save_image
     from ihclib.model import count_flops
     from ihclib.registry import INPUT_MULTIPLE
 
@@ -639,8 +649,8 @@ def whole_image_section(result: dict, cfg: Config, log: Callable[[str], None]) -
     per_px = count_flops(model, cfg.tile_size) / cfg.tile_size**2  # the model as saved (its width)
     image = make_test_image(cfg.denoise_size)
     with tempfile.TemporaryDirectory(prefix="ihclib-bench-") as tmp:
-        src = Path(tmp) / f"noisy_{cfg.denoise_size}.png"
-        save_image(src, image)
+        src = write_test_image(Path(tmp) / f"noisy_{cfg.denoise_size}.png", image)
+        png_mb = round(src.stat().st_size / 1e6, 1)
         run = bench_denoise_cli(path, src, Path(tmp), cfg, INPUT_MULTIPLE[arch])  # as a user runs it
         # the fixed tiling the command used before auto_tiling: more overlap recomputed
         fixed = bench_denoise_cli(path, src, Path(tmp), cfg, INPUT_MULTIPLE[arch], tile=cfg.tile_size,
@@ -657,8 +667,8 @@ def whole_image_section(result: dict, cfg: Config, log: Callable[[str], None]) -
     result["model"] = {"name": arch, "path": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name,
                        "flops_per_pixel": per_px, "params": int(model.count_params())}
     result["denoise_cli_fixed_tile"] = fixed
-    result["denoise_cli"] = {**run, "precision": precision, "image": f"{cfg.denoise_size}x{cfg.denoise_size} uint8 PNG, embedded IHC image "
-                                             "mirrored out, s&p 0.1"}
+    result["denoise_cli"] = {**run, "precision": precision, "image": f"{cfg.denoise_size}x{cfg.denoise_size} uint8 PNG ({png_mb} MB), embedded "
+                                             "IHC image mirrored out, s&p 0.1"}
     result["switching_median"] = median
     result["tile_pipeline"] = bench_tile_pipeline(model, cfg)
     flops_tile = per_px * cfg.tile_size**2

@@ -294,9 +294,16 @@ FROM_FLOAT_BLOCK = 1 << 18
 
 
 def from_float(rgb: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Float in [0, 1] back to uint8 / uint16 with rounding."""
+    """Float in [0, 1] back to uint8 / uint16 with rounding. Integer pixels are taken at their
+    own full scale (uint8 0-255, uint16 0-65535) and converted, not clipped to [0, 1]."""
     dtype = np.dtype(dtype)
     top = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}[dtype]
+    if np.asarray(rgb).dtype.kind in "biu":
+        # read as floats in [0, 1], a uint8 image is white wherever it is not 0 (make bench
+        # wrote its test image so until this check)
+        if np.asarray(rgb).dtype == dtype:
+            return np.array(rgb, dtype)
+        rgb = to_float(np.asarray(rgb))  # TypeError for integer types other than uint8/uint16
     # round(clip(rgb, 0, 1) * top), computed in blocks of 256 Ki values through one small buffer:
     # whole-array temporaries of a 4096 x 4096 image cost 0.6 s, mostly page faults; blocks 0.1 s
     src = np.ascontiguousarray(rgb).reshape(-1)
@@ -567,7 +574,8 @@ def save_image(
     overwrite: bool = False,
     meta: ImageMeta | None = None,
 ) -> Path:
-    """Write float RGB (plus optional alpha and metadata) atomically: temporary file, then rename.
+    """Write RGB (float in [0, 1], or uint8/uint16 pixels; plus optional alpha and metadata) as
+    ``dtype``, atomically: temporary file, then rename.
 
     An existing file is never touched unless ``overwrite`` is true, and a failed or interrupted
     write leaves whatever was there before and no temporary file. Every failure is an

@@ -180,6 +180,15 @@ def test_test_image_is_noisy_ihc(bench):
     assert bench.make_test_image(64, amount=0.0).std() > 5  # real tissue, not a flat image
 
 
+def test_the_command_is_timed_on_the_test_image_itself(bench, tmp_path):
+    # the file was written as floats in [0, 1]: white wherever the image was not 0
+    from ihclib.images import load_image
+
+    img = bench.make_test_image(96, amount=0.1)
+    path = bench.write_test_image(tmp_path / "noisy.png", img)
+    assert np.array_equal(np.round(load_image(path).rgb * 255).astype(np.uint8), img)
+
+
 def test_held_out_tiles_come_from_the_split(bench):
     tiles = bench.held_out_tiles(replace(bench.QUICK, psnr_tile=32, held_out=True))
     assert len(tiles) >= 1 and all(t.shape == (32, 32, 3) and t.dtype == np.float32 for t in tiles)

@@ -225,6 +225,23 @@ def test_save_image_never_overwrites(tmp_path):
     assert [f.name for f in tmp_path.iterdir()] == ["out.png"]  # no temp file left behind
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_save_image_writes_integer_pixels_at_their_own_scale(tmp_path, dtype):
+    # integer pixels were taken as floats in [0, 1]: everything but 0 was written white
+    top = np.iinfo(dtype).max
+    pixels = np.random.default_rng(0).integers(0, top + 1, (6, 5, 3)).astype(dtype)
+    same = save_image(tmp_path / "same.png", pixels, dtype=dtype)
+    assert np.array_equal(from_float(load_image(same).rgb, dtype), pixels)
+    as_8bit = save_image(tmp_path / "as8.png", pixels, dtype=np.uint8)
+    expected = np.round(pixels.astype(np.float64) / top * 255).astype(np.uint8)
+    assert np.abs(from_float(load_image(as_8bit).rgb, np.uint8).astype(int) - expected).max() <= (0 if dtype == np.uint8 else 1)
+
+
+def test_from_float_refuses_other_integer_types():
+    with pytest.raises(TypeError, match="int32"):
+        from_float(np.zeros((2, 2, 3), np.int32), np.uint8)
+
+
 def test_written_files_get_normal_permissions(tmp_path):
     import os
     import stat
