@@ -290,6 +290,14 @@ def to_float(arr: np.ndarray) -> np.ndarray:
     raise TypeError(f"unsupported pixel type {arr.dtype}")
 
 
+def unit_scale(arr: np.ndarray) -> np.ndarray:
+    """``arr`` as values in [0, 1]: uint8/uint16 pixels converted at their own full scale
+    (:func:`to_float`; TypeError for other integer types), floats returned as they are."""
+    arr = np.asarray(arr)
+    # integers compared or scored as if in [0, 1] fail silently (a uint8 image is "white")
+    return to_float(arr) if arr.dtype.kind in "biu" else arr
+
+
 FROM_FLOAT_BLOCK = 1 << 18
 
 
@@ -298,12 +306,11 @@ def from_float(rgb: np.ndarray, dtype: np.dtype) -> np.ndarray:
     own full scale (uint8 0-255, uint16 0-65535) and converted, not clipped to [0, 1]."""
     dtype = np.dtype(dtype)
     top = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}[dtype]
-    if np.asarray(rgb).dtype.kind in "biu":
-        # read as floats in [0, 1], a uint8 image is white wherever it is not 0 (make bench
-        # wrote its test image so until this check)
-        if np.asarray(rgb).dtype == dtype:
-            return np.array(rgb, dtype)
-        rgb = to_float(np.asarray(rgb))  # TypeError for integer types other than uint8/uint16
+    if np.asarray(rgb).dtype == dtype:  # pixels already of that type
+        return np.array(rgb, dtype)
+    # read as floats in [0, 1], a uint8 image was white wherever it was not 0 (make bench wrote
+    # its test image so)
+    rgb = unit_scale(rgb)
     # round(clip(rgb, 0, 1) * top), computed in blocks of 256 Ki values through one small buffer:
     # whole-array temporaries of a 4096 x 4096 image cost 0.6 s, mostly page faults; blocks 0.1 s
     src = np.ascontiguousarray(rgb).reshape(-1)

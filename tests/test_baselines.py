@@ -144,3 +144,11 @@ def test_cross_channel_keeps_a_clean_saturated_background():
     # the tissue's colour: what a learned model has to do better (crosschannel_unet's SameExtreme)
     np.testing.assert_array_equal(out[:5, :5], img[:5, :5])
     assert (out[7, 8:16] < 1).any()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_impulse_mask_of_integer_pixels_flags_zero_and_full_scale(dtype):
+    # 1 of 255 was flagged and 255 was not
+    top = np.iinfo(dtype).max
+    pixels = np.array([[[0, 1, top], [top - 1, top, 0]]], dtype)
+    assert impulse_mask(pixels).tolist() == [[[True, False, True], [False, True, True]]]

@@ -82,3 +82,11 @@ def test_small_objects_removed(ihc_crop):
     cleaned, _ = masks(noisy, t, min_size=5)
     assert cleaned.sum() < raw.sum()
     assert not np.any(cleaned & ~raw)
+
+
+def test_stain_densities_of_8bit_pixels_are_those_of_the_image():
+    # uint8 pixels were clipped to [0, 1]: a nearly white image, almost no stain
+    from skimage import data
+
+    pixels = data.immunohistochemistry()[:48, :40]
+    assert np.array_equal(hed(pixels), hed(pixels.astype(np.float32) / np.float32(255)))

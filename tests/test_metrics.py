@@ -91,3 +91,16 @@ def test_summarise_long_format(rng):
     assert len(out) == 4
     row = out[(out.method == "a") & (out.metric == "dice_dab")].iloc[0]
     assert row.n == 4 and row["mean"] == pytest.approx(0.85) and row.ci_high <= 1.0
+
+
+@pytest.mark.parametrize("dtype, top", [(np.uint8, 255), (np.uint16, 65535)])
+def test_integer_pixels_are_scored_at_their_own_scale(rng, dtype, top):
+    # they were taken as floats against data_range=1: PSNR near -48 dB for 8-bit images
+    clean = rng.integers(0, top + 1, (16, 16, 3)).astype(dtype)
+    noisy = np.clip(clean.astype(np.int64) + rng.integers(-top // 20, top // 20 + 1, clean.shape), 0, top).astype(dtype)
+    as_float = clean / float(top), noisy / float(top)
+    assert psnr(clean, noisy) == pytest.approx(psnr(*as_float), abs=1e-4)
+    assert ssim(clean, noisy) == pytest.approx(ssim(*as_float), abs=1e-5)
+    assert psnr(clean, as_float[1]) == pytest.approx(psnr(*as_float), abs=1e-4)  # mixed: each at its own scale
+    with pytest.raises(TypeError, match="int32"):
+        psnr(clean.astype(np.int32), noisy)

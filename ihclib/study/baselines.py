@@ -35,6 +35,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 
+from ihclib.images import unit_scale
+
 Filter = Callable[[np.ndarray], np.ndarray]
 
 
@@ -117,8 +119,9 @@ def adaptive_median(image: np.ndarray, max_size: int = 7) -> np.ndarray:
 
 
 def impulse_mask(image: np.ndarray) -> np.ndarray:
-    """The switching median's detector: True where a channel value is exactly 0.0 or 1.0."""
-    image = np.asarray(image)
+    """The switching median's detector: True where a channel value is exactly 0.0 or 1.0 (for
+    uint8/uint16 pixels: 0 or the type's maximum)."""
+    image = unit_scale(image)
     return (image == 0.0) | (image == 1.0)
 
 

@@ -29,6 +29,8 @@ from skimage.color import rgb2hed
 from skimage.filters import threshold_otsu
 from skimage.morphology import remove_small_objects
 
+from ihclib.images import unit_scale
+
 H, DAB = 0, 2  # channels of rgb2hed's output (hematoxylin, eosin, DAB)
 
 
@@ -45,7 +47,7 @@ class Thresholds:
 
 def hed(image: np.ndarray) -> np.ndarray:
     """Stain densities (H, E, DAB) of one RGB image (H, W, 3) or a batch (N, H, W, 3)."""
-    image = np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0)
+    image = np.clip(np.asarray(unit_scale(image), dtype=np.float64), 0.0, 1.0)
     if image.shape[-1] != 3:
         raise ValueError(f"expected RGB images (..., 3), got shape {image.shape}")
     flat = image.reshape(-1, image.shape[-2], 3) if image.ndim > 3 else image

@@ -1,6 +1,7 @@
 """Image-quality metrics of the study, per image, with a mean and a 95 % confidence interval.
 
-* ``psnr`` and ``ssim``: scikit-image, ``data_range=1`` (images are float RGB in [0, 1]).
+* ``psnr`` and ``ssim``: scikit-image, ``data_range=1`` (images are float RGB in [0, 1]; uint8
+  and uint16 pixels are converted at their own scale first).
 * ``paper_accuracy``: what the paper's "accuracy" column is. The paper compiles a regression
   network with ``metrics=["accuracy"]``; Keras 3 resolves that string for a 3-channel output to
   ``CategoricalAccuracy``, i.e. the share of pixels whose *brightest channel* (argmax over R, G,
@@ -18,13 +19,15 @@ import numpy as np
 import pandas as pd
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 
+from ihclib.images import unit_scale
+
 METRICS = ("psnr", "ssim", "accuracy", "mse")
 SSIM_WIN_SIZE = 7  # scikit-image's default uniform window; fits every tile of 7 px and more
 
 
 def _pair(clean: np.ndarray, restored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    clean = np.asarray(clean, dtype=np.float64)
-    restored = np.asarray(restored, dtype=np.float64)
+    clean = np.asarray(unit_scale(clean), dtype=np.float64)
+    restored = np.asarray(unit_scale(restored), dtype=np.float64)
     if clean.shape != restored.shape:
         raise ValueError(f"shape mismatch: clean {clean.shape} vs restored {restored.shape}")
     if clean.ndim != 3 or clean.shape[-1] != 3:
