@@ -314,10 +314,9 @@ def from_float(rgb: np.ndarray, dtype: np.dtype) -> np.ndarray:
     # round(clip(rgb, 0, 1) * top), computed in blocks of 256 Ki values through one small buffer:
     # whole-array temporaries of a 4096 x 4096 image cost 0.6 s, mostly page faults; blocks 0.1 s
     src = np.ascontiguousarray(rgb).reshape(-1)
-    work = src.dtype if np.issubdtype(src.dtype, np.floating) else np.dtype(np.float64)
     out = np.empty(src.size, dtype)
     step = FROM_FLOAT_BLOCK
-    buf = np.empty(min(step, src.size), work)
+    buf = np.empty(min(step, src.size), src.dtype)  # floating: unit_scale converted integers
     for start in range(0, src.size, step):
         part = buf[: min(step, src.size - start)]
         np.clip(src[start : start + step], 0.0, 1.0, out=part)
