@@ -107,3 +107,14 @@ def test_verify_against_a_finished_run(tmp_path, capsys):
     assert "per_source" in out and "1 differences" in out
     found = json.loads((tmp_path / "verify.json").read_text())
     assert not found["ok"] and found["largest_difference"]["psnr"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_only_the_tables_the_run_wrote_are_expected(tmp_path):
+    # make generalisation writes its tables into reports/tables too: make verify QUICK=1 failed on them
+    ref = _reports(tmp_path / "ref", {"comparison.csv": LONG, "generalisation_sources.csv": "source\na\n"})
+    (ref / "manifest.json").write_text(json.dumps({"files": ["tables/comparison.csv", "figures/x.png"]}))
+    new = _reports(tmp_path / "new", {"comparison.csv": LONG})
+    assert compare_tables(ref, new, same_cpu=True).ok
+    (ref / "manifest.json").write_text(json.dumps({"files": ["tables/comparison.csv", "tables/headline.csv"]}))
+    diffs = compare_tables(ref, new, same_cpu=True).differences
+    assert len(diffs) == 1 and diffs[0].startswith("headline.csv: in the committed manifest, but not in")

@@ -133,14 +133,27 @@ def compare_csv(ref: Path, new: Path, out: Comparison) -> None:
             compare_cell(x, y, (metric, header[col], name), f"{name} row {i} ({a[0]}) column {header[col]!r}", out)
 
 
+def run_tables(folder: Path) -> set[str]:
+    """Names of the result tables a pipeline run wrote to ``folder/tables``: those its manifest
+    lists (other commands write there too: ``make generalisation``'s tables are no run's), else
+    every file there; timings excluded."""
+    manifest = folder / "manifest.json"
+    listed = json.loads(manifest.read_text()).get("files") if manifest.exists() else None
+    if listed is not None:
+        names = {Path(f).name for f in listed if Path(f).parent.name == TABLES}
+    else:
+        names = {p.name for p in (folder / TABLES).glob("*") if p.is_file()}
+    return {n for n in names if Path(n).stem not in TIMING_TABLES}
+
+
 def compare_tables(reference: Path, new: Path, same_cpu: bool) -> Comparison:
     """Compare ``new/tables`` with ``reference/tables``: byte for byte on the same CPU, else
     the CSV tables (and text-only tables) within :data:`TOLERANCES`."""
     out = Comparison()
-    def results(folder: Path) -> set[str]:
-        return {p.name for p in (folder / TABLES).glob("*") if p.is_file() and p.stem not in TIMING_TABLES}
-
-    ref_files, new_files = results(reference), results(new)
+    ref_files, new_files = run_tables(reference), run_tables(new)
+    for gone in sorted(n for n in ref_files if not (reference / TABLES / n).is_file()):
+        out.differences.append(f"{gone}: in the committed manifest, but not in {reference / TABLES}")
+        ref_files.discard(gone)
     for missing in sorted(ref_files - new_files):
         out.differences.append(f"{missing}: committed, not written by this run")
     for extra in sorted(new_files - ref_files):
