@@ -11,6 +11,9 @@ the README's performance table from the JSON (between ``<!-- bench:start -->`` a
   NumPy's and TensorFlow's float32 matrix product;
 * ``ihclib denoise`` with the bundled model on a noisy 4096 x 4096 image (a subprocess: MP/s,
   share of peak end to end, peak memory), and the switching median on the same image;
+* the same command with untrained models of the bundled architecture at other widths (FLOPs
+  per pixel): how MP/s and the share of peak trade against each other, and whether any width
+  meets issue 13's 2 MP/s and 60 % at once;
 * in-process: the tile pipeline with and without threads, hard-gate skipping on a clean image,
   the fused classical layers and a bfloat16 trunk (:func:`ihclib.infer.bfloat16_copy`): speed and PSNR change on the
   held-out sources of ``data/splits.json``;
@@ -73,12 +76,15 @@ class Config:
     psnr_amounts: tuple[float, ...] = (0.1, 0.3)
     held_out: bool = True  # False: the embedded image instead of data/'s held-out sources
     backends: tuple[str, ...] = ("keras", "openvino")  # those installed are run
+    # `ihclib denoise` with untrained copies of the bundled architecture at these widths
+    frontier_widths: tuple[int, ...] = (8, 16, 24, 32, 48)
 
 
 FULL = Config()
 QUICK = Config(name="quick", gemm_sizes=(256, 512), gemm_repeats=2, tile_size=64, batch_sizes=(1, 2), main_batch=2,
                min_time=0.05, min_calls=1, train_batch=2, train_steps=1, profile_steps=1, denoise_size=256, denoise_batch=2,
-               pipeline_size=256, psnr_tile=64, held_out=False, backends=("keras",))
+               pipeline_size=256, psnr_tile=64, held_out=False, backends=("keras",),
+               frontier_widths=(4, 8))
 
 
 # ---------------------------------------------------------------- helpers
@@ -546,6 +552,39 @@ def bench_denoise_cli(model_path: str | Path, image_path: Path, out_dir: Path, c
             "mp_per_s": float(f"{size * size / seconds / 1e6:.4g}"), "load_1min": load_average()[:1]}
 
 
+def bench_width_frontier(src: Path, out_dir: Path, cfg: Config, arch: str, sidecar: dict, peak: dict) -> dict:
+    """``ihclib denoise`` on the same file with untrained models of the bundled architecture at
+    ``cfg.frontier_widths``: what a wider (more FLOPs per pixel) or narrower model does to MP/s and
+    to the share of peak, end to end. The time does not depend on the weights (dense
+    convolutions; the test image has impulses in every tile, so no tile skips the network), so
+    these answer whether *any* width of the design could meet issue 13's 2 MP/s and 60 % at once.
+    """
+    from ihclib.infer import resolve_precision
+    from ihclib.model import WIDTH_MODELS, build_model, count_flops, save_model
+    from ihclib.registry import INPUT_MULTIPLE
+
+    if arch not in WIDTH_MODELS:
+        return {"rows": [], "note": f"{arch} has no width setting"}
+    rows = []
+    for width in cfg.frontier_widths:
+        model = build_model(arch, None, width=width)
+        per_px = count_flops(model, cfg.tile_size) / cfg.tile_size**2
+        side = {**sidecar, "description": f"untrained {arch} of width {width}: for timing only",
+                "profile": {**sidecar.get("profile", {}), "width": width}}
+        path = out_dir / f"{arch}_width{width}.keras"
+        save_model(model, path, side)
+        run = bench_denoise_cli(path, src, out_dir, cfg, INPUT_MULTIPLE[arch])
+        r = rates(run["mp_per_s"] * 1e6, per_px, peak_for(resolve_precision(model, "auto"), peak))
+        rows.append({"width": width, "flops_per_pixel": per_px, "seconds": run["seconds"], "mp_per_s": run["mp_per_s"],
+                     "gflops": r["gflops"], "pct_peak": r["pct_peak"],
+                     "meets_both": bool(run["mp_per_s"] >= 2 and r["pct_peak"] >= 60), "load_1min": run["load_1min"]})
+    fast = [r for r in rows if r["mp_per_s"] >= 2]
+    high = [r for r in rows if r["pct_peak"] >= 60]
+    return {"rows": rows, "widths_meeting_both": [r["width"] for r in rows if r["meets_both"]],
+            "best_share_at_2mps": max(fast, key=lambda r: r["pct_peak"]) if fast else None,
+            "best_mps_at_60pct": max(high, key=lambda r: r["mp_per_s"]) if high else None}
+
+
 def bench_switching_median(image: np.ndarray) -> dict:
     """``ihclib.study.baselines.switching_median`` on the same image (uint8 -> float, filtered)."""
     from ihclib.study.baselines import switching_median
@@ -631,12 +670,12 @@ def machine_section(cfg: Config, log: Callable[[str], None]) -> dict:
                       "timing": "best of repeated calls after warm-up; load_1min = load average when measured"}}
 
 
-def bundled_model() -> tuple[Any, Path, str]:
-    """The model ``ihclib denoise`` uses by default, its path and its architecture."""
+def bundled_model() -> tuple[Any, Path, str, dict]:
+    """The model ``ihclib denoise`` uses by default, its path, its architecture and its sidecar."""
     from ihclib.infer import bundled_model_path, load_default_model
 
     model, sidecar = load_default_model()
-    return model, bundled_model_path(), sidecar.get("architecture", "crosschannel_unet")
+    return model, bundled_model_path(), sidecar.get("architecture", "crosschannel_unet"), sidecar
 
 
 def whole_image_section(result: dict, cfg: Config, log: Callable[[str], None]) -> None:
@@ -644,7 +683,7 @@ def whole_image_section(result: dict, cfg: Config, log: Callable[[str], None]) -
     from ihclib.model import count_flops
     from ihclib.registry import INPUT_MULTIPLE
 
-    model, path, arch = bundled_model()
+    model, path, arch, sidecar = bundled_model()
     peak = result["peak"]
     per_px = count_flops(model, cfg.tile_size) / cfg.tile_size**2  # the model as saved (its width)
     image = make_test_image(cfg.denoise_size)
@@ -655,6 +694,7 @@ def whole_image_section(result: dict, cfg: Config, log: Callable[[str], None]) -
         # the fixed tiling the command used before auto_tiling: more overlap recomputed
         fixed = bench_denoise_cli(path, src, Path(tmp), cfg, INPUT_MULTIPLE[arch], tile=cfg.tile_size,
                                   batch=cfg.denoise_batch)
+        frontier = bench_width_frontier(src, Path(tmp), cfg, arch, sidecar, peak)
     from ihclib.infer import resolve_precision
 
     precision = resolve_precision(model, "auto")  # what the command runs in
@@ -670,6 +710,8 @@ def whole_image_section(result: dict, cfg: Config, log: Callable[[str], None]) -
     result["denoise_cli"] = {**run, "precision": precision, "image": f"{cfg.denoise_size}x{cfg.denoise_size} uint8 PNG ({png_mb} MB), embedded "
                                              "IHC image mirrored out, s&p 0.1"}
     result["switching_median"] = median
+    result["width_frontier"] = frontier
+    log("width frontier: " + ", ".join(f"{r['width']}: {r['mp_per_s']} MP/s {r['pct_peak']} %" for r in frontier["rows"]))
     result["tile_pipeline"] = bench_tile_pipeline(model, cfg)
     flops_tile = per_px * cfg.tile_size**2
     result["bundled_inference"] = bench_inference(model, f"{arch} (float32)", cfg.tile_size, (cfg.main_batch,), ["keras"], flops_tile,
@@ -793,6 +835,24 @@ def _machine_text(result: dict) -> str:
             "the higher of the two.")
 
 
+def _frontier_rows(result: dict) -> list[tuple[str, str, str, str]]:
+    """One row per width of :func:`bench_width_frontier`, and whether any met 2 MP/s and 60 %."""
+    frontier = result.get("width_frontier")  # absent in results from before it was measured
+    if not frontier or not frontier["rows"]:
+        return []
+    arch = result["model"]["name"]
+    rows = [(f"... same command, untrained {arch} of width {r['width']} ({r['flops_per_pixel']:,.0f} FLOP/pixel)",
+             f"{r['seconds']} s, {r['mp_per_s']} MP/s", f"{r['gflops']}", f"{r['pct_peak']} %")
+            for r in frontier["rows"]]
+    fast, high = frontier["best_share_at_2mps"], frontier["best_mps_at_60pct"]
+    met = ", ".join(str(w) for w in frontier["widths_meeting_both"]) or "none"
+    rows.append(("... widths meeting 2 MP/s and 60 % at once", f"{met} (highest share at >= 2 MP/s: "
+                 + (f"{fast['pct_peak']} %, width {fast['width']}" if fast else "no width that fast")
+                 + "; fastest at >= 60 %: " + (f"{high['mp_per_s']} MP/s, width {high['width']}" if high else "no width")
+                 + ")", "", ""))
+    return rows
+
+
 def _measurement_rows(result: dict) -> list[tuple[str, str, str, str]]:
     cli, med, tp, bf = result["denoise_cli"], result["switching_median"], result["tile_pipeline"], result["bf16"]
     fixed = result["denoise_cli_fixed_tile"]
@@ -803,6 +863,7 @@ def _measurement_rows(result: dict) -> list[tuple[str, str, str, str]]:
             (f"... `{fixed['options']}` (overlap recomputed x{fixed['recompute']})",
              f"{fixed['seconds']} s, {fixed['mp_per_s']} MP/s", "", ""),
             ("switching median, same image, same run", f"{med['seconds']} s, {med['mp_per_s']} MP/s", "", ""),
+            *_frontier_rows(result),
             (f"in-process {tp['size']}px ({tp['precision']}, tile {result['config']['tile_size']}) / no threads / float32 / "
              f"tile {tp['big_tile']}", f"{tp['threads_s']} / {tp['no_threads_s']} / {tp['float32_s']} / "
              f"{tp['tile' + str(tp['big_tile']) + '_s']} s", "", ""),

@@ -122,6 +122,36 @@ def test_denoise_cli_and_median_on_the_same_image(tiny_run):
     assert cli["pct_peak"] == pytest.approx(100 * cli["gflops"] / peak, abs=0.1)
 
 
+def test_the_width_frontier_times_the_command_per_width(tiny_run, bench):
+    result, _ = tiny_run
+    frontier = result["width_frontier"]
+    assert [r["width"] for r in frontier["rows"]] == [4, 8]
+    small, large = frontier["rows"]
+    # FLOPs per pixel grow with the width (about its square in the trunk), as count_flops says
+    assert 2 * small["flops_per_pixel"] < large["flops_per_pixel"] < 4 * small["flops_per_pixel"]
+    peak = result["peak"]["bf16_peak_gflops" if result["denoise_cli"]["precision"] == "bfloat16" else "peak_gflops"]
+    for r in frontier["rows"]:
+        assert r["mp_per_s"] == pytest.approx(192 * 192 / r["seconds"] / 1e6, rel=0.01)
+        assert r["gflops"] == pytest.approx(r["mp_per_s"] * r["flops_per_pixel"] / 1e3, rel=0.01, abs=0.01)
+        assert r["pct_peak"] == pytest.approx(100 * r["gflops"] / peak, abs=0.1)
+        assert r["meets_both"] == (r["mp_per_s"] >= 2 and r["pct_peak"] >= 60)
+    assert frontier["widths_meeting_both"] == [r["width"] for r in frontier["rows"] if r["meets_both"]]
+    rows = bench._frontier_rows(result)
+    assert len(rows) == 3 and "width 8 (" in rows[1][0] and "at once" in rows[2][0]
+
+
+def test_the_frontier_summary_names_the_best_of_each_side(bench):
+    rows = [{"width": w, "flops_per_pixel": f, "seconds": 1.0, "mp_per_s": m, "gflops": 1.0, "pct_peak": p,
+             "meets_both": m >= 2 and p >= 60} for w, f, m, p in [(8, 1e4, 3.1, 9.4), (16, 4e4, 2.6, 28.6),
+                                                                     (32, 2e5, 1.3, 56.0), (48, 4e5, 0.8, 73.0)]]
+    result = {"model": {"name": "crosschannel_unet"},
+              "width_frontier": {"rows": rows, "widths_meeting_both": [],
+                                 "best_share_at_2mps": rows[1], "best_mps_at_60pct": rows[3]}}
+    summary = bench._frontier_rows(result)[-1][1]
+    assert summary == "none (highest share at >= 2 MP/s: 28.6 %, width 16; fastest at >= 60 %: 0.8 MP/s, width 48)"
+    assert bench._frontier_rows({"model": {"name": "x"}}) == []  # results from before the frontier
+
+
 def test_tile_pipeline_and_bf16_are_measured(tiny_run):
     result, _ = tiny_run
     tp, bf = result["tile_pipeline"], result["bf16"]
