@@ -38,9 +38,11 @@ class TileDataset(Protocol):
     tile_size: int
     sources: Sequence[Any]  # each with .name, .height, .width: tells two folders apart
 
-    def load(self, split: str) -> np.ndarray: ...
+    def load(self, split: str, max_pixels: float | None = None, seed: int = 0) -> np.ndarray: ...
 
-    def load_by_category(self, split: str) -> Mapping[str, np.ndarray]: ...
+    def load_by_category(self, split: str, max_pixels: float | None = None, seed: int = 0) -> Mapping[str, np.ndarray]: ...
+
+    def over(self, split: str, max_pixels: float | None) -> bool: ...
 
     def describe(self) -> dict: ...
 
@@ -60,6 +62,8 @@ class Profile(Protocol):
     augment: bool
     early_stopping_patience: int
     width: int | None  # U-Net width of the models that have one (ihclib.model.WIDTH_MODELS); None: 24
+    max_train_pixels: int | None  # tile pixels held in memory for training / validation (None: all)
+    max_val_pixels: int | None
 
     def to_dict(self) -> dict: ...
 
@@ -301,6 +305,8 @@ class _Data:
     steps: int
     augmentation: Augmentation
     sources: dict[str, int]  # training tiles per source
+    val_tiles: int
+    sampled: dict[str, bool]  # whether a split held more than the profile's limit (an even share used)
 
 
 @dataclass
@@ -394,9 +400,10 @@ def _check_arguments(model_name: str, dataset: TileDataset, profile: Profile) ->
 
 def _make_inputs(dataset: TileDataset, profile: Profile, seed: int) -> _Data:
     """The endless training stream (sources drawn equally often) and the fixed validation pairs."""
-    train_groups = dataset.load_by_category("train")
+    # a folder larger than the profile's limits trains on an even share of its tiles (seeded)
+    train_groups = dataset.load_by_category("train", profile.max_train_pixels, seed=profile.seed)
     n_train = sum(len(t) for t in train_groups.values())
-    val_clean = dataset.load("val")
+    val_clean = dataset.load("val", max_pixels=profile.max_val_pixels, seed=profile.seed)
     if n_train == 0 or len(val_clean) == 0:
         raise ValueError(f"need training and validation tiles, got {n_train} / {len(val_clean)}")
     augmentation = Augmentation(enabled=profile.augment)
@@ -406,7 +413,10 @@ def _make_inputs(dataset: TileDataset, profile: Profile, seed: int) -> _Data:
     val_ds = (tf.data.Dataset.from_tensor_slices((val_noisy, val_clean)).batch(profile.batch_size)
               .with_options(_data_options()))
     steps = profile.steps_per_epoch or math.ceil(n_train / profile.batch_size)
-    return _Data(train_ds, val_ds, steps, augmentation, {k: len(v) for k, v in train_groups.items()})
+    sampled = {"train": dataset.over("train", profile.max_train_pixels),
+               "val": dataset.over("val", profile.max_val_pixels)}
+    return _Data(train_ds, val_ds, steps, augmentation, {k: len(v) for k, v in train_groups.items()},
+                 len(val_clean), sampled)
 
 
 def _resume_state(out: Path) -> _Resume:
@@ -481,5 +491,7 @@ def training_sidecar(model_name: str, dataset: TileDataset, profile: Profile, se
             "last_epoch": {k: float(history.iloc[-1][k]) for k in HISTORY_COLUMNS},
         },
         "training": {"epochs_run": len(history), "steps_per_epoch": data.steps, "batch_size": profile.batch_size,
+                     # the tiles held in memory (all of the data's tiles unless "sampled" says otherwise)
+                     "tiles_used": {"train": sum(data.sources.values()), "val": data.val_tiles, "sampled": data.sampled},
                      **training},
     }

@@ -328,6 +328,50 @@ def test_load_by_category(tmp_path):
     np.testing.assert_array_equal(np.concatenate(list(both.values())), ds.load("test"))
 
 
+def test_loading_a_split_keeps_no_decoded_image_alive(tmp_path):
+    # the tiles held views of their images until the end, then were stacked and copied again:
+    # a folder of large slides needed every decoded image plus twice its tiles at once
+    import tracemalloc
+
+    _sources(tmp_path, {"a": 8, "b": 1, "c": 1}, size=256)
+    _splits(tmp_path, {"val": ["c"], "test": ["b"]})
+    ds = make_dataset(tmp_path, tile_size=32)
+    image_bytes = 256 * 256 * 3 * 4
+    tracemalloc.start()
+    try:
+        train = ds.load_by_category("train")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    tiles_bytes = train["a"].nbytes
+    assert tiles_bytes == 8 * image_bytes  # the tiles cover the images
+    # the tiles, the two images read_source keeps, and one being decoded (uint8 then float32)
+    assert peak < tiles_bytes + 3.5 * image_bytes, (peak / image_bytes, tiles_bytes / image_bytes)
+    again = make_dataset(tmp_path, tile_size=32)
+    np.testing.assert_array_equal(again.load("train"), train["a"])  # one category: the same tiles
+
+
+def test_a_split_over_the_limit_gives_an_even_share_per_category(tmp_path):
+    _sources(tmp_path, {"a": 3, "t": 1, "b": 1, "c": 1}, size=96)
+    _splits(tmp_path, {"val": ["c"], "test": ["b"]})
+    ds = make_dataset(tmp_path, tile_size=32)
+    tile_px = 32 * 32
+    assert len(ds.split("train")) == 36 and not ds.over("train", 36 * tile_px) and ds.over("train", 35 * tile_px)
+    everything = ds.load_by_category("train", max_pixels=None)
+    assert ds.load_by_category("train", max_pixels=36 * tile_px).keys() == everything.keys()
+    capped = ds.load_by_category("train", max_pixels=12 * tile_px, seed=1)
+    # 12 tiles: 6 per category; category a's spread over its three images (2 each)
+    assert {c: len(v) for c, v in capped.items()} == {"a": 6, "t": 6}
+    sources = [t.source for t, _ in ds.sample_per_category("train", 6, seed=1) if t.category == "a"]
+    assert sorted(sources.count(s) for s in set(sources)) == [2, 2, 2]
+    # every sampled tile is one of the split's tiles, and the same seed gives the same tiles
+    pool = {px.tobytes() for px in everything["a"]}
+    assert all(px.tobytes() in pool for px in capped["a"])
+    np.testing.assert_array_equal(ds.load_by_category("train", 12 * tile_px, seed=1)["a"], capped["a"])
+    assert ds.load("train", max_pixels=12 * tile_px, seed=1).shape == (12, 32, 32, 3)
+    assert len(ds.load("train", limit=5)) == 5 and len(ds.load("train", limit=0)) == 0
+
+
 def test_sample_per_category_spreads_over_images(tmp_path):
     _sources(tmp_path, {"a": 3, "b": 1}, size=96)
     _splits(tmp_path, {"test": ["a", "b"], "val": []})

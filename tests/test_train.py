@@ -162,6 +162,8 @@ def test_same_seed_gives_identical_history(smoke, tmp_path):
     assert side["data"] == ds.describe() and side["profile"]["name"] == "smoke"
     assert a.tiles_per_s > 0 and not (tmp_path / "a" / "backup").exists()
     assert set(side["training"]["threads"]) == {"intra_op", "inter_op", "deterministic"}
+    assert side["training"]["tiles_used"] == {"train": len(ds.split("train")), "val": len(ds.split("val")),
+                                              "sampled": {"train": False, "val": False}}
 
 
 def test_train_rejects_bad_arguments(smoke, tmp_path):
@@ -182,6 +184,25 @@ def test_train_command_bundles_one_model(tmp_path, monkeypatch, capsys):
     model, side = load_model(tmp_path / "bundle" / "default.keras")
     assert side["architecture"] == "switching_unet" and side["file"] == "default.keras"
     assert "best val_loss" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_folder_over_the_profiles_limits_trains_on_an_even_share(tmp_path, monkeypatch, capsys):
+    from ihclib.study import profiles
+
+    limited = profiles.PROFILES["smoke"].with_overrides(max_train_pixels=20 * 32 * 32, max_val_pixels=8 * 32 * 32)
+    monkeypatch.setitem(profiles.PROFILES, "smoke", limited)
+    rc = cli.main(["train", "--profile", "smoke", "--model", "dncnn_residual", "--epochs", "1", "--data-dir", "skimage",
+                   "--out-dir", str(tmp_path), "--quiet"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "train: " in out and "0.02048 megapixels (the profile's max_train_pixels)" in out
+    assert "val: " in out and "max_val_pixels" in out
+    _, side = load_model(tmp_path / "dncnn_residual" / "dncnn_residual.keras")
+    used = side["training"]["tiles_used"]
+    assert used == {"train": 20, "val": 8, "sampled": {"train": True, "val": True}}
+    assert side["data"]["tiles"]["train"] > 20  # what the folder holds, beside what was used
+    assert side["training"]["steps_per_epoch"] == limited.steps_per_epoch
 
 
 def test_train_command_errors(capsys):

@@ -297,15 +297,46 @@ class TileDataset:
             img = self.read_source(tile.source)
             yield tile, _crop(img, tile)
 
-    def load_by_category(self, split: str) -> dict[str, np.ndarray]:
+    def load_by_category(self, split: str, max_pixels: float | None = None, seed: int = 0) -> dict[str, np.ndarray]:
         """All tiles of a split as float32 (N, size, size, 3) arrays, one per category (sorted).
 
-        Categories without tiles in the split are left out.
+        Categories without tiles in the split are left out. ``max_pixels``: where the split
+        holds more tile pixels than that, an even share of tiles per category instead, spread
+        over its images (:meth:`sample_per_category` with ``seed``), so a large folder does not
+        fill the memory. Tiles are copied into place as their image is read, so no decoded
+        image is kept alive by its tiles.
         """
-        groups: dict[str, list[np.ndarray]] = {}
+        if self.over(split, max_pixels):
+            quota = int(max_pixels) // self.tile_size**2 // len({t.category for t in self.split(split)})
+            sampled: dict[str, list[np.ndarray]] = {}
+            for tile, px in self.sample_per_category(split, max(1, quota), seed=seed):
+                sampled.setdefault(tile.category, []).append(px)
+            return {c: np.stack(sampled[c]).astype(np.float32, copy=False) for c in sorted(sampled)}
+        tiles = self.split(split)
+        counts = {c: sum(t.category == c for t in tiles) for c in sorted({t.category for t in tiles})}
+        return self._filled(split, counts, lambda tile: tile.category)
+
+    def over(self, split: str, max_pixels: float | None) -> bool:
+        """Whether the tiles of ``split`` hold more than ``max_pixels`` pixels (None: no limit)."""
+        return max_pixels is not None and len(self.split(split)) * self.tile_size**2 > max_pixels
+
+    def _filled(self, split: str, counts: dict, key) -> dict:
+        """Arrays of ``counts[k]`` tiles each, filled in :meth:`iter_tiles` order with the tiles
+        whose ``key(tile)`` is ``k``: every tile is copied into place as its image is read (no
+        decoded image stays alive through views of it, and nothing is stacked or concatenated)."""
+        s = self.tile_size
+        out = {k: np.empty((n, s, s, 3), np.float32) for k, n in counts.items()}
+        filled = dict.fromkeys(out, 0)
+        if not any(counts.values()):
+            return out
         for tile, px in self.iter_tiles(split):
-            groups.setdefault(tile.category, []).append(px)
-        return {c: np.stack(groups[c]).astype(np.float32) for c in sorted(groups)}
+            k = key(tile)
+            if k in out and filled[k] < counts[k]:
+                out[k][filled[k]] = px
+                filled[k] += 1
+                if all(filled[j] == counts[j] for j in out):
+                    break
+        return out
 
     def sample_per_category(self, split: str, n: int, seed: int = 0,
                             min_tissue: float = 0.0) -> list[tuple[Tile, np.ndarray]]:
@@ -357,16 +388,15 @@ class TileDataset:
             out.extend((t, pixels[t]) for t in chosen)
         return out
 
-    def load(self, split: str, limit: int | None = None) -> np.ndarray:
-        """All tiles of a split as one float32 array (N, size, size, 3) (first ``limit`` only)."""
-        out = []
-        for i, (_, px) in enumerate(self.iter_tiles(split)):
-            if limit is not None and i >= limit:
-                break
-            out.append(px)
-        if not out:
-            return np.zeros((0, self.tile_size, self.tile_size, 3), np.float32)
-        return np.stack(out).astype(np.float32)
+    def load(self, split: str, limit: int | None = None, max_pixels: float | None = None,
+             seed: int = 0) -> np.ndarray:
+        """All tiles of a split as one float32 array (N, size, size, 3) (first ``limit`` only).
+
+        ``max_pixels``: as in :meth:`load_by_category` (then the categories one after another)."""
+        if self.over(split, max_pixels):
+            return np.concatenate(list(self.load_by_category(split, max_pixels, seed).values()))[:limit]
+        n = len(self.split(split)) if limit is None else min(limit, len(self.split(split)))
+        return self._filled(split, {"all": n}, lambda tile: "all")["all"]
 
     def sample(self, n: int, split: str | None = None, seed: int = 0) -> list[tuple[Tile, np.ndarray]]:
         """Up to ``n`` tiles spread over categories (round robin), chosen with ``seed``."""

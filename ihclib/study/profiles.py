@@ -51,6 +51,12 @@ class Profile:
     train_on_test: bool = False  # True: the test sources train too (the bundled model, not the study)
     # U-Net width of switching_unet / crosschannel_unet (ihclib.model.WIDTH_MODELS); None: 24
     width: int | None = None
+    # tile pixels held in memory for training and for validation: a larger folder gives an even
+    # share of tiles per category, spread over its images (seeded). Training peaks at about 30
+    # bytes per tile pixel (measured: 125 KB per 64 px tile, in numpy and in TensorFlow's
+    # pipeline), so 100 MP is about 3 GB; the project's data/ is below both (bundle: 81 MP)
+    max_train_pixels: int | None = 100_000_000
+    max_val_pixels: int | None = 10_000_000
     description: str = ""
 
     def __post_init__(self) -> None:

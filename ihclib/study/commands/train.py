@@ -68,6 +68,10 @@ def run(args: argparse.Namespace) -> int:
     counts = {s: len(dataset.split(s)) for s in ("train", "val", "test")}
     print(f"profile {profile.name}: {profile.tile_size}px tiles, {profile.epochs} epochs x "
           f"{profile.steps_per_epoch or 'all'} steps x batch {profile.batch_size}; tiles {counts}")
+    for split, limit in (("train", profile.max_train_pixels), ("val", profile.max_val_pixels)):
+        if dataset.over(split, limit):
+            print(f"{split}: {counts[split]:,} tiles hold more than {limit / 1e6:g} megapixels (the profile's "
+                  f"max_{split}_pixels): an even share per category is used, spread over the images")
     for name in names:
         res = train(name, dataset, profile, out_root / name, seed=args.seed, early_stopping=args.early_stopping,
                     verbose=0 if args.quiet else (1 if sys.stdout.isatty() else 2))
