@@ -345,8 +345,9 @@ def test_loading_a_split_keeps_no_decoded_image_alive(tmp_path):
         tracemalloc.stop()
     tiles_bytes = train["a"].nbytes
     assert tiles_bytes == 8 * image_bytes  # the tiles cover the images
-    # the tiles, the two images read_source keeps, and one being decoded (uint8 then float32)
-    assert peak < tiles_bytes + 3.5 * image_bytes, (peak / image_bytes, tiles_bytes / image_bytes)
+    # the tiles, the two images read_source keeps, one being decoded (uint8 then float32) and
+    # slack: measured 11.4 image sizes in all (the old code: 24, three copies of the folder)
+    assert peak < tiles_bytes + 5 * image_bytes, (peak / image_bytes, tiles_bytes / image_bytes)
     again = make_dataset(tmp_path, tile_size=32)
     np.testing.assert_array_equal(again.load("train"), train["a"])  # one category: the same tiles
 
