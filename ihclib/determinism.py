@@ -31,8 +31,10 @@ threads, not the cores under them (the same weights on one core, ``taskset -c 0`
 oneDNN's kernels still differ between CPU families). Two threads, because the machine the study is made
 on has two cores: one intra-op thread (``serial``, the setting until this change) left the
 second core idle and trained at 0.7x the speed; it gives other bits, so every committed result
-was regenerated with two. Inference is not pinned (its forward pass is the same on any thread
-count).
+was regenerated with two. The tool's inference (``ihclib denoise``) is not pinned, for speed;
+the study's notebooks are, evaluation included (:func:`ihclib.study.setup.pin_study_threads`):
+a quick-profile rerun once differed in the last bits of one model's scores while every
+training history matched.
 
 ``python -m ihclib.determinism check`` trains a model a few steps several times in one
 process and compares the weights bit for bit (``--threads`` picks the setting, ``--busy``

@@ -118,3 +118,12 @@ def test_bm3d_opt_in_says_what_is_missing(tmp_path, monkeypatch):
         pm.execute_notebook(str(ROOT / "notebooks" / "05_comparative_results.ipynb"), str(tmp_path / "05.ipynb"),
                             parameters={"profile": "smoke", "bm3d": True}, kernel_name="python3", cwd=str(ROOT),
                             progress_bar=False)
+
+
+def test_study_notebooks_run_tensorflow_one_op_at_a_time():
+    # the evaluation ran on TensorFlow's default threads (two ops at once): a rerun once differed
+    # in the last bits of one model's scores; the setup of every notebook now pins the threads
+    code = ("import ihclib.study.setup, tensorflow as tf; t = tf.config.threading; "
+            "print(t.get_intra_op_parallelism_threads(), t.get_inter_op_parallelism_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[-2:] == ["2", "1"]

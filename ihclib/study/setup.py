@@ -5,7 +5,9 @@ the process's stderr (file descriptor 2) pointed at /dev/null: TensorFlow's C++ 
 (absl's ``InitializeLog`` warning, "oneDNN custom operations are on", "Could not find cuda
 drivers") are written there before ``TF_CPP_MIN_LOG_LEVEL`` can take effect when it is set from
 inside a running kernel, and a Jupyter kernel shows every byte written to fd 2 as a pink stderr
-block. A later ``import tensorflow`` is then a no-op and prints nothing.
+block. A later ``import tensorflow`` is then a no-op and prints nothing. It then pins
+TensorFlow's threads for the whole process (:func:`pin_study_threads`), so that a notebook's
+inference is as bit-reproducible as its training.
 
 ``setup`` resolves every relative path from the repository root (the folder above the kernel's
 working folder that holds ``pyproject.toml`` and ``notebooks/``), never from the kernel's folder:
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +68,25 @@ def import_tensorflow_quietly() -> None:
 
 
 import_tensorflow_quietly()
+
+
+def pin_study_threads() -> None:
+    """Run the notebook's TensorFlow one op at a time on two intra-op threads, before any op runs
+    (:func:`ihclib.determinism.pin_training_threads`). Training sets it anyway; the evaluation
+    (notebook 05) ran on TensorFlow's default threads, two ops at once, and a fresh-clone rerun of
+    the quick profile once came out different in the last bits of one model's scores (3 of 41
+    tables, at most 9e-10 dB) while every training history was identical: the race that
+    :mod:`ihclib.determinism` describes for training, here in a forward pass."""
+    if "tensorflow" not in sys.modules:  # not installed: nothing to pin
+        return
+    from ihclib.determinism import pin_training_threads
+
+    with warnings.catch_warnings():  # a kernel that already ran TensorFlow keeps its threads
+        warnings.simplefilter("ignore")
+        pin_training_threads()
+
+
+pin_study_threads()
 
 
 @dataclass(frozen=True)
