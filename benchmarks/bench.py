@@ -565,7 +565,7 @@ def bench_width_frontier(src: Path, out_dir: Path, cfg: Config, arch: str, sidec
 
     if arch not in WIDTH_MODELS:
         return {"rows": [], "note": f"{arch} has no width setting"}
-    rows = []
+    rows, precision_peak = [], peak["peak_gflops"]
     for width in cfg.frontier_widths:
         model = build_model(arch, None, width=width)
         per_px = count_flops(model, cfg.tile_size) / cfg.tile_size**2
@@ -574,7 +574,8 @@ def bench_width_frontier(src: Path, out_dir: Path, cfg: Config, arch: str, sidec
         path = out_dir / f"{arch}_width{width}.keras"
         save_model(model, path, side)
         run = bench_denoise_cli(path, src, out_dir, cfg, INPUT_MULTIPLE[arch])
-        r = rates(run["mp_per_s"] * 1e6, per_px, peak_for(resolve_precision(model, "auto"), peak))
+        precision_peak = peak_for(resolve_precision(model, "auto"), peak)  # the same for every width
+        r = rates(run["mp_per_s"] * 1e6, per_px, precision_peak)
         rows.append({"width": width, "flops_per_pixel": per_px, "seconds": run["seconds"], "mp_per_s": run["mp_per_s"],
                      "gflops": r["gflops"], "pct_peak": r["pct_peak"],
                      "meets_both": bool(run["mp_per_s"] >= 2 and r["pct_peak"] >= 60), "load_1min": run["load_1min"]})
@@ -582,7 +583,36 @@ def bench_width_frontier(src: Path, out_dir: Path, cfg: Config, arch: str, sidec
     high = [r for r in rows if r["pct_peak"] >= 60]
     return {"rows": rows, "widths_meeting_both": [r["width"] for r in rows if r["meets_both"]],
             "best_share_at_2mps": max(fast, key=lambda r: r["pct_peak"]) if fast else None,
-            "best_mps_at_60pct": max(high, key=lambda r: r["mp_per_s"]) if high else None}
+            "best_mps_at_60pct": max(high, key=lambda r: r["mp_per_s"]) if high else None,
+            "fit": frontier_fit(rows, cfg.denoise_size**2, precision_peak)}
+
+
+def frontier_fit(rows: list[dict], pixels: int, peak_gflops: float, mp_per_s: float = 2.0,
+                 share: float = 60.0) -> dict | None:
+    """Least-squares fit of the frontier's times, seconds = fixed + FLOPs of the image / rate,
+    and what meeting ``mp_per_s`` and ``share`` % of ``peak_gflops`` at once would take.
+
+    ``fixed_s`` is the work that does not grow with the width (reading, writing, set-up, the
+    classical layers, small convolutions), ``rate_gflops`` what each added FLOP runs at. At
+    ``mp_per_s`` the image has ``budget_s``; ``share`` % of the peak in that time means at least
+    ``flops_per_pixel_needed``, which at the fitted rate leaves ``fixed_s_allowed`` for the rest:
+    a design of this kind meets both only if its fixed work fits in that. None: fewer than two
+    widths, or a rate that does not grow with the FLOPs (noise)."""
+    if len(rows) < 2:
+        return None
+    flops = np.array([r["flops_per_pixel"] * pixels for r in rows], float)
+    seconds = np.array([r["seconds"] for r in rows], float)
+    slope, fixed = np.polyfit(flops, seconds, 1)
+    if slope <= 0:
+        return None
+    rate = 1 / slope / 1e9
+    budget = pixels / (mp_per_s * 1e6)
+    needed = share / 100 * peak_gflops * 1e9 * budget / pixels
+    allowed = budget - needed * pixels / (rate * 1e9)
+    return {"fixed_s": round(float(fixed), 2), "rate_gflops": round(float(rate), 1),
+            "rate_pct_peak": round(float(100 * rate / peak_gflops), 1), "budget_s": round(budget, 2),
+            "flops_per_pixel_needed": round(needed), "fixed_s_allowed": round(float(allowed), 2),
+            "feasible": bool(fixed <= allowed)}
 
 
 def bench_switching_median(image: np.ndarray) -> dict:
@@ -850,6 +880,14 @@ def _frontier_rows(result: dict) -> list[tuple[str, str, str, str]]:
                  + (f"{fast['pct_peak']} %, width {fast['width']}" if fast else "no width that fast")
                  + "; fastest at >= 60 %: " + (f"{high['mp_per_s']} MP/s, width {high['width']}" if high else "no width")
                  + ")", "", ""))
+    fit = frontier.get("fit")
+    if fit:
+        rows.append(("... fit over the widths: seconds = fixed work + FLOPs / rate",
+                     f"fixed {fit['fixed_s']} s, rate {fit['rate_gflops']} GFLOP/s ({fit['rate_pct_peak']} % of peak); "
+                     f"2 MP/s and 60 % at once need >= {fit['flops_per_pixel_needed']:,} FLOP/pixel in "
+                     f"{fit['budget_s']} s, so fixed work <= {fit['fixed_s_allowed']} s: "
+                     + ("within reach" if fit["feasible"] else f"{fit['fixed_s'] - fit['fixed_s_allowed']:.2f} s too much"),
+                     "", ""))
     return rows
 
 

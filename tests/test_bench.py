@@ -137,7 +137,8 @@ def test_the_width_frontier_times_the_command_per_width(tiny_run, bench):
         assert r["meets_both"] == (r["mp_per_s"] >= 2 and r["pct_peak"] >= 60)
     assert frontier["widths_meeting_both"] == [r["width"] for r in frontier["rows"] if r["meets_both"]]
     rows = bench._frontier_rows(result)
-    assert len(rows) == 3 and "width 8 (" in rows[1][0] and "at once" in rows[2][0]
+    fit = frontier["fit"]  # two widths of a tiny image: the fit may be noise (None) but is checked above
+    assert len(rows) == 3 + (fit is not None) and "width 8 (" in rows[1][0] and "at once" in rows[2][0]
 
 
 def test_the_frontier_summary_names_the_best_of_each_side(bench):
@@ -150,6 +151,33 @@ def test_the_frontier_summary_names_the_best_of_each_side(bench):
     summary = bench._frontier_rows(result)[-1][1]
     assert summary == "none (highest share at >= 2 MP/s: 28.6 %, width 16; fastest at >= 60 %: 0.8 MP/s, width 48)"
     assert bench._frontier_rows({"model": {"name": "x"}}) == []  # results from before the frontier
+
+
+def test_the_frontier_fit_says_how_much_fixed_work_both_targets_allow(bench):
+    pixels, peak = 4096 * 4096, 400.0
+    # times made from a known fixed work (5 s) and rate (300 GFLOP/s), plus a little noise
+    rows = [{"flops_per_pixel": f, "seconds": 5.0 + f * pixels / 300e9 + e}
+            for f, e in [(1e4, 0.01), (5e4, -0.02), (1e5, 0.01), (4e5, 0.0)]]
+    fit = bench.frontier_fit(rows, pixels, peak)
+    assert fit["fixed_s"] == pytest.approx(5.0, abs=0.05)
+    assert fit["rate_gflops"] == pytest.approx(300, rel=0.01) and fit["rate_pct_peak"] == pytest.approx(75, abs=1)
+    # 2 MP/s: 8.39 s for the image; 60 % of 400 GFLOP/s in it: 120,000 FLOP/pixel, 6.71 s at 300
+    assert fit["budget_s"] == pytest.approx(8.39, abs=0.01) and fit["flops_per_pixel_needed"] == 120_000
+    assert fit["fixed_s_allowed"] == pytest.approx(8.389 - 120_000 * pixels / 300e9, abs=0.02)
+    assert not fit["feasible"]
+    quick = [{**r, "seconds": r["seconds"] - 4.5} for r in rows]  # 0.5 s of fixed work: within reach
+    assert bench.frontier_fit(quick, pixels, peak)["feasible"]
+    assert bench.frontier_fit(rows[:1], pixels, peak) is None  # one width: nothing to fit
+    flat = [{**r, "seconds": 9.0 - i} for i, r in enumerate(rows)]  # time falling with FLOPs: noise
+    assert bench.frontier_fit(flat, pixels, peak) is None
+    result = {"model": {"name": "crosschannel_unet"},
+              "width_frontier": {"rows": [{**r, "width": 8 * (i + 1), "mp_per_s": 1.0, "gflops": 1.0, "pct_peak": 1.0}
+                                          for i, r in enumerate(rows)],
+                                 "widths_meeting_both": [], "best_share_at_2mps": None, "best_mps_at_60pct": None,
+                                 "fit": fit}}
+    text = bench._frontier_rows(result)[-1][1]
+    assert text.startswith(f"fixed {fit['fixed_s']} s, rate {fit['rate_gflops']} GFLOP/s")
+    assert text.endswith(f"{fit['fixed_s'] - fit['fixed_s_allowed']:.2f} s too much")
 
 
 def test_tile_pipeline_and_bf16_are_measured(tiny_run):
