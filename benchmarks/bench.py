@@ -522,7 +522,8 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[int, str, flo
 
 
 def bench_denoise_cli(model_path: str | Path, image_path: Path, out_dir: Path, cfg: Config, multiple: int,
-                      backend: str = "keras", tile: int | None = None, batch: int | None = None) -> dict:
+                      backend: str = "keras", tile: int | None = None, batch: int | None = None,
+                      precision: str | None = None) -> dict:
     """``ihclib denoise`` on ``image_path`` as a subprocess, with the command's own tile and batch
     size (:func:`ihclib.infer.auto_tiling`) unless given: ``seconds`` is what the command reports
     for the image (load, denoise with tracing and compiling, save); ``wall_s`` adds start-up and
@@ -536,7 +537,8 @@ def bench_denoise_cli(model_path: str | Path, image_path: Path, out_dir: Path, c
     dst = out_dir / f"denoised_{backend}_{tile}.png"
     cmd = [sys.executable, "-m", "ihclib", "denoise", str(image_path), "-o", str(dst), "--overwrite",
            "--model", str(model_path), *options, "--overlap", str(cfg.denoise_overlap)]
-    code, output, wall, rss = run_measured(cmd, {**os.environ, "IHCLIB_BACKEND": backend})
+    env = {**os.environ, "IHCLIB_BACKEND": backend, **({"IHCLIB_PRECISION": precision} if precision else {})}
+    code, output, wall, rss = run_measured(cmd, env)
     if code != 0:
         raise RuntimeError(f"ihclib denoise failed ({code}):\n{output[-2000:]}")
     found = re.search(r"\(\d+x\d+, \w+, ([\d.]+) s\)", output)
@@ -584,7 +586,30 @@ def bench_width_frontier(src: Path, out_dir: Path, cfg: Config, arch: str, sidec
     return {"rows": rows, "widths_meeting_both": [r["width"] for r in rows if r["meets_both"]],
             "best_share_at_2mps": max(fast, key=lambda r: r["pct_peak"]) if fast else None,
             "best_mps_at_60pct": max(high, key=lambda r: r["mp_per_s"]) if high else None,
-            "fit": frontier_fit(rows, cfg.denoise_size**2, precision_peak)}
+            "fit": frontier_fit(rows, cfg.denoise_size**2, precision_peak),
+            "dense": bench_dense_design(src, out_dir, cfg, sidecar, peak)}
+
+
+def bench_dense_design(src: Path, out_dir: Path, cfg: Config, sidecar: dict, peak: dict) -> dict:
+    """``ihclib denoise`` on the same file with an untrained ``paper_unet``: a design with no
+    classical layers (no box sums, no fused passes), only large dense convolutions, in bf16
+    where the CPU has it. Whether *it* meets 2 MP/s and 60 % at once says whether the
+    command's own work (reading, writing, set-up, tiling) leaves room for any model to."""
+    from ihclib.infer import cpu_has_bf16
+    from ihclib.model import build_model, count_flops, save_model
+    from ihclib.registry import INPUT_MULTIPLE
+
+    model = build_model("paper_unet", None)
+    per_px = count_flops(model, cfg.tile_size) / cfg.tile_size**2
+    path = out_dir / "paper_unet_untrained.keras"
+    save_model(model, path, {**sidecar, "architecture": "paper_unet", "input_multiple": INPUT_MULTIPLE["paper_unet"],
+                             "description": "untrained paper_unet: for timing only"})
+    precision = "bfloat16" if cpu_has_bf16() else "float32"
+    run = bench_denoise_cli(path, src, out_dir, cfg, INPUT_MULTIPLE["paper_unet"], precision=precision)
+    r = rates(run["mp_per_s"] * 1e6, per_px, peak_for(precision, peak))
+    return {"model": "paper_unet", "precision": precision, "flops_per_pixel": per_px, "tile": run["tile"],
+            "seconds": run["seconds"], "mp_per_s": run["mp_per_s"], "gflops": r["gflops"], "pct_peak": r["pct_peak"],
+            "meets_both": bool(run["mp_per_s"] >= 2 and r["pct_peak"] >= 60), "load_1min": run["load_1min"]}
 
 
 def frontier_fit(rows: list[dict], pixels: int, peak_gflops: float, mp_per_s: float = 2.0,
@@ -888,6 +913,12 @@ def _frontier_rows(result: dict) -> list[tuple[str, str, str, str]]:
                      f"{fit['budget_s']} s, so fixed work <= {fit['fixed_s_allowed']} s: "
                      + ("within reach" if fit["feasible"] else f"{fit['fixed_s'] - fit['fixed_s_allowed']:.2f} s too much"),
                      "", ""))
+    dense = frontier.get("dense")
+    if dense:
+        rows.append((f"... same command, untrained paper_unet in {dense['precision']} (no classical layers; "
+                     f"{dense['flops_per_pixel']:,.0f} FLOP/pixel)",
+                     f"{dense['seconds']} s, {dense['mp_per_s']} MP/s; both targets at once: "
+                     + ("yes" if dense["meets_both"] else "no"), f"{dense['gflops']}", f"{dense['pct_peak']} %"))
     return rows
 
 

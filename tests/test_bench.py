@@ -136,9 +136,15 @@ def test_the_width_frontier_times_the_command_per_width(tiny_run, bench):
         assert r["pct_peak"] == pytest.approx(100 * r["gflops"] / peak, abs=0.1)
         assert r["meets_both"] == (r["mp_per_s"] >= 2 and r["pct_peak"] >= 60)
     assert frontier["widths_meeting_both"] == [r["width"] for r in frontier["rows"] if r["meets_both"]]
+    dense = frontier["dense"]  # the paper's network, untrained, through the same command
+    assert dense["model"] == "paper_unet" and dense["flops_per_pixel"] > 5 * large["flops_per_pixel"]
+    dense_peak = result["peak"]["bf16_peak_gflops" if dense["precision"] == "bfloat16" else "peak_gflops"]
+    assert dense["mp_per_s"] == pytest.approx(192 * 192 / dense["seconds"] / 1e6, rel=0.01)
+    assert dense["pct_peak"] == pytest.approx(100 * dense["gflops"] / dense_peak, abs=0.1)
     rows = bench._frontier_rows(result)
     fit = frontier["fit"]  # two widths of a tiny image: the fit may be noise (None) but is checked above
-    assert len(rows) == 3 + (fit is not None) and "width 8 (" in rows[1][0] and "at once" in rows[2][0]
+    assert len(rows) == 4 + (fit is not None) and "width 8 (" in rows[1][0] and "at once" in rows[2][0]
+    assert rows[-1][0].startswith(f"... same command, untrained paper_unet in {dense['precision']}")
 
 
 def test_the_frontier_summary_names_the_best_of_each_side(bench):
