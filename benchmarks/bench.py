@@ -554,35 +554,50 @@ def bench_denoise_cli(model_path: str | Path, image_path: Path, out_dir: Path, c
             "mp_per_s": float(f"{size * size / seconds / 1e6:.4g}"), "load_1min": load_average()[:1]}
 
 
+def time_untrained(model: Any, arch: str, src: Path, out_dir: Path, cfg: Config, sidecar: dict, peak: dict,
+                   precision: str | None = None, **side) -> dict:
+    """``ihclib denoise`` on ``src`` with ``model`` (untrained: the time does not depend on the
+    weights) saved as an ``arch`` model; its FLOPs per pixel, time, MP/s and share of the peak of
+    the precision it ran in (``precision``, else the command's own choice), and whether it met
+    2 MP/s and 60 % at once. ``side``: sidecar fields that differ from ``sidecar``."""
+    from ihclib.infer import resolve_precision
+    from ihclib.model import count_flops, save_model
+    from ihclib.registry import INPUT_MULTIPLE
+
+    per_px = count_flops(model, cfg.tile_size) / cfg.tile_size**2
+    path = out_dir / f"{arch}_untrained_{per_px:.0f}.keras"
+    save_model(model, path, {**sidecar, "architecture": arch, "input_multiple": INPUT_MULTIPLE[arch],
+                             "description": f"untrained {arch}: for timing only", **side})
+    run = bench_denoise_cli(path, src, out_dir, cfg, INPUT_MULTIPLE[arch], precision=precision)
+    r = rates(run["mp_per_s"] * 1e6, per_px, peak_for(precision or resolve_precision(model, "auto"), peak))
+    return {"flops_per_pixel": per_px, "tile": run["tile"], "seconds": run["seconds"], "mp_per_s": run["mp_per_s"],
+            "gflops": r["gflops"], "pct_peak": r["pct_peak"],
+            "meets_both": bool(run["mp_per_s"] >= 2 and r["pct_peak"] >= 60), "load_1min": run["load_1min"]}
+
+
 def bench_width_frontier(src: Path, out_dir: Path, cfg: Config, arch: str, sidecar: dict, peak: dict) -> dict:
     """``ihclib denoise`` on the same file with untrained models of the bundled architecture at
     ``cfg.frontier_widths``: what a wider (more FLOPs per pixel) or narrower model does to MP/s and
     to the share of peak, end to end. The time does not depend on the weights (dense
     convolutions; the test image has impulses in every tile, so no tile skips the network), so
-    these answer whether *any* width of the design could meet issue 13's 2 MP/s and 60 % at once.
+    these answer whether *any* width of the design could meet issue 13's 2 MP/s and 60 % at once;
+    :func:`frontier_fit` says by how much they miss, :func:`bench_dense_design` whether a design
+    without classical layers would.
     """
     from ihclib.infer import resolve_precision
-    from ihclib.model import WIDTH_MODELS, build_model, count_flops, save_model
-    from ihclib.registry import INPUT_MULTIPLE
+    from ihclib.model import WIDTH_MODELS, build_model
 
     if arch not in WIDTH_MODELS:
         return {"rows": [], "note": f"{arch} has no width setting"}
-    rows, precision_peak = [], peak["peak_gflops"]
+    rows = []
     for width in cfg.frontier_widths:
         model = build_model(arch, None, width=width)
-        per_px = count_flops(model, cfg.tile_size) / cfg.tile_size**2
-        side = {**sidecar, "description": f"untrained {arch} of width {width}: for timing only",
-                "profile": {**sidecar.get("profile", {}), "width": width}}
-        path = out_dir / f"{arch}_width{width}.keras"
-        save_model(model, path, side)
-        run = bench_denoise_cli(path, src, out_dir, cfg, INPUT_MULTIPLE[arch])
-        precision_peak = peak_for(resolve_precision(model, "auto"), peak)  # the same for every width
-        r = rates(run["mp_per_s"] * 1e6, per_px, precision_peak)
-        rows.append({"width": width, "flops_per_pixel": per_px, "seconds": run["seconds"], "mp_per_s": run["mp_per_s"],
-                     "gflops": r["gflops"], "pct_peak": r["pct_peak"],
-                     "meets_both": bool(run["mp_per_s"] >= 2 and r["pct_peak"] >= 60), "load_1min": run["load_1min"]})
+        run = time_untrained(model, arch, src, out_dir, cfg, sidecar, peak,
+                             profile={**sidecar.get("profile", {}), "width": width})
+        rows.append({"width": width, **{k: v for k, v in run.items() if k != "tile"}})
     fast = [r for r in rows if r["mp_per_s"] >= 2]
     high = [r for r in rows if r["pct_peak"] >= 60]
+    precision_peak = peak_for(resolve_precision(build_model(arch, None), "auto"), peak)  # as every width ran
     return {"rows": rows, "widths_meeting_both": [r["width"] for r in rows if r["meets_both"]],
             "best_share_at_2mps": max(fast, key=lambda r: r["pct_peak"]) if fast else None,
             "best_mps_at_60pct": max(high, key=lambda r: r["mp_per_s"]) if high else None,
@@ -596,20 +611,11 @@ def bench_dense_design(src: Path, out_dir: Path, cfg: Config, sidecar: dict, pea
     where the CPU has it. Whether *it* meets 2 MP/s and 60 % at once says whether the
     command's own work (reading, writing, set-up, tiling) leaves room for any model to."""
     from ihclib.infer import cpu_has_bf16
-    from ihclib.model import build_model, count_flops, save_model
-    from ihclib.registry import INPUT_MULTIPLE
+    from ihclib.model import build_model
 
-    model = build_model("paper_unet", None)
-    per_px = count_flops(model, cfg.tile_size) / cfg.tile_size**2
-    path = out_dir / "paper_unet_untrained.keras"
-    save_model(model, path, {**sidecar, "architecture": "paper_unet", "input_multiple": INPUT_MULTIPLE["paper_unet"],
-                             "description": "untrained paper_unet: for timing only"})
     precision = "bfloat16" if cpu_has_bf16() else "float32"
-    run = bench_denoise_cli(path, src, out_dir, cfg, INPUT_MULTIPLE["paper_unet"], precision=precision)
-    r = rates(run["mp_per_s"] * 1e6, per_px, peak_for(precision, peak))
-    return {"model": "paper_unet", "precision": precision, "flops_per_pixel": per_px, "tile": run["tile"],
-            "seconds": run["seconds"], "mp_per_s": run["mp_per_s"], "gflops": r["gflops"], "pct_peak": r["pct_peak"],
-            "meets_both": bool(run["mp_per_s"] >= 2 and r["pct_peak"] >= 60), "load_1min": run["load_1min"]}
+    run = time_untrained(build_model("paper_unet", None), "paper_unet", src, out_dir, cfg, sidecar, peak, precision)
+    return {"model": "paper_unet", "precision": precision, **run}
 
 
 def frontier_fit(rows: list[dict], pixels: int, peak_gflops: float, mp_per_s: float = 2.0,
