@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -78,13 +80,17 @@ class Config:
     backends: tuple[str, ...] = ("keras", "openvino")  # those installed are run
     # `ihclib denoise` with untrained copies of the bundled architecture at these widths
     frontier_widths: tuple[int, ...] = (8, 16, 24, 32, 48)
+    # `ihclib denoise` on a folder of this many copies of the test image, with and without the
+    # next file read and the last written beside the model; this many runs of each, the best kept
+    folder_files: int = 3
+    folder_runs: int = 2
 
 
 FULL = Config()
 QUICK = Config(name="quick", gemm_sizes=(256, 512), gemm_repeats=2, tile_size=64, batch_sizes=(1, 2), main_batch=2,
                min_time=0.05, min_calls=1, train_batch=2, train_steps=1, profile_steps=1, denoise_size=256, denoise_batch=2,
                pipeline_size=256, psnr_tile=64, held_out=False, backends=("keras",),
-               frontier_widths=(4, 8))
+               frontier_widths=(4, 8), folder_files=2, folder_runs=1)
 
 
 # ---------------------------------------------------------------- helpers
@@ -554,6 +560,33 @@ def bench_denoise_cli(model_path: str | Path, image_path: Path, out_dir: Path, c
             "mp_per_s": float(f"{size * size / seconds / 1e6:.4g}"), "load_1min": load_average()[:1]}
 
 
+def bench_denoise_files(model_path: str | Path, src: Path, out_dir: Path, cfg: Config) -> dict:
+    """``ihclib denoise`` on a folder of ``cfg.folder_files`` copies of ``src``, once with the next
+    file read and the last one written while an image is denoised (the default) and once one
+    after another (``IHCLIB_OVERLAP=0``), alternating, ``cfg.folder_runs`` times each; the best
+    wall time of each, per file (start-up shared by the files, the same in both)."""
+    folder = out_dir / "folder"
+    folder.mkdir(exist_ok=True)
+    inputs = []
+    for i in range(cfg.folder_files):
+        inputs.append(folder / f"copy{i}.png")
+        if not inputs[-1].exists():
+            shutil.copyfile(src, inputs[-1])
+    cmd = [sys.executable, "-m", "ihclib", "denoise", *map(str, inputs), "--out-dir", str(out_dir / "folder_out"),
+           "--overwrite", "--model", str(model_path), "--overlap", str(cfg.denoise_overlap)]
+    best: dict[str, float] = {}
+    for _ in range(cfg.folder_runs):
+        for mode, flag in (("one_after_another", "0"), ("overlapped", "1")):
+            code, output, wall, _ = run_measured(cmd, {**os.environ, "IHCLIB_OVERLAP": flag})
+            if code != 0:
+                raise RuntimeError(f"ihclib denoise on {cfg.folder_files} files failed ({code}):\n{output[-2000:]}")
+            best[mode] = min(best.get(mode, math.inf), wall)
+    per_file = {mode: round(w / cfg.folder_files, 2) for mode, w in best.items()}
+    return {"files": cfg.folder_files, "runs": cfg.folder_runs, "size": cfg.denoise_size,
+            "overlapped_s_per_file": per_file["overlapped"], "sequential_s_per_file": per_file["one_after_another"],
+            "ratio": round(best["overlapped"] / best["one_after_another"], 3), "load_1min": load_average()[:1]}
+
+
 def time_untrained(model: Any, arch: str, src: Path, out_dir: Path, cfg: Config, sidecar: dict, peak: dict,
                    precision: str | None = None, **side) -> dict:
     """``ihclib denoise`` on ``src`` with ``model`` (untrained: the time does not depend on the
@@ -755,6 +788,7 @@ def whole_image_section(result: dict, cfg: Config, log: Callable[[str], None]) -
         # the fixed tiling the command used before auto_tiling: more overlap recomputed
         fixed = bench_denoise_cli(path, src, Path(tmp), cfg, INPUT_MULTIPLE[arch], tile=cfg.tile_size,
                                   batch=cfg.denoise_batch)
+        files = bench_denoise_files(path, src, Path(tmp), cfg)
         frontier = bench_width_frontier(src, Path(tmp), cfg, arch, sidecar, peak)
     from ihclib.infer import resolve_precision
 
@@ -771,6 +805,9 @@ def whole_image_section(result: dict, cfg: Config, log: Callable[[str], None]) -
     result["denoise_cli"] = {**run, "precision": precision, "image": f"{cfg.denoise_size}x{cfg.denoise_size} uint8 PNG ({png_mb} MB), embedded "
                                              "IHC image mirrored out, s&p 0.1"}
     result["switching_median"] = median
+    result["denoise_files"] = files
+    log(f"ihclib denoise on {files['files']} files: {files['overlapped_s_per_file']} s per file, "
+        f"one after another {files['sequential_s_per_file']} s (x{files['ratio']})")
     result["width_frontier"] = frontier
     log("width frontier: " + ", ".join(f"{r['width']}: {r['mp_per_s']} MP/s {r['pct_peak']} %" for r in frontier["rows"]))
     result["tile_pipeline"] = bench_tile_pipeline(model, cfg)
@@ -928,6 +965,15 @@ def _frontier_rows(result: dict) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _files_rows(result: dict) -> list[tuple[str, str, str, str]]:
+    if "denoise_files" not in result:  # results from before the overlap
+        return []
+    f = result["denoise_files"]
+    return [(f"... a folder of {f['files']} such files: the next read and the last written beside the model / "
+             f"one after another (`IHCLIB_OVERLAP=0`), wall per file, best of {f['runs']}",
+             f"{f['overlapped_s_per_file']} / {f['sequential_s_per_file']} s (x{f['ratio']})", "", "")]
+
+
 def _measurement_rows(result: dict) -> list[tuple[str, str, str, str]]:
     cli, med, tp, bf = result["denoise_cli"], result["switching_median"], result["tile_pipeline"], result["bf16"]
     fixed = result["denoise_cli_fixed_tile"]
@@ -938,6 +984,7 @@ def _measurement_rows(result: dict) -> list[tuple[str, str, str, str]]:
             (f"... `{fixed['options']}` (overlap recomputed x{fixed['recompute']})",
              f"{fixed['seconds']} s, {fixed['mp_per_s']} MP/s", "", ""),
             ("switching median, same image, same run", f"{med['seconds']} s, {med['mp_per_s']} MP/s", "", ""),
+            *_files_rows(result),
             *_frontier_rows(result),
             (f"in-process {tp['size']}px ({tp['precision']}, tile {result['config']['tile_size']}) / no threads / float32 / "
              f"tile {tp['big_tile']}", f"{tp['threads_s']} / {tp['no_threads_s']} / {tp['float32_s']} / "

@@ -203,10 +203,10 @@ def test_tile_pipeline_and_bf16_are_measured(tiny_run):
 def test_readme_table_is_rendered_between_markers(tiny_run, bench, tmp_path):
     result, _ = tiny_run
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{bench.MARK_START}\nold\n{bench.MARK_END}\nrest\n")
+    readme.write_text(f"intro\n{bench.MARK_START}\nthe previous table\n{bench.MARK_END}\nrest\n")
     assert bench.update_readme(result, readme)
     text = readme.read_text()
-    assert text.startswith("intro\n") and text.endswith("\nrest\n") and "old" not in text
+    assert text.startswith("intro\n") and text.endswith("\nrest\n") and "the previous table" not in text
     assert result["cpu"]["model"] in text and "switching median, same image" in text
     assert f"{result['denoise_cli']['mp_per_s']} MP/s" in text
     readme.write_text("no markers")
@@ -267,3 +267,13 @@ def test_peak_at_a_listed_base_clock_is_a_lower_bound_not_a_failure(bench):
     assert "3.34 GHz" in bench._theory_share(th, peak)
     assert bench._theory_share(th, {"pct_theoretical": 80.0}) == "80.0 % of theoretical"
     assert bench.max_clock_mhz("/nonexistent/cpuinfo_max_freq") is None
+
+
+def test_a_folder_is_timed_with_and_without_the_overlap(tiny_run, bench):
+    result, _ = tiny_run
+    files = result["denoise_files"]
+    assert (files["files"], files["runs"], files["size"]) == (2, 1, 192)
+    assert files["overlapped_s_per_file"] > 0 and files["sequential_s_per_file"] > 0
+    assert files["ratio"] == pytest.approx(files["overlapped_s_per_file"] / files["sequential_s_per_file"], rel=0.02)
+    text = bench.render_table(result)
+    assert f"{files['overlapped_s_per_file']} / {files['sequential_s_per_file']} s (x{files['ratio']})" in text

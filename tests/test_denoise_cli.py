@@ -155,3 +155,111 @@ def test_bundled_model(tmp_path, capsys):
     assert main(["denoise", str(tmp_path / "a.png"), "-o", str(tmp_path / "o.png")]) == 0
     out = load_image(tmp_path / "o.png")
     assert out.shape == (70, 90) and np.isfinite(out.rgb).all()
+
+
+class _Events:
+    """What the command did, in order, and in which thread (``ihclib-io`` = beside the model)."""
+
+    def __init__(self, monkeypatch):
+        import threading
+
+        from ihclib.commands import denoise as command
+
+        self.log: list[tuple[str, str, str]] = []
+        lock = threading.Lock()
+
+        def traced(name, fn):
+            def call(*args, **kwargs):
+                key = str(args[0] if name != "restore" else args[1].path)
+                with lock:
+                    self.log.append((f"{name} start", key.rsplit("/", 1)[-1], threading.current_thread().name))
+                out = fn(*args, **kwargs)
+                with lock:
+                    self.log.append((f"{name} end", key.rsplit("/", 1)[-1], threading.current_thread().name))
+                return out
+            return call
+
+        monkeypatch.setattr(command, "load_image", traced("read", command.load_image))
+        monkeypatch.setattr(command, "_restore", traced("restore", command._restore))
+        monkeypatch.setattr(command, "save_image", traced("write", command.save_image))
+
+    def index(self, event: str, name: str) -> int:
+        return next(i for i, (e, n, _) in enumerate(self.log) if e == event and n.startswith(name))
+
+    def thread(self, event: str, name: str) -> str:
+        return self.log[self.index(event, name)][2]
+
+
+def _combined_output(monkeypatch):
+    """stdout and stderr into one buffer, so that the order between them is kept."""
+    import io
+    import sys
+
+    buf = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", buf)
+    monkeypatch.setattr(sys, "stderr", buf)
+    return buf
+
+
+def test_several_files_are_read_ahead_and_written_behind_in_order(tmp_path, identity_model, monkeypatch):
+    pixels = {n: write(tmp_path / f"{n}.png", 64, 64, seed=i) for i, n in enumerate("abcd")}
+    events = _Events(monkeypatch)
+    out = _combined_output(monkeypatch)
+    assert denoise_cli(*[tmp_path / f"{n}.png" for n in "abcd"], "--out-dir", tmp_path / "res",
+                       "--model", identity_model) == 0
+    for n, p in pixels.items():  # each output is its own input's
+        assert np.array_equal(np.round(load_image(tmp_path / "res" / f"{n}_denoised.png").rgb * 255), p)
+    lines = out.getvalue().strip().splitlines()
+    assert [line.split(" -> ")[0].rsplit("/", 1)[-1] for line in lines] == ["a.png", "b.png", "c.png", "d.png"]
+    for prev, nxt in ("ab", "bc", "cd"):
+        # the next file is read beside the model, before this one is denoised
+        assert events.thread("read start", nxt).startswith("ihclib-io")
+        assert events.index("read start", nxt) < events.index("restore end", prev)
+        # and this one is written beside the model, while the next one is denoised
+        assert events.thread("write start", prev).startswith("ihclib-io")
+        assert events.index("write start", prev) < events.index("restore end", nxt)
+    assert events.thread("read start", "a") == "MainThread"
+
+
+@pytest.mark.parametrize("why", ["memory for one file only", "IHCLIB_OVERLAP=0"])
+def test_files_run_one_after_another_without_memory_for_both_or_when_asked(tmp_path, identity_model, monkeypatch, why):
+    from ihclib.commands import denoise as command
+
+    for i, n in enumerate("ab"):
+        write(tmp_path / f"{n}.png", 64, 64, seed=i)
+    events = _Events(monkeypatch)
+    if why == "IHCLIB_OVERLAP=0":
+        monkeypatch.setenv("IHCLIB_OVERLAP", "0")
+    else:
+        monkeypatch.setattr(command, "available_memory", lambda: 64 * 64 * command.DENOISE_BYTES_PER_PIXEL)
+    assert denoise_cli(tmp_path / "a.png", tmp_path / "b.png", "--out-dir", tmp_path / "res",
+                       "--model", identity_model) == 0
+    assert events.thread("read start", "b") == "MainThread"  # not read ahead
+    assert events.index("write end", "a") < events.index("restore start", "b")  # written before b's work
+    assert (tmp_path / "res" / "b_denoised.png").exists()
+
+
+def test_errors_of_reading_ahead_and_writing_behind_come_in_input_order(tmp_path, identity_model, monkeypatch):
+    from ihclib.commands import denoise as command
+
+    write(tmp_path / "a.png", seed=1)
+    (tmp_path / "b.png").write_text("not an image\n")
+    write(tmp_path / "c.png", seed=2)
+    write(tmp_path / "d.png", seed=3)
+    save = command.save_image
+
+    def full_disk(path, *args, **kwargs):
+        if str(path).endswith("c_denoised.png"):
+            raise OSError(28, "No space left on device")
+        return save(path, *args, **kwargs)
+
+    monkeypatch.setattr(command, "save_image", full_disk)
+    out = _combined_output(monkeypatch)
+    status = denoise_cli(*[tmp_path / f"{n}.png" for n in "abcd"], "--out-dir", tmp_path / "res",
+                         "--model", identity_model)
+    assert status == 1
+    lines = out.getvalue().strip().splitlines()
+    assert [(line.startswith("ihclib denoise: error"), next(n for n in "abcd" if f"/{n}.png" in line)) for line in lines[:4]] == [
+        (False, "a"), (True, "b"), (True, "c"), (False, "d")]
+    assert "No space left on device" in lines[2] and lines[-1].endswith("2 of 4 file(s) failed")
+    assert not (tmp_path / "res" / "c_denoised.png").exists() and (tmp_path / "res" / "d_denoised.png").exists()
