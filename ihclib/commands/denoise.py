@@ -188,11 +188,13 @@ def _restore(args: argparse.Namespace, image: LoadedImage, model: Any, tile_size
                    backend=args.backend, multiple=multiple, precision="auto")
 
 
-def _write_image(args: argparse.Namespace, src: str, dst: Path, image: LoadedImage, rgb: Any, start: float) -> str:
-    """Write ``rgb`` as ``image`` was stored; the file's line (its time counts from ``start``)."""
+def _write_image(args: argparse.Namespace, src: str, dst: Path, image: LoadedImage, rgb: Any, seconds: float) -> str:
+    """Write ``rgb`` as ``image`` was stored; the file's line: its time is ``seconds`` (reading
+    and denoising) plus the write's, not the wait for other files' work beside it."""
+    start = time.perf_counter()
     save_image(dst, rgb, dtype=image.dtype, alpha=image.alpha, overwrite=args.overwrite, meta=image.meta)
     h, w = image.shape
-    return f"{src} -> {dst} ({w}x{h}, {image.dtype}, {time.perf_counter() - start:.1f} s)"
+    return f"{src} -> {dst} ({w}x{h}, {image.dtype}, {seconds + time.perf_counter() - start:.1f} s)"
 
 
 def _report(src: str, exc: BaseException) -> None:
@@ -252,8 +254,9 @@ class _Overlapped:
             self.finish_write()
         self._read_ahead(i + 1, pixels)
         rgb = _restore(args, image, model, tile_size, multiple)
+        seconds = time.perf_counter() - start
         self.finish_write()
-        self.behind = (src, self.io.submit(_write_image, args, src, dst, image, rgb, start))
+        self.behind = (src, self.io.submit(_write_image, args, src, dst, image, rgb, seconds))
         if not self.overlap:
             self.finish_write()
 
