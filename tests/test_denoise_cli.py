@@ -263,3 +263,23 @@ def test_errors_of_reading_ahead_and_writing_behind_come_in_input_order(tmp_path
         (False, "a"), (True, "b"), (True, "c"), (False, "d")]
     assert "No space left on device" in lines[2] and lines[-1].endswith("2 of 4 file(s) failed")
     assert not (tmp_path / "res" / "c_denoised.png").exists() and (tmp_path / "res" / "d_denoised.png").exists()
+
+
+def test_an_interrupted_run_still_names_the_file_it_finished_writing(tmp_path, identity_model, monkeypatch, capsys):
+    from ihclib.commands import denoise as command
+
+    for i, n in enumerate("ab"):
+        write(tmp_path / f"{n}.png", 64, 64, seed=i)
+    restore = command._restore
+
+    def ctrl_c_on_b(args, image, *rest):
+        if image.path.endswith("b.png"):
+            raise KeyboardInterrupt
+        return restore(args, image, *rest)
+
+    monkeypatch.setattr(command, "_restore", ctrl_c_on_b)
+    assert denoise_cli(tmp_path / "a.png", tmp_path / "b.png", "--out-dir", tmp_path / "res",
+                       "--model", identity_model) == 130
+    out = capsys.readouterr()
+    assert (tmp_path / "res" / "a_denoised.png").exists() and "a.png -> " in out.out  # written behind, and said so
+    assert not (tmp_path / "res" / "b_denoised.png").exists() and "interrupted" in out.err

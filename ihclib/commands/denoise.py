@@ -298,16 +298,18 @@ def run(args: argparse.Namespace) -> int:
     with ExitStack() as stack:  # the Dask cluster, if a slide needed one, closes at the end
         io = stack.enter_context(ThreadPoolExecutor(2, "ihclib-io"))  # one read ahead, one write behind
         files = _Overlapped(args, list(zip(args.inputs, outputs)), io, os.environ.get("IHCLIB_OVERLAP", "1") != "0")
-        for i, (src, dst) in enumerate(files.pairs):
-            try:
-                if is_slide(src):
-                    files.finish_write()
-                    _denoise_slide(args, src, dst, model, image_tile, multiple, clients, stack)
-                else:
-                    files.image(i, model, image_tile, multiple)
-            except FILE_ERRORS as exc:
-                files.fail(src, exc)
-        files.finish_write()
+        try:
+            for i, (src, dst) in enumerate(files.pairs):
+                try:
+                    if is_slide(src):
+                        files.finish_write()
+                        _denoise_slide(args, src, dst, model, image_tile, multiple, clients, stack)
+                    else:
+                        files.image(i, model, image_tile, multiple)
+                except FILE_ERRORS as exc:
+                    files.fail(src, exc)
+        finally:  # also on Ctrl-C or SIGTERM: an output being written is finished and says so
+            files.finish_write()
     failed = files.failed
     if failed:
         print(f"ihclib denoise: {failed} of {len(outputs)} file(s) failed", file=sys.stderr)
