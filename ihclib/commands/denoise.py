@@ -4,7 +4,9 @@ Outputs keep the input's format, bit depth (8 or 16) and alpha channel. With ``-
 each input ``NAME.ext`` is written as ``DIR/NAME_denoised.ext`` (a distinct name, so that an
 output folder equal to the input folder never collides with the originals). Existing files
 are never replaced without ``--overwrite``. A bad input is reported on one line and skipped;
-the others are still processed and the exit status is 1. Whatever can be checked before the
+the others are still processed and the exit status is 1. With several files, the next one is
+read and the last one written while an image is denoised, where memory allows both; lines and
+errors keep the input order (``IHCLIB_OVERLAP=0``: one after another). Whatever can be checked before the
 work is (output name and format, existing file, folder, memory), so a wrong ``-o`` does not
 cost a whole denoise. Resolution (physical pixel size), EXIF orientation and ICC profile are kept.
 
