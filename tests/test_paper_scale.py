@@ -122,3 +122,64 @@ def test_tables_put_runs_beside_the_cpu_report(tmp_path):
     training = pd.read_csv(tmp_path / "out" / "tables" / "paper_scale_training.csv")
     assert list(training["best val_loss"]) == [0.04, 0.04, 0.3, 0.008107]
     assert (tmp_path / "out" / "figures" / "paper_scale_learning_curves.png").stat().st_size > 0
+
+
+def _repeat_run(tmp_path, name, *, psnr=30.0, val_loss=0.04, sha="a" * 64, seed=0, epochs=2, flags=""):
+    import json
+
+    run = tmp_path / name
+    run.mkdir()
+    label = f"paper_unet ({epochs * 50} steps, jax, seed {seed})"
+    pd.DataFrame({"method": [label, label, NOISY], "psnr": [psnr, psnr + 1, 14.0], "ssim": [0.8, 0.9, 0.2]}).to_csv(
+        run / "per_tile.csv", index=False)
+    pd.DataFrame({"epoch": range(epochs), "accuracy": [0.5] * epochs, "loss": [0.1] * epochs,
+                  "val_accuracy": [0.7] * epochs, "val_loss": [0.08] * (epochs - 1) + [val_loss]}).to_csv(
+        run / "history.csv", index=False)
+    (run / "run.json").write_text(json.dumps({
+        "label": label, "devices": ["NVIDIA H100 80GB HBM3"], "backend": "jax", "seed": seed, "epochs": epochs,
+        "steps_per_epoch": 50, "steps": epochs * 50, "profile": "paper", "weights_sha256": sha, "xla_flags": flags}))
+    return run
+
+
+def test_compare_says_whether_runs_of_one_seed_repeat_each_other(tmp_path):
+    from ihclib.study.paper_scale import compare_runs
+
+    a = _repeat_run(tmp_path, "a")
+    same = _repeat_run(tmp_path, "same")
+    other = _repeat_run(tmp_path, "other", psnr=30.25, val_loss=0.05, sha="b" * 64)
+    det = _repeat_run(tmp_path, "det", psnr=31.0, sha="c" * 64, flags="--xla_gpu_deterministic_ops=true")
+    det_again = _repeat_run(tmp_path, "det_again", psnr=31.0, sha="c" * 64, flags="--xla_gpu_deterministic_ops=true")
+    table = compare_runs([a, same, other, det, det_again]).set_index("run")
+    assert list(table["against"]) == ["a", "a", "a", "det", "det"]  # a repeat is of the same settings
+    assert list(table["weights identical"]) == [True, True, False, True, True]
+    assert table.loc["det_again", "max |d psnr| per tile"] == 0
+    assert table.loc["same", "max |d val_loss|"] == 0 and table.loc["same", "max |d psnr| per tile"] == 0
+    assert table.loc["other", "max |d val_loss|"] == pytest.approx(0.01)
+    assert table.loc["other", "max |d psnr| per tile"] == pytest.approx(0.25)
+    assert table.loc["other", "max |d ssim| per tile"] == 0
+
+
+def test_compare_refuses_runs_that_are_not_repeats(tmp_path):
+    from ihclib.study.paper_scale import compare_runs
+
+    a = _repeat_run(tmp_path, "a")
+    with pytest.raises(ValueError, match="seed 1 differs"):
+        compare_runs([a, _repeat_run(tmp_path, "b", seed=1)])
+    with pytest.raises(ValueError, match="epochs 3 differs"):
+        compare_runs([a, _repeat_run(tmp_path, "c", epochs=3)])
+    with pytest.raises(ValueError, match="at least two"):
+        compare_runs([a])
+
+
+def test_the_weights_digest_changes_with_any_weight():
+    import keras
+
+    from ihclib.study.paper_scale import weights_digest
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, padding="same")])
+    before = weights_digest(model)
+    assert before == weights_digest(model) and len(before) == 64
+    kernel = model.weights[0]
+    kernel.assign(kernel.numpy() + np.float32(1e-7) * (np.arange(kernel.numpy().size).reshape(kernel.shape) == 5))
+    assert weights_digest(model) != before

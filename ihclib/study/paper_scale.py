@@ -22,11 +22,18 @@ Run it (on the GPU machine: ``KERAS_BACKEND=jax``)::
 
     python -m ihclib.study.paper_scale train --out DIR --minutes 6 --commit $(git rev-parse HEAD)
     python -m ihclib.study.paper_scale table DIR [DIR ...] --cpu reports/paper --reports reports/paper_gpu
+
+Does a GPU run repeat itself? Train twice with one seed and a fixed number of epochs
+(``--max-epochs``), then ``compare`` says whether the histories, the held-out scores and the
+weights (``weights_sha256`` in ``run.json``) are identical, and by how much they differ if not::
+
+    python -m ihclib.study.paper_scale compare DIR_A DIR_B [--reports reports/gpu_repeat]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import math
@@ -142,6 +149,53 @@ def train(profile: Profile, data_dir: str | None, out: Path, work: Path, minutes
     return model, history, facts
 
 
+def weights_digest(model) -> str:
+    """SHA-256 of the model's weights in order (values and shapes): equal only for equal weights."""
+    digest = hashlib.sha256()
+    for w in model.weights:
+        value = np.ascontiguousarray(np.asarray(w))
+        digest.update(str((value.dtype.str, value.shape)).encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def compare_runs(run_dirs: list[str | os.PathLike]) -> pd.DataFrame:
+    """Each run against the first run with the same ``XLA_FLAGS`` (a repeat of the same settings):
+    the largest absolute difference per history column and in the held-out tiles' PSNR and SSIM,
+    and whether the weights are identical. The runs must share a seed and a number of epochs
+    (else there is nothing to repeat)."""
+    runs = [(json.loads((Path(d) / "run.json").read_text()), Path(d)) for d in run_dirs]
+    if len(runs) < 2:
+        raise ValueError("compare needs at least two runs")
+    first, first_dir = runs[0]
+    for run, d in runs[1:]:
+        for key in ("seed", "epochs", "steps_per_epoch", "profile"):
+            if run.get(key) != first.get(key):
+                raise ValueError(f"{d}: {key} {run.get(key)!r} differs from {first_dir}'s {first.get(key)!r}: "
+                                 "not a repeat of the same run")
+    references: dict[str, tuple[dict, Path]] = {}
+    rows = []
+    for run, d in runs:
+        ref, ref_dir = references.setdefault(run.get("xla_flags", ""), (run, d))
+        history, ref_history = (pd.read_csv(x / "history.csv").set_index("epoch") for x in (d, ref_dir))
+        tiles, ref_tiles = (pd.read_csv(x / "per_tile.csv") for x in (d, ref_dir))
+        row = {"run": d.name, "against": ref_dir.name, "device": ", ".join(run["devices"]) or run["backend"],
+               "seed": run["seed"], "epochs": run["epochs"], "steps": run["steps"],
+               "xla_flags": run.get("xla_flags", ""),
+               "weights identical": run.get("weights_sha256") is not None
+               and run.get("weights_sha256") == ref.get("weights_sha256")}
+        for column in HISTORY_COLUMNS:
+            row[f"max |d {column}|"] = float(np.max(np.abs(history[column].to_numpy() - ref_history[column].to_numpy())))
+        for metric in ("psnr", "ssim"):
+            scores = tiles[tiles.method == run["label"]][metric].to_numpy()
+            ref_scores = ref_tiles[ref_tiles.method == ref["label"]][metric].to_numpy()
+            if scores.shape != ref_scores.shape:
+                raise ValueError(f"{d}: {len(scores)} scored tiles against {len(ref_scores)} in {ref_dir}")
+            row[f"max |d {metric}| per tile"] = float(np.max(np.abs(scores - ref_scores)))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def score(model, profile: Profile, data_dir: str | None, label: str,
           per_pixel_amounts=(0.1, 0.3)) -> pd.DataFrame:
     """Per-tile scores of the model and the noisy input on notebook 05's held-out tiles and noise."""
@@ -250,6 +304,21 @@ def write_tables(run_dirs: list[str | os.PathLike], cpu_reports: str | os.PathLi
     return scores
 
 
+def write_repeat_report(table: pd.DataFrame, run_dirs: list[str | os.PathLike], reports: str | os.PathLike) -> None:
+    """``compare``'s table as ``tables/gpu_repeat`` in ``reports``, with a manifest naming the runs."""
+    from ihclib.study.reports import git_commit, report_dirs, save_table, write_json
+
+    dirs = report_dirs(reports)
+    save_table(table, dirs, "gpu_repeat")
+    runs = [json.loads((Path(d) / "run.json").read_text()) for d in run_dirs]
+    write_json(dirs.root / "manifest.json", {
+        "what": "paper_unet trained twice or more with one seed (ihclib.study.paper_scale compare)",
+        "git_commit": git_commit(),
+        "runs": [{"folder": Path(d).name, "commit": r.get("commit"), "devices": r["devices"], "backend": r["backend"],
+                  "seed": r["seed"], "epochs": r["epochs"], "xla_flags": r.get("xla_flags", ""),
+                  "command": r.get("command")} for d, r in zip(run_dirs, runs)]})
+
+
 def main(argv: list[str] | None = None) -> int:
     """``train``: train and score on this machine's Keras backend; ``table``: put runs beside the CPU report."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -266,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--commit", default=None, help="the commit this runs (the device copy has no .git)")
+    c = sub.add_parser("compare", help="whether runs of one seed repeat each other (history, scores, weights)")
+    c.add_argument("runs", nargs="+", help="folders written by train with the same seed and --max-epochs")
+    c.add_argument("--reports", default=None, help="also write tables/gpu_repeat.{csv,md} and a manifest here")
     m = sub.add_parser("table", help="the runs' scores beside the CPU paper profile's report")
     m.add_argument("runs", nargs="+", help="folders written by train")
     m.add_argument("--cpu", default="reports/paper", help="the CPU paper profile's reports folder")
@@ -273,6 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.what == "table":
         print(write_tables(a.runs, a.cpu, a.reports).to_string())
+        return 0
+    if a.what == "compare":
+        table = compare_runs(a.runs)
+        print(table.to_string())
+        if a.reports:
+            write_repeat_report(table, a.runs, a.reports)
         return 0
     import keras
 
@@ -296,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     run = {"profile": profile.name, "model": MODEL, "params": int(model.count_params()), "seed": a.seed,
            "commit": a.commit, "backend": keras.backend.backend(), "keras": keras.__version__,
            "devices": devices, "cpu_count": os.cpu_count(), "python": platform.python_version(),
-           "minutes": a.minutes, "score_wall_s": round(time.perf_counter() - t0, 1), "label": label, **facts,
+           "minutes": a.minutes, "weights_sha256": weights_digest(model),
+           "xla_flags": os.environ.get("XLA_FLAGS", ""), "score_wall_s": round(time.perf_counter() - t0, 1), "label": label, **facts,
            "command": _sanitise_command(argv[1:])}
     (out / "run.json").write_text(json.dumps(run, indent=1) + "\n")
     print(json.dumps(run))
