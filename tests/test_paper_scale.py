@@ -183,3 +183,12 @@ def test_the_weights_digest_changes_with_any_weight():
     kernel = model.weights[0]
     kernel.assign(kernel.numpy() + np.float32(1e-7) * (np.arange(kernel.numpy().size).reshape(kernel.shape) == 5))
     assert weights_digest(model) != before
+
+
+def test_gpu_training_turns_on_xla_deterministic_ops_unless_asked_not_to():
+    from ihclib.study.paper_scale import with_deterministic_ops
+
+    assert with_deterministic_ops("") == "--xla_gpu_deterministic_ops=true"
+    assert with_deterministic_ops("--xla_dump_to=x") == "--xla_dump_to=x --xla_gpu_deterministic_ops=true"
+    assert with_deterministic_ops("--xla_gpu_deterministic_ops=false") == "--xla_gpu_deterministic_ops=false"
+    assert with_deterministic_ops("--xla_dump_to=x", deterministic=False) == "--xla_dump_to=x"

@@ -15,8 +15,11 @@ What differs from ``ihclib.train`` (say it, do not hide it): the training pairs 
 same kinds of variation (flips, rotations, stain, gamma, contrast, brightness, over-exposure, JPEG,
 8-bit quantisation; :class:`ihclib.train.Augmentation`'s ranges) and the same salt-and-pepper
 noise (amount ~ U(train_amount_range) per tile), from other random streams, and sources are drawn
-in proportion to their tiles rather than equally often. GPU kernels differ from the CPU's, so
-a rerun is not bit-identical; it is seeded.
+in proportion to their tiles rather than equally often. GPU kernels differ from the CPU's, so a
+GPU run does not repeat a CPU run. On one GPU it repeats itself bit for bit only with XLA's
+deterministic ops (measured on an H100: ``reports/gpu_repeat/``), so ``train`` turns them on
+(:func:`with_deterministic_ops`) unless ``--no-deterministic``, at about 1.35 times the time per
+step there.
 
 Run it (on the GPU machine: ``KERAS_BACKEND=jax``)::
 
@@ -147,6 +150,20 @@ def train(profile: Profile, data_dir: str | None, out: Path, work: Path, minutes
              "tiles_per_s": round(epoch * steps_per_epoch * profile.batch_size / wall, 1),
              "best_epoch": int(history.val_loss.idxmin())}
     return model, history, facts
+
+
+DETERMINISTIC_XLA_FLAG = "--xla_gpu_deterministic_ops=true"
+
+
+def with_deterministic_ops(xla_flags: str, deterministic: bool = True) -> str:
+    """``XLA_FLAGS`` with XLA's deterministic GPU ops on (or as given when ``deterministic`` is
+    False). Without them two runs of one seed on the same H100 differed by up to 1.5 dB per held-out
+    tile after 200 steps (``reports/gpu_repeat/``): XLA's GPU reductions and autotuned kernels are
+    not bit-stable. It must be set before JAX starts its GPU backend."""
+    flags = xla_flags.split()
+    if not deterministic or any(f.startswith("--xla_gpu_deterministic_ops") for f in flags):
+        return xla_flags
+    return " ".join([*flags, DETERMINISTIC_XLA_FLAG])
 
 
 def weights_digest(model) -> str:
@@ -335,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--commit", default=None, help="the commit this runs (the device copy has no .git)")
+    t.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
+                   help="XLA's deterministic GPU ops, so a rerun of one seed repeats itself (default: on)")
     c = sub.add_parser("compare", help="whether runs of one seed repeat each other (history, scores, weights)")
     c.add_argument("runs", nargs="+", help="folders written by train with the same seed and --max-epochs")
     c.add_argument("--reports", default=None, help="also write tables/gpu_repeat.{csv,md} and a manifest here")
@@ -352,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.reports:
             write_repeat_report(table, a.runs, a.reports)
         return 0
-    import keras
+    os.environ["XLA_FLAGS"] = with_deterministic_ops(os.environ.get("XLA_FLAGS", ""), a.deterministic)
+    import keras  # after XLA_FLAGS: the JAX backend reads them when it starts
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
