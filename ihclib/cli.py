@@ -22,6 +22,8 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
+from .xla_cache import XlaCache
+
 # subcommand modules, in the order `ihclib --help` lists them: the study's (registering them
 # imports nothing of the study: their modules load it when they run) and the tool's
 COMMANDS = ("ihclib.study.commands.check_data", "ihclib.study.commands.train", "ihclib.commands.denoise")
@@ -137,8 +139,10 @@ def _run(argv: list[str] | None) -> int:
     from .images import ImageError  # after parsing: --help never imports numpy
 
     user_errors: tuple[type[BaseException], ...] = (ImageError, FileNotFoundError, ValueError)
+    xla_cache = XlaCache()
     try:
         if getattr(args, "needs_tensorflow", False):
+            xla_cache.open()  # before TensorFlow reads its XLA flags
             with modules_hidden(KERAS_OPTIONAL if getattr(args, "lean_keras", False) else ()):
                 import_tensorflow_quietly()
                 import keras  # noqa: F401  # (TensorFlow may load it lazily)
@@ -150,6 +154,8 @@ def _run(argv: list[str] | None) -> int:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         print(f"ihclib {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
+    finally:
+        xla_cache.close()  # also after Ctrl-C: an entry is complete once the call that compiled it returned
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,9 @@
 import os
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# `ihclib` commands run as subprocesses keep XLA's compiled code here, not in the user's ~/.cache
+os.environ.setdefault("IHCLIB_XLA_CACHE", tempfile.mkdtemp(prefix="ihclib-test-xla-cache-"))
 
 import numpy as np
 import pytest

@@ -111,6 +111,8 @@ def test_denoise_cli_and_median_on_the_same_image(tiny_run):
     assert cli["recompute"] == pytest.approx((256 / 192) ** 2, abs=1e-3)
     assert cli["mp_per_s"] == pytest.approx(192 * 192 / cli["seconds"] / 1e6, rel=0.01)
     assert 0 < cli["seconds"] < cli["wall_s"] and cli["peak_rss_mib"] > 100
+    # timed twice, first with an empty XLA cache of its own (a user's first run), then from it
+    assert cli["seconds_cold"] > 0 and cli["wall_s_cold"] > cli["seconds_cold"]
     assert cli["x_median_time"] == pytest.approx(cli["seconds"] / median["seconds"], rel=0.01)
     fixed = result["denoise_cli_fixed_tile"]  # tile 32, overlap >= 8: 8 starts per side
     assert (fixed["tile"], fixed["batch"], fixed["tiles"]) == (32, 2, 64)
@@ -135,6 +137,7 @@ def test_the_width_frontier_times_the_command_per_width(tiny_run, bench):
         assert r["gflops"] == pytest.approx(r["mp_per_s"] * r["flops_per_pixel"] / 1e3, rel=0.01, abs=0.01)
         assert r["pct_peak"] == pytest.approx(100 * r["gflops"] / peak, abs=0.1)
         assert r["meets_both"] == (r["mp_per_s"] >= 2 and r["pct_peak"] >= 60)
+        assert r["seconds_cold"] > 0
     assert frontier["widths_meeting_both"] == [r["width"] for r in frontier["rows"] if r["meets_both"]]
     dense = frontier["dense"]  # the paper's network, untrained, through the same command
     assert dense["model"] == "paper_unet" and dense["flops_per_pixel"] > 5 * large["flops_per_pixel"]
@@ -209,6 +212,7 @@ def test_readme_table_is_rendered_between_markers(tiny_run, bench, tmp_path):
     assert text.startswith("intro\n") and text.endswith("\nrest\n") and "the previous table" not in text
     assert result["cpu"]["model"] in text and "switching median, same image" in text
     assert f"{result['denoise_cli']['mp_per_s']} MP/s" in text
+    assert f"first run (empty XLA cache) {result['denoise_cli']['seconds_cold']} s" in text
     readme.write_text("no markers")
     assert not bench.update_readme(result, readme)
 
