@@ -683,7 +683,8 @@ def frontier_fit(rows: list[dict], pixels: int, peak_gflops: float, mp_per_s: fl
     ``mp_per_s`` the image has ``budget_s``; ``share`` % of the peak in that time means at least
     ``flops_per_pixel_needed``, which at the fitted rate leaves ``fixed_s_allowed`` for the rest:
     a design of this kind meets both only if its fixed work fits in that. None: fewer than two
-    widths, or a rate that does not grow with the FLOPs (noise)."""
+    widths, or a rate that does not grow with the FLOPs or runs above the peak (noise: no rate
+    above the peak is ever reported)."""
     if len(rows) < 2:
         return None
     flops = np.array([r["flops_per_pixel"] * pixels for r in rows], float)
@@ -692,6 +693,8 @@ def frontier_fit(rows: list[dict], pixels: int, peak_gflops: float, mp_per_s: fl
     if slope <= 0:
         return None
     rate = 1 / slope / 1e9
+    if rate > peak_gflops:
+        return None
     budget = pixels / (mp_per_s * 1e6)
     needed = share / 100 * peak_gflops * 1e9 * budget / pixels
     allowed = budget - needed * pixels / (rate * 1e9)
