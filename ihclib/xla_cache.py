@@ -35,7 +35,7 @@ from pathlib import Path
 
 ENV_VAR = "IHCLIB_XLA_CACHE"
 FLAG = "--tf_xla_persistent_cache_directory"
-STALE_AFTER_S = 24 * 3600  # a private folder this old belongs to a process that was killed
+STALE_AFTER_S = 7 * 24 * 3600  # another machine's private folder this old: its process is gone
 
 
 def cache_root() -> Path | None:
@@ -79,7 +79,7 @@ class XlaCache:
         self.key = key
         self.entries: Path | None = None
         self.private: Path | None = None
-        self.linked: set[str] = set()
+        self.copied: set[str] = set()
 
     def open(self) -> bool:
         """Set ``TF_XLA_FLAGS`` to a private folder holding copies of the finished entries; False (and
@@ -95,13 +95,13 @@ class XlaCache:
             self.entries.mkdir(parents=True, exist_ok=True)
             work.mkdir(parents=True, exist_ok=True)
             _remove_stale(work)
-            self.private = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=work))
+            self.private = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-{_host()}-", dir=work))
             for entry in self.entries.iterdir():
                 if entry.suffix != ".pb" or entry.name.startswith("."):
                     continue
                 if is_complete_entry(entry):
                     shutil.copyfile(entry, self.private / entry.name)
-                    self.linked.add(entry.name)
+                    self.copied.add(entry.name)
                 else:  # damaged on disk: compile again, and let this run hand back a good one
                     entry.unlink(missing_ok=True)
         except OSError:
@@ -118,7 +118,7 @@ class XlaCache:
         added = 0
         try:
             for entry in self.private.iterdir():
-                if (entry.suffix != ".pb" or entry.name in self.linked or (self.entries / entry.name).exists()
+                if (entry.suffix != ".pb" or entry.name in self.copied or (self.entries / entry.name).exists()
                         or not is_complete_entry(entry)):
                     continue
                 tmp = self.entries / f".{entry.name}.{os.getpid()}.tmp"
@@ -138,14 +138,6 @@ class XlaCache:
         if self.private is not None:
             shutil.rmtree(self.private, ignore_errors=True)
             self.private = None
-
-    def __enter__(self) -> "XlaCache":
-        self.open()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 # XlaSerializedCacheEntry (tensorflow/compiler/jit/xla_compile_cache.proto): key = 1,
 # hlo_module = 2, executable = 3, each length-delimited.
@@ -201,11 +193,31 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
+def _host() -> str:
+    """This machine, as a short hex name (a home folder may be shared by a cluster's nodes)."""
+    return hashlib.sha256(platform.node().encode()).hexdigest()[:8]
+
+
+def _is_stale(folder: Path, now: float) -> bool:
+    """A private folder whose process is gone: on this machine, its process id no longer runs
+    (killed before ``close``); from another machine, untouched for :data:`STALE_AFTER_S`."""
+    pid, host, _ = (folder.name.split("-", 2) + ["", ""])[:3]
+    if host == _host() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # running, under another user
+            return False
+        return False
+    return now - folder.stat().st_mtime > STALE_AFTER_S
+
+
 def _remove_stale(work: Path) -> None:
     now = time.time()
     for folder in work.iterdir():
         try:
-            if now - folder.stat().st_mtime > STALE_AFTER_S:
+            if _is_stale(folder, now):
                 shutil.rmtree(folder, ignore_errors=True)
         except OSError:
             pass

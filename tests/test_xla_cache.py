@@ -58,15 +58,24 @@ def test_each_process_works_in_its_own_folder_and_hands_back_complete_entries(tm
     entries.mkdir(parents=True)
     (entries / "old.pb").write_bytes(ENTRY)
     (entries / "cut.pb").write_bytes(ENTRY[:-10])  # damaged on disk
-    stale = tmp_path / "cache" / "work" / "123-killed"
-    stale.mkdir(parents=True)
-    os.utime(stale, (time.time() - 2 * xla_cache.STALE_AFTER_S,) * 2)
+    work = tmp_path / "cache" / "work"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    killed_here = work / f"{dead.pid}-{xla_cache._host()}-x"  # this machine, its process gone
+    running_here = work / f"{os.getpid()}-{xla_cache._host()}-x"  # this machine, still running
+    old_elsewhere = work / "123-0badc0de-x"  # another machine, untouched for long
+    young_elsewhere = work / "124-0badc0de-x"
+    for folder in (killed_here, running_here, old_elsewhere, young_elsewhere):
+        folder.mkdir(parents=True)
+    os.utime(old_elsewhere, (time.time() - 2 * xla_cache.STALE_AFTER_S,) * 2)
     cache = XlaCache(tmp_path / "cache", key="k")
     assert cache.open()
     private = cache.private
     assert os.environ["TF_XLA_FLAGS"] == f"--tf_xla_persistent_cache_directory={private}"
     assert sorted(p.name for p in private.iterdir()) == ["old.pb"]
-    assert not (entries / "cut.pb").exists() and not stale.exists()
+    assert not (entries / "cut.pb").exists()
+    assert not killed_here.exists() and not old_elsewhere.exists()
+    assert running_here.exists() and young_elsewhere.exists()
     assert (private / "old.pb").stat().st_ino != (entries / "old.pb").stat().st_ino  # a copy, not a link
     (private / "new.pb").write_bytes(ENTRY)  # what TensorFlow compiled in this run
     (private / "half.pb").write_bytes(ENTRY[:50])  # e.g. a full disk

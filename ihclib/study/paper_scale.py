@@ -337,7 +337,8 @@ def write_repeat_report(table: pd.DataFrame, run_dirs: list[str | os.PathLike], 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``train``: train and score on this machine's Keras backend; ``table``: put runs beside the CPU report."""
+    """``train``: train and score on this machine's Keras backend; ``table``: put runs beside the CPU
+    report; ``compare``: whether runs of one seed repeat each other."""
     argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(prog="python -m ihclib.study.paper_scale", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
