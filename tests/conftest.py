@@ -1,9 +1,17 @@
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # `ihclib` commands run as subprocesses keep XLA's compiled code here, not in the user's ~/.cache
-os.environ.setdefault("IHCLIB_XLA_CACHE", tempfile.mkdtemp(prefix="ihclib-test-xla-cache-"))
+_XLA_CACHE = None if "IHCLIB_XLA_CACHE" in os.environ else tempfile.mkdtemp(prefix="ihclib-test-xla-cache-")
+if _XLA_CACHE:
+    os.environ["IHCLIB_XLA_CACHE"] = _XLA_CACHE
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _XLA_CACHE:
+        shutil.rmtree(_XLA_CACHE, ignore_errors=True)
 
 import numpy as np
 import pytest

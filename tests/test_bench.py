@@ -285,3 +285,23 @@ def test_a_folder_is_timed_with_and_without_the_overlap(tiny_run, bench):
     assert files["ratio"] == pytest.approx(files["overlapped_s_per_file"] / files["sequential_s_per_file"], rel=0.02)
     text = bench.render_table(result)
     assert f"{files['overlapped_s_per_file']} / {files['sequential_s_per_file']} s (x{files['ratio']})" in text
+
+
+def test_the_denoise_timeline_names_where_a_run_spends_its_time(tmp_path, capsys):
+    """benchmarks/denoise_timeline.py (the README's per-part timing of one command run): every
+    part is timed and the calls are the tiling's."""
+    from PIL import Image
+
+    from ihclib.study.data import default_image
+
+    spec = importlib.util.spec_from_file_location("ihclib_denoise_timeline", BENCH.parent / "denoise_timeline.py")
+    timeline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(timeline)
+    src = tmp_path / "in.png"
+    Image.fromarray(np.round(default_image()[:300, :320] * 255).astype(np.uint8)).save(src)
+    assert timeline.main([str(src)]) == 0
+    head, parts, calls = capsys.readouterr().out.strip().splitlines()[-3:]
+    assert head.startswith(("XLA cache on; tile ", "XLA cache off; tile "))  # off once TensorFlow is imported
+    assert [p.split()[0] for p in parts.split(", ")] == ["import", "model", "read", "denoise", "write"]
+    n = int(head.split(", ")[-1].split()[0])
+    assert n >= 1 and calls.startswith("predictor ") and f"the other {n - 1} " in calls

@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""Where one ``ihclib denoise`` run of an image spends its time, in process, as the command runs it.
+
+Prints the seconds of TensorFlow's import, loading the bundled model, reading the image, making
+the predictor, each call of the model (the first one holds tracing, XLA and oneDNN set-up) and
+writing the result; the XLA cache is opened as the command opens it (``IHCLIB_XLA_CACHE=0``: off).
+Used for the README's "Why ``ihclib denoise`` stays below 60 %" paragraph::
+
+    .venv/bin/python benchmarks/denoise_timeline.py noisy4096.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("image", help="an image ihclib denoise reads (PNG, TIFF, JPEG)")
+    args = p.parse_args(argv)
+    start = time.perf_counter()
+    from ihclib.xla_cache import XlaCache
+
+    cache = XlaCache()
+    cached = cache.open()  # before TensorFlow reads its XLA flags, as the command does
+    from ihclib.cli import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    from ihclib import infer
+    from ihclib.images import load_image, save_image
+
+    marks = {"import": time.perf_counter()}
+    model, sidecar = infer.load_default_model()
+    marks["model"] = time.perf_counter()
+    image = load_image(args.image)
+    marks["read"] = time.perf_counter()
+    calls: list[float] = []
+    predictor_s: list[float] = []
+    checked, predictor_for = infer._checked, infer._predictor_for
+
+    def timed_call(predict, batch, n):
+        t = time.perf_counter()
+        out = checked(predict, batch, n)
+        calls.append(time.perf_counter() - t)
+        return out
+
+    def timed_predictor(*a, **k):
+        t = time.perf_counter()
+        out = predictor_for(*a, **k)
+        predictor_s.append(time.perf_counter() - t)
+        return out
+
+    infer._checked, infer._predictor_for = timed_call, timed_predictor
+    try:
+        multiple = infer.input_multiple(sidecar)
+        tile, batch = infer.auto_tiling(image.rgb.shape[:2], infer.DEFAULT_OVERLAP, multiple)
+        rgb = infer.denoise(model, image.rgb, tile_size=tile, batch_size=batch, multiple=multiple,
+                            precision="auto", progress=False)
+    finally:
+        infer._checked, infer._predictor_for = checked, predictor_for
+    marks["denoise"] = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        save_image(Path(tmp) / "out.png", rgb, image.dtype, image.alpha)
+        marks["write"] = time.perf_counter()
+    cache.close()
+    steps = dict(zip(marks, [marks["import"] - start, *(b - a for a, b in zip(marks.values(), list(marks.values())[1:]))]))
+    print(f"XLA cache {'on' if cached else 'off'}; tile {tile}, batch {batch}, {len(calls)} calls")
+    print(", ".join(f"{k} {v:.2f} s" for k, v in steps.items()))
+    print(f"predictor {sum(predictor_s):.2f} s, first call {calls[0]:.2f} s, the other {len(calls) - 1} "
+          f"{sum(calls[1:]):.2f} s (each {min(calls[1:], default=0):.3f}-{max(calls[1:], default=0):.3f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
