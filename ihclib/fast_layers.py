@@ -246,7 +246,10 @@ class CrossChannelPrefix(keras.layers.Layer):
 
 
 @_fused
-def _head(x, flag, spatial, xc, contrast_sums, counts, logit, correction_units, share_logit):
+def _head(x, flag, spatial, xc, contrast_sums, counts, heads):
+    channels = x.shape[-1]  # heads: the mask logit, the correction and the share logit, stacked
+    logit, correction_units = heads[..., :channels], heads[..., channels : 2 * channels]
+    share_logit = heads[..., 2 * channels :]
     mask = flag * tf.sigmoid(logit)
     correction = correction_units * contrast_from_sums(contrast_sums, counts)
     fill = xc + tf.sigmoid(share_logit) * (spatial - xc) + correction
@@ -255,18 +258,18 @@ def _head(x, flag, spatial, xc, contrast_sums, counts, logit, correction_units, 
 
 @keras.saving.register_keras_serializable(package="ihclib")
 class CrossChannelHead(keras.layers.Layer):
-    """crosschannel_unet's output from its prefix and its three 1x1 heads, fused: input +
-    flag * sigmoid(mask logit) * (fill - input) (see :func:`ihclib.model.build_crosschannel_unet`)."""
+    """crosschannel_unet's output from its prefix and its three 1x1 heads (stacked as channels
+    by :func:`merged_heads`), fused: input + flag * sigmoid(mask logit) * (fill - input) (see
+    :func:`ihclib.model.build_crosschannel_unet`)."""
 
     def __init__(self, contrast_window: int = 5, **kwargs):
         super().__init__(**kwargs)
         self.contrast_window = int(contrast_window)
 
     def call(self, inputs):
-        x, flag, spatial, xc, contrast_sums, logit, correction_units, share_logit = inputs
+        x, flag, spatial, xc, contrast_sums, heads = inputs
         counts = window_counts(tf.shape(x)[1], tf.shape(x)[2], self.contrast_window)
-        return _head(x, flag, spatial, xc, contrast_sums, counts, tf.cast(logit, tf.float32),
-                     tf.cast(correction_units, tf.float32), tf.cast(share_logit, tf.float32))
+        return _head(x, flag, spatial, xc, contrast_sums, counts, tf.cast(heads, tf.float32))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[0])
@@ -278,12 +281,28 @@ class CrossChannelHead(keras.layers.Layer):
 HEAD_CONVOLUTIONS = ("mask_logit", "correction_in_contrast_units", "spatial_share_logit")
 
 
+def merged_heads(model: keras.Model) -> keras.layers.Conv2D:
+    """One 1x1 convolution computing ``model``'s three head convolutions
+    (:data:`HEAD_CONVOLUTIONS`, in that order) as its output channels: the same dot products,
+    read from the trunk's features once instead of three times (and cast once). On a 1056 px
+    tile of the bundled model: 10-15 ms instead of 21-28 ms (measured on the 2-core EPYC)."""
+    convs = [model.get_layer(name) for name in HEAD_CONVOLUTIONS]
+    kernels, biases = zip(*(conv.get_weights() for conv in convs))
+    merged = keras.layers.Conv2D(sum(k.shape[-1] for k in kernels), 1, dtype=convs[0].dtype_policy,
+                                 name="merged_heads")
+    merged.build((None, None, None, kernels[0].shape[-2]))
+    merged.set_weights([np.concatenate(kernels, axis=-1), np.concatenate(biases, axis=-1)])
+    return merged
+
+
 def fuse_crosschannel(model: keras.Model) -> keras.Model:
     """``model`` (a crosschannel_unet, or a copy with other dtype policies) with its prefix and
-    head replaced by :class:`CrossChannelPrefix` and :class:`CrossChannelHead`; the trunk and
-    the 1x1 head convolutions are ``model``'s own layers (shared, not copied)."""
+    head replaced by :class:`CrossChannelPrefix` and :class:`CrossChannelHead` and its three
+    1x1 head convolutions by one (:func:`merged_heads`); the trunk is ``model``'s own layers
+    (shared, not copied)."""
     spatial, cross = model.get_layer("spatial_fill"), model.get_layer("cross_channel_fill")
     contrast = model.get_layer("local_contrast")
+    channels = model.get_layer(HEAD_CONVOLUTIONS[0]).filters
     seen: dict = {}
 
     def call(layer, *args, **kwargs):
@@ -294,15 +313,18 @@ def fuse_crosschannel(model: keras.Model) -> keras.Model:
                                          layer.compute_dtype, name="fused_prefix")(seen["x"])
             seen["prefix"] = outputs
             return outputs[0]
+        if layer.name in HEAD_CONVOLUTIONS:
+            if "heads" not in seen:
+                seen["heads"] = merged_heads(model)(*args, **kwargs)
+            i = HEAD_CONVOLUTIONS.index(layer.name)
+            # what the reference layers after it see (they drop out of the result below)
+            return seen["heads"][..., i * channels : (i + 1) * channels]
         if layer.name == "restored":  # the output: the fused head instead
             x = seen["x"]
             _, flag, spatial_fill, xc, contrast_sums = seen["prefix"]
             return CrossChannelHead(contrast.window, name="fused_head")(
-                [x, flag, spatial_fill, xc, contrast_sums, *(seen[name] for name in HEAD_CONVOLUTIONS)])
-        out = layer(*args, **kwargs)
-        if layer.name in HEAD_CONVOLUTIONS:
-            seen[layer.name] = out
-        return out
+                [x, flag, spatial_fill, xc, contrast_sums, seen["heads"]])
+        return layer(*args, **kwargs)
 
     # layers the new output no longer depends on (the reference prefix and head) drop out
     return keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call)

@@ -360,6 +360,25 @@ def _progress_bar(plan: _Plan, progress: bool | None) -> Any:
     return tqdm(total=len(plan.starts), desc="denoise", unit="tile", file=sys.stderr, leave=False)
 
 
+def prepare(model: Any, shape: tuple[int, int], tile_size: int | None = None, overlap: int = DEFAULT_OVERLAP,
+            batch_size: int = 8, jit_compile: bool = False, backend: str | None = None,
+            multiple: int = DOWNSAMPLING, precision: str | None = None) -> None:
+    """Make and trace the predictor that :func:`denoise` with the same arguments will use for
+    an image of ``shape`` (height, width), before the image is there.
+
+    Tracing a Keras model is Python work (about 0.35 s for the bundled model on 1056 px tiles);
+    ``ihclib denoise`` does it while a PNG decodes in another thread, since libspng releases
+    the GIL (:func:`ihclib.images.load_image`)."""
+    tile_size = resolve_tile_size(model, tile_size)
+    check_tiling(tile_size, overlap, batch_size, multiple)
+    height, width = shape
+    plan = _Plan((max(height, tile_size), max(width, tile_size)), tile_size, overlap, batch_size)  # as _prepare_image pads
+    predict = _predictor_for(model, tile_size, plan.batch_size, backend, jit_compile, precision)
+    function = getattr(predict, "function", None)
+    if function is not None:
+        function.get_concrete_function()
+
+
 def denoise(model: Any, image: np.ndarray, tile_size: int | None = None, overlap: int = DEFAULT_OVERLAP,
             batch_size: int = 8, progress: bool | None = None, jit_compile: bool = False,
             backend: str | None = None, multiple: int = DOWNSAMPLING, skip_unflagged: bool | None = None,

@@ -218,7 +218,59 @@ def test_several_files_are_read_ahead_and_written_behind_in_order(tmp_path, iden
         # and this one is written beside the model, while the next one is denoised
         assert events.thread("write start", prev).startswith("ihclib-io")
         assert events.index("write start", prev) < events.index("restore end", nxt)
-    assert events.thread("read start", "a") == "MainThread"
+    # the first file is read beside the trace of the model for its size (test below)
+    assert events.thread("read start", "a").startswith("ihclib-io")
+
+
+def test_the_first_file_is_read_while_the_model_is_traced_for_its_size(tmp_path, identity_model, monkeypatch):
+    import threading
+
+    from ihclib import infer
+    from ihclib.commands import denoise as command
+
+    pixels = write(tmp_path / "a.png", 72, 200, seed=4)
+    events = _Events(monkeypatch)
+    prepared, traces = [], []
+    prepare = command.prepare
+
+    def recorded(model, shape, tile, *args, **kwargs):
+        events.log.append(("prepare start", "a.png", threading.current_thread().name))
+        prepare(model, shape, tile, *args, **kwargs)
+        prepared.append((shape, tile))
+        events.log.append(("prepare end", "a.png", threading.current_thread().name))
+
+    make = infer._predictor_for
+
+    def counted(*args, **kwargs):
+        predict = make(*args, **kwargs)
+        traces.append(predict.function)
+        return predict
+
+    monkeypatch.setattr(command, "prepare", recorded)
+    monkeypatch.setattr(infer, "_predictor_for", counted)
+    assert denoise_cli(tmp_path / "a.png", "-o", tmp_path / "a_out.png", "--model", identity_model) == 0
+    assert np.array_equal(np.round(load_image(tmp_path / "a_out.png").rgb * 255), pixels)
+    assert events.thread("read start", "a").startswith("ihclib-io")
+    assert events.thread("prepare start", "a") == "MainThread"
+    assert events.index("prepare start", "a") < events.index("read end", "a")  # at once
+    assert [shape for shape, _ in prepared] == [(72, 200)]  # from the header, before the pixels
+    # denoise used the predictor traced beforehand: one trace, for the shape it needed
+    assert len({id(f) for f in traces}) == 1 and traces[0].experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize("bad", ["text", "truncated"])
+def test_a_bad_first_file_is_named_by_its_read_while_the_model_is_traced(tmp_path, identity_model, monkeypatch, bad):
+    write(tmp_path / "whole.png", 64, 64)
+    if bad == "text":
+        (tmp_path / "a.png").write_text("not an image\n")
+    else:
+        (tmp_path / "a.png").write_bytes((tmp_path / "whole.png").read_bytes()[:300])
+    out = _combined_output(monkeypatch)
+    assert denoise_cli(tmp_path / "a.png", "-o", tmp_path / "a_out.png", "--model", identity_model) == 1
+    lines = out.getvalue().strip().splitlines()
+    assert lines[0].startswith("ihclib denoise: error:") and "a.png" in lines[0]
+    assert ("truncated" if bad == "truncated" else "cannot") in lines[0]
+    assert not (tmp_path / "a_out.png").exists()
 
 
 @pytest.mark.parametrize("why", ["memory for one file only", "IHCLIB_OVERLAP=0"])
@@ -234,7 +286,9 @@ def test_files_run_one_after_another_without_memory_for_both_or_when_asked(tmp_p
         monkeypatch.setattr(command, "available_memory", lambda: 64 * 64 * command.DENOISE_BYTES_PER_PIXEL)
     assert denoise_cli(tmp_path / "a.png", tmp_path / "b.png", "--out-dir", tmp_path / "res",
                        "--model", identity_model) == 0
-    assert events.thread("read start", "b") == "MainThread"  # not read ahead
+    assert events.index("read start", "b") > events.index("write end", "a")  # not read ahead
+    if why == "IHCLIB_OVERLAP=0":  # and nothing beside the model at all
+        assert events.thread("read start", "b") == "MainThread"
     assert events.index("write end", "a") < events.index("restore start", "b")  # written before b's work
     assert (tmp_path / "res" / "b_denoised.png").exists()
 

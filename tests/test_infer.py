@@ -82,6 +82,29 @@ def test_keras_model_is_traced_once_per_batch_shape(conv_model):
     assert predict.function.experimental_get_tracing_count() == 1
 
 
+@pytest.mark.parametrize("shape, tile, batch", [((200, 180), 64, 5), ((40, 30), 64, 8), ((130, 64), 64, 8)])
+def test_prepare_traces_the_predictor_denoise_then_uses(gated_model, shape, tile, batch):
+    # an image larger than a tile, one smaller (mirrored out to a tile), one with fewer tiles
+    # than the batch (the batch shrinks to them): prepare must pick the same batch shape
+    keras = pytest.importorskip("keras")
+    model = keras.models.clone_model(gated_model)
+    model.set_weights(gated_model.get_weights())
+    infer.prepare(model, shape, tile_size=tile, overlap=16, batch_size=batch, precision="auto")
+    from ihclib.backends import _model_cache
+
+    def functions():
+        """The traced predictors made so far: on the model, or on its inference copy."""
+        cached = list(_model_cache(model).values())
+        cached += [p for copy in cached if hasattr(copy, "layers") for p in _model_cache(copy).values()]
+        return [p.function for p in cached if hasattr(p, "function")]
+
+    prepared = functions()
+    assert len(prepared) == 1 and prepared[0].experimental_get_tracing_count() == 1
+    denoise(model, rand_image(*shape), tile_size=tile, overlap=16, batch_size=batch, precision="auto")
+    # denoise used that one, traced once: no other predictor, no second trace
+    assert functions() == prepared and prepared[0].experimental_get_tracing_count() == 1
+
+
 def test_callable_gets_fixed_batches_streamed():
     shapes = []
 

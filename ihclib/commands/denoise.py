@@ -32,7 +32,7 @@ from typing import Any
 from ..images import (DENOISE_BYTES_PER_PIXEL, LOAD_BYTES_PER_PIXEL, ImageError, LoadedImage, available_memory,
                       check_memory, check_output, image_size, load_image, save_image)
 from ..infer import (DEFAULT_OVERLAP, auto_tiling, check_tiling, default_batch, denoise, input_multiple,
-                     load_default_model, load_model, model_tile_size, resolve_tile_size)
+                     load_default_model, load_model, model_tile_size, prepare, resolve_tile_size)
 
 SUFFIX = "_denoised"
 
@@ -180,14 +180,36 @@ def _fits(bytes_needed: int) -> bool:
     return avail is None or bytes_needed <= avail
 
 
-def _restore(args: argparse.Namespace, image: LoadedImage, model: Any, tile_size: int | None, multiple: int) -> Any:
-    """The denoised RGB of ``image``. ``tile_size`` None: :func:`auto_tiling`."""
+def _tiling(args: argparse.Namespace, shape: tuple[int, int], tile_size: int | None, multiple: int) -> tuple[int, int]:
+    """(tile size, batch size) for an image of ``shape``. ``tile_size`` None: :func:`auto_tiling`."""
     if tile_size is None:
-        tile_size, batch_size = auto_tiling(image.shape, args.overlap, multiple)
+        tile_size, batch_size = auto_tiling(shape, args.overlap, multiple)
     else:
         batch_size = default_batch(tile_size)
-    return denoise(model, image.rgb, tile_size=tile_size, overlap=args.overlap, batch_size=args.batch_size or batch_size,
+    return tile_size, args.batch_size or batch_size
+
+
+def _restore(args: argparse.Namespace, image: LoadedImage, model: Any, tile_size: int | None, multiple: int) -> Any:
+    """The denoised RGB of ``image``."""
+    tile_size, batch_size = _tiling(args, image.shape, tile_size, multiple)
+    return denoise(model, image.rgb, tile_size=tile_size, overlap=args.overlap, batch_size=batch_size,
                    backend=args.backend, multiple=multiple, precision="auto")
+
+
+def _read_beside_trace(args: argparse.Namespace, src: str, dst: Path, io: ThreadPoolExecutor, model: Any,
+                       tile_size: int | None, multiple: int) -> LoadedImage:
+    """:func:`_read_image` in ``io`` while this thread traces the model for the size in the
+    file's header (:func:`ihclib.infer.prepare`): a PNG decodes without the GIL, so the two
+    overlap (issue 13). A file that cannot be read or denoised says so from the read or the
+    denoise, as without this."""
+    read = io.submit(_read_image, args, src, dst)
+    try:
+        shape = image_size(src)
+        tile, batch = _tiling(args, shape, tile_size, multiple)
+        prepare(model, shape, tile, args.overlap, batch, backend=args.backend, multiple=multiple, precision="auto")
+    except Exception:  # reported by the read or by the denoise itself
+        pass
+    return read.result()
 
 
 def _write_image(args: argparse.Namespace, src: str, dst: Path, image: LoadedImage, rgb: Any, seconds: float) -> str:
@@ -250,7 +272,10 @@ class _Overlapped:
         self.ahead = None
         if image is None:
             self.finish_write()  # memory as a run of this file alone would have it
-            image = _read_image(args, src, dst)
+            if self.overlap:
+                image = _read_beside_trace(args, src, dst, self.io, model, tile_size, multiple)
+            else:
+                image = _read_image(args, src, dst)
         pixels = image.shape[0] * image.shape[1]
         if self.behind is not None and not _fits((DENOISE_BYTES_PER_PIXEL - LOAD_BYTES_PER_PIXEL) * pixels):
             self.finish_write()
