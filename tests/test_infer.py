@@ -368,14 +368,20 @@ def test_conversions_give_the_values_of_the_plain_formulas(monkeypatch, dtype, w
 
 @pytest.mark.parametrize("shape", [(37, 29, 3), (40, 21, 4), (33, 17), (16, 9, 2), (1, 1, 3)])
 @pytest.mark.parametrize("threads", [1, 3])
-def test_png_encode_8bit_decodes_to_the_same_pixels_in_pillow_and_libpng(monkeypatch, shape, threads):
+@pytest.mark.parametrize("deflater", ["isal", "zlib"])
+def test_png_encode_8bit_decodes_to_the_same_pixels_in_pillow_and_libpng(monkeypatch, shape, threads, deflater):
     import io
+    import zlib
 
     import imagecodecs
+    from isal import isal_zlib
     from PIL import Image
 
     from ihclib import images
 
+    assert images._deflate() is isal_zlib  # a dependency: ISA-L by default
+    if deflater == "zlib":  # where isal has no wheel
+        monkeypatch.setattr(images, "_deflate", lambda: zlib)
     monkeypatch.setattr(images, "PNG_PART_BYTES", 100)  # several deflate pieces even here
     pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     pixels[: shape[0] // 2] //= 16  # something to compress
