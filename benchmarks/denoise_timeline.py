@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Where one ``ihclib denoise`` run of an image spends its time, in process, as the command runs it.
 
-Prints the seconds of TensorFlow's import, loading the bundled model, reading the image, making
-the predictor, each call of the model (the first one holds tracing, XLA and oneDNN set-up) and
-writing the result; the XLA cache is opened as the command opens it (``IHCLIB_XLA_CACHE=0``: off).
+Prints the seconds of TensorFlow's import, loading the bundled model, reading the image beside
+making and tracing the predictor (as the command does), each call of the model (the first one
+holds XLA and oneDNN set-up) and writing the result; the XLA cache is opened as the command opens it (``IHCLIB_XLA_CACHE=0``: off).
 Used for the README's "Why ``ihclib denoise`` stays below 60 %" paragraph::
 
     .venv/bin/python benchmarks/denoise_timeline.py noisy4096.png
@@ -32,14 +32,32 @@ def main(argv: list[str] | None = None) -> int:
     from ihclib import infer
     from ihclib.images import load_image, save_image
 
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ihclib.images import image_size
+
     marks = {"import": time.perf_counter()}
     model, sidecar = infer.load_default_model()
     marks["model"] = time.perf_counter()
-    image = load_image(args.image)
-    marks["read"] = time.perf_counter()
     calls: list[float] = []
     predictor_s: list[float] = []
     checked, predictor_for = infer._checked, infer._predictor_for
+    multiple = infer.input_multiple(sidecar)
+    # as the command: the image read in a thread while this one makes and traces the predictor
+    # for the size in its header (ihclib.commands.denoise._read_beside_trace)
+    tile, batch = infer.auto_tiling(image_size(args.image), infer.DEFAULT_OVERLAP, multiple)
+
+    def timed_read():
+        t = time.perf_counter()
+        return load_image(args.image), time.perf_counter() - t
+
+    with ThreadPoolExecutor(1) as io:
+        read = io.submit(timed_read)
+        t = time.perf_counter()
+        infer.prepare(model, image_size(args.image), tile, batch_size=batch, multiple=multiple, precision="auto")
+        trace_s = time.perf_counter() - t
+        image, read_s = read.result()
+    marks["read and trace"] = time.perf_counter()
 
     def timed_call(predict, batch, n):
         t = time.perf_counter()
@@ -55,8 +73,6 @@ def main(argv: list[str] | None = None) -> int:
 
     infer._checked, infer._predictor_for = timed_call, timed_predictor
     try:
-        multiple = infer.input_multiple(sidecar)
-        tile, batch = infer.auto_tiling(image.rgb.shape[:2], infer.DEFAULT_OVERLAP, multiple)
         rgb = infer.denoise(model, image.rgb, tile_size=tile, batch_size=batch, multiple=multiple,
                             precision="auto", progress=False)
     finally:
@@ -68,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     cache.close()
     steps = dict(zip(marks, [marks["import"] - start, *(b - a for a, b in zip(marks.values(), list(marks.values())[1:]))]))
     print(f"XLA cache {'on' if cached else 'off'}; tile {tile}, batch {batch}, {len(calls)} calls")
-    print(", ".join(f"{k} {v:.2f} s" for k, v in steps.items()))
-    print(f"predictor {sum(predictor_s):.2f} s, first call {calls[0]:.2f} s, the other {len(calls) - 1} "
+    print(", ".join(f"{k} {v:.2f} s" for k, v in steps.items()) + f" (read {read_s:.2f} s beside trace {trace_s:.2f} s)")
+    print(f"predictor (after the trace) {sum(predictor_s):.2f} s, first call {calls[0]:.2f} s, the other {len(calls) - 1} "
           f"{sum(calls[1:]):.2f} s (each {min(calls[1:], default=0):.3f}-{max(calls[1:], default=0):.3f} s)")
     return 0
 

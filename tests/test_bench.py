@@ -302,6 +302,8 @@ def test_the_denoise_timeline_names_where_a_run_spends_its_time(tmp_path, capsys
     assert timeline.main([str(src)]) == 0
     head, parts, calls = capsys.readouterr().out.strip().splitlines()[-3:]
     assert head.startswith(("XLA cache on; tile ", "XLA cache off; tile "))  # off once TensorFlow is imported
-    assert [p.split()[0] for p in parts.split(", ")] == ["import", "model", "read", "denoise", "write"]
+    assert [p.rsplit(" ", 2)[0] for p in parts.split(" (read ")[0].split(", ")] == [
+        "import", "model", "read and trace", "denoise", "write"]
+    assert " beside trace " in parts
     n = int(head.split(", ")[-1].split()[0])
-    assert n >= 1 and calls.startswith("predictor ") and f"the other {n - 1} " in calls
+    assert n >= 1 and calls.startswith("predictor (after the trace) ") and f"the other {n - 1} " in calls
