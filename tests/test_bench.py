@@ -287,6 +287,14 @@ def test_a_folder_is_timed_with_and_without_the_overlap(tiny_run, bench):
     assert f"{files['overlapped_s_per_file']} / {files['sequential_s_per_file']} s (x{files['ratio']})" in text
 
 
+def test_one_file_is_timed_with_and_without_its_read_beside_the_trace(tiny_run, bench):
+    result, _ = tiny_run
+    b = result["denoise_read_beside_trace"]
+    assert (b["runs"], b["size"]) == (1, 192) and b["beside_s"] > 0 and b["one_after_the_other_s"] > 0
+    assert b["ratio"] == pytest.approx(b["beside_s"] / b["one_after_the_other_s"], rel=0.02)
+    assert f"{b['beside_s']} / {b['one_after_the_other_s']} s (x{b['ratio']})" in bench.render_table(result)
+
+
 def test_the_denoise_timeline_names_where_a_run_spends_its_time(tmp_path, capsys):
     """benchmarks/denoise_timeline.py (the README's per-part timing of one command run): every
     part is timed and the calls are the tiling's."""
