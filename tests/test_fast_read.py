@@ -1,6 +1,7 @@
-"""8-bit RGB(A) PNGs are decoded by libspng (imagecodecs) instead of Pillow: faster, and without
-the GIL, so ``ihclib denoise`` traces its model meanwhile (issue 13). Pillow stays the reference:
-the same pixels and metadata, and every PNG the fast path is not sure of goes to Pillow."""
+"""8-bit RGB(A) PNGs and RGB JPEGs are decoded by libspng and libjpeg-turbo through imagecodecs
+instead of Pillow: faster, and without the GIL, so ``ihclib denoise`` traces its model meanwhile
+(issue 13). Pillow stays the reference: the same pixels and metadata, and every file the fast
+path is not sure of goes to Pillow."""
 
 from __future__ import annotations
 
@@ -143,3 +144,83 @@ def test_a_png_with_broken_pixel_data_is_an_error_not_a_black_image(tmp_path):
     (tmp_path / "broken.png").write_bytes(broken)
     with pytest.raises(ImageError, match="broken.png: cannot decode as PNG image"):
         load_image(tmp_path / "broken.png")
+
+
+# ---------------------------------------------------------------- JPEG
+
+
+@pytest.fixture
+def jpeg_calls(monkeypatch):
+    calls = []
+    decode = imagecodecs.jpeg8_decode
+
+    def counted(data, *args, **kwargs):
+        calls.append(len(data))
+        return decode(data, *args, **kwargs)
+
+    monkeypatch.setattr(imagecodecs, "jpeg8_decode", counted)
+    return calls
+
+
+def _pillow_only_jpeg(path):
+    fast = images._read_jpeg_fast
+    images._read_jpeg_fast = lambda p: None
+    try:
+        return images._read_raw(path)
+    finally:
+        images._read_jpeg_fast = fast
+
+
+def _ihc_like(h=96, w=120):
+    """Smooth stain-like colours with specks: something a JPEG codec works on."""
+    y, x = np.mgrid[:h, :w] / 16.0
+    rgb = np.stack([np.sin(x) * 60 + 170, np.cos(y) * 50 + 140, np.sin(x + y) * 40 + 120], -1)
+    rgb[np.random.default_rng(0).random((h, w)) < 0.05] = 255
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def test_the_fast_jpeg_path_reads_what_pillow_reads(tmp_path, jpeg_calls):
+    from PIL import ImageFile
+
+    paths = []
+    for sub in (0, 1, 2):  # 4:4:4, 4:2:2, 4:2:0
+        for progressive in (False, True):
+            path = tmp_path / f"s{sub}_p{int(progressive)}.jpg"
+            ImageFile.MAXBLOCK = max(ImageFile.MAXBLOCK, 1 << 20)  # Pillow's progressive writer needs room
+            Image.fromarray(_ihc_like()).save(path, quality=85, subsampling=sub, progressive=progressive)
+            paths.append(path)
+    meta = tmp_path / "meta.jpg"
+    Image.fromarray(_ihc_like()).save(meta, quality=90, dpi=(300, 300), exif=_exif_with_orientation(6),
+                                      icc_profile=b"not a real profile " * 4)
+    paths.append(meta)
+    for path in paths:
+        got, want = images._read_raw(path), _pillow_only_jpeg(path)
+        assert got[0].shape == want[0].shape and np.array_equal(got[0], want[0]), path.name
+        assert got[1] == want[1], path.name
+    assert len(jpeg_calls) == len(paths)  # each one decoded by imagecodecs
+    assert load_image(meta).meta.orientation == 6
+
+
+def test_jpegs_the_fast_path_is_not_sure_of_go_to_pillow(tmp_path, jpeg_calls):
+    rgb = _ihc_like()
+    whole = tmp_path / "whole.jpg"
+    Image.fromarray(rgb).save(whole, quality=90)
+    data = whole.read_bytes()
+    # cut short: imagecodecs would return the missing rows grey, without an error; Pillow says
+    # truncated (or, with only the end marker missing, may read all the rows there are)
+    (tmp_path / "half.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match="truncated"):
+        load_image(tmp_path / "half.jpg")
+    (tmp_path / "no_end_marker.jpg").write_bytes(data[:-2])
+    try:
+        want = _pillow_only_jpeg(tmp_path / "no_end_marker.jpg")[0]
+    except ImageError as exc:
+        with pytest.raises(ImageError, match=str(exc).split(": ", 1)[1][:20]):
+            load_image(tmp_path / "no_end_marker.jpg")
+    else:
+        np.testing.assert_array_equal(images._read_raw(tmp_path / "no_end_marker.jpg")[0], want)
+    (tmp_path / "trailing.jpg").write_bytes(data + b"trailing bytes")  # read, by Pillow
+    np.testing.assert_array_equal(load_image(tmp_path / "trailing.jpg").rgb, load_image(whole).rgb)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    assert load_image(tmp_path / "cmyk.jpg").rgb.shape == rgb.shape
+    assert jpeg_calls == [len(data)]  # only the whole file, read as the reference above
