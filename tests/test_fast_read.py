@@ -17,27 +17,32 @@ from ihclib import images
 from ihclib.images import ImageError, ImageMeta, load_image, save_image
 
 
-def _pillow_only(path):
-    """What the Pillow path reads (the reference)."""
-    fast = images._read_png_fast
-    images._read_png_fast = lambda p: None
+def _pillow_only(path, fast: str = "_read_png_fast"):
+    """What the Pillow path reads (the reference): ``images.<fast>`` turned off for one read."""
+    reader = getattr(images, fast)
+    setattr(images, fast, lambda p: None)
     try:
         return images._read_raw(path)
     finally:
-        images._read_png_fast = fast
+        setattr(images, fast, reader)
 
 
-@pytest.fixture
-def spng_calls(monkeypatch):
+def _counted_calls(monkeypatch, name: str) -> list[int]:
+    """The sizes of the files ``imagecodecs.<name>`` decodes from now on."""
     calls = []
-    decode = imagecodecs.spng_decode
+    decode = getattr(imagecodecs, name)
 
     def counted(data, *args, **kwargs):
         calls.append(len(data))
         return decode(data, *args, **kwargs)
 
-    monkeypatch.setattr(imagecodecs, "spng_decode", counted)
+    monkeypatch.setattr(imagecodecs, name, counted)
     return calls
+
+
+@pytest.fixture
+def spng_calls(monkeypatch):
+    return _counted_calls(monkeypatch, "spng_decode")
 
 
 def _pixels(channels=3, seed=0):
@@ -151,24 +156,11 @@ def test_a_png_with_broken_pixel_data_is_an_error_not_a_black_image(tmp_path):
 
 @pytest.fixture
 def jpeg_calls(monkeypatch):
-    calls = []
-    decode = imagecodecs.jpeg8_decode
-
-    def counted(data, *args, **kwargs):
-        calls.append(len(data))
-        return decode(data, *args, **kwargs)
-
-    monkeypatch.setattr(imagecodecs, "jpeg8_decode", counted)
-    return calls
+    return _counted_calls(monkeypatch, "jpeg8_decode")
 
 
 def _pillow_only_jpeg(path):
-    fast = images._read_jpeg_fast
-    images._read_jpeg_fast = lambda p: None
-    try:
-        return images._read_raw(path)
-    finally:
-        images._read_jpeg_fast = fast
+    return _pillow_only(path, "_read_jpeg_fast")
 
 
 def _ihc_like(h=96, w=120):
