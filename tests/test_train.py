@@ -21,10 +21,13 @@ from ihclib.train import (HISTORY_COLUMNS, Augmentation, make_train_pipeline, ma
 
 
 def test_profiles_lookup_and_errors():
-    assert set(PROFILES) == {"smoke", "quick", "long", "bundle", "paper"}
+    assert set(PROFILES) == {"smoke", "quick", "long", "wide", "bundle", "paper"}
+    # wide is long with only the width changed: its comparison with reports/long is width alone
+    assert get_profile("wide").with_overrides(name="long", width=16, description="") == \
+        get_profile("long").with_overrides(description="")
     assert get_profile("paper").tile_size == 256 and get_profile("paper").epochs == 5
     assert get_profile("bundle").train_on_test and not get_profile("quick").train_on_test
-    with pytest.raises(ValueError, match="unknown profile 'huge'; choose from smoke, quick, long, bundle, paper"):
+    with pytest.raises(ValueError, match="unknown profile 'huge'; choose from smoke, quick, long, wide, bundle, paper"):
         get_profile("huge")
 
 
@@ -209,6 +212,22 @@ def test_train_command_errors(capsys):
     assert cli.main(["train", "--profile", "smoke", "--model", "paper_unet", "--model", "dncnn_residual", "--bundle"]) == 2
     assert "exactly one --model" in capsys.readouterr().err
     assert cli.main(["train", "--profile", "smoke", "--epochs", "0"]) == 2
+    assert cli.main(["train", "--profile", "smoke", "--width", "0"]) == 2
+    assert "--width must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_train_command_width_overrides_the_profile_in_a_folder_of_its_own(tmp_path, monkeypatch, capsys):
+    from ihclib.model import build_model
+
+    monkeypatch.chdir(tmp_path)
+    rc = cli.main(["train", "--profile", "smoke", "--model", "crosschannel_unet", "--epochs", "1", "--data-dir",
+                   "skimage", "--width", "8", "--quiet"])
+    assert rc == 0
+    # not runs/smoke/: a run of the profile's own width there is neither resumed from nor replaced
+    model, side = load_model(tmp_path / "runs" / "smoke_width8" / "crosschannel_unet" / "crosschannel_unet.keras")
+    assert side["profile"]["width"] == 8 and not (tmp_path / "runs" / "smoke").exists()
+    assert model.count_params() == build_model("crosschannel_unet", 32, width=8).count_params()
+    assert model.count_params() != build_model("crosschannel_unet", 32).count_params()
 
 
 class _Interrupt(Exception):

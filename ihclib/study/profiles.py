@@ -135,6 +135,14 @@ PROFILES: dict[str, Profile] = {
         description="the best design at the bundle's width (16) and budget, judged on the held-out sources "
                     "as quick is; about 20 minutes on 2 CPU cores",
     ),
+    "wide": Profile(
+        name="wide", tile_size=64, stride=64, batch_size=16, epochs=30, steps_per_epoch=200,
+        learning_rate=2e-3, models=("crosschannel_unet",), width=40,
+        eval_tile_size=256, max_eval_tiles=12, eval_amounts=HELD_OUT_AMOUNTS,
+        description="long at width 40 (269,280 FLOP per pixel, 6 times width 16's): what a wider "
+                    "bundle would gain on the held-out sources and cost in time (issue 13); "
+                    "about 20 minutes on a 2-core Zen 5, 40 on a Zen 4",
+    ),
     "bundle": Profile(
         name="bundle", tile_size=64, stride=64, batch_size=16, epochs=30, steps_per_epoch=200,
         learning_rate=2e-3, models=("crosschannel_unet",), train_on_test=True, width=16,
