@@ -173,7 +173,9 @@ ISA_FLAGS = ("sse4_2", "avx", "fma", "avx2", "avx512f", "avx512_vnni", "avx512_b
 
 
 def cpu_info(cpuinfo: str | None = None) -> dict:
-    """CPU model, vendor, family, ISA flags, cores available to this process and clock (MHz)."""
+    """CPU model, vendor, family and model number, ISA flags, cores available to this process and
+    clock (MHz). In a VM the model name can be as bare as "AMD EPYC" for a Zen 4 and a Zen 5 alike:
+    the family (25: Zen 3/4, 26: Zen 5) tells them apart."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
@@ -193,7 +195,8 @@ def cpu_info(cpuinfo: str | None = None) -> dict:
     except AttributeError:
         cores = os.cpu_count() or 1
     return {"model": fields.get("model name", "unknown"), "vendor": fields.get("vendor_id", ""),
-            "family": int(fields.get("cpu family", "0") or 0), "cores": cores,
+            "family": int(fields.get("cpu family", "0") or 0), "model_number": int(fields.get("model", "0") or 0),
+            "cores": cores,
             "mhz": max(mhz) if mhz else None, "flags": {f: f in flags for f in ISA_FLAGS}}
 
 
@@ -986,7 +989,8 @@ def _machine_text(result: dict) -> str:
     cpu, th, peak = result["cpu"], result["theoretical"], result["peak"]
     shown = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
     flags = [f for f in shown if cpu["flags"].get(f)] + ([] if cpu["flags"].get("amx_tile") else ["no AMX"])
-    return (f"Measured by `make bench` on **{cpu['model']}** ({cpu['cores']} cores; {', '.join(flags)}), commit `{result['commit']}`, TensorFlow {result['versions'].get('tensorflow', '?')}, "
+    family = f"family {cpu['family']} model {cpu['model_number']}, " if "model_number" in cpu else ""
+    return (f"Measured by `make bench` on **{cpu['model']}** ({family}{cpu['cores']} cores; {', '.join(flags)}), commit `{result['commit']}`, TensorFlow {result['versions'].get('tensorflow', '?')}, "
             f"load average {result['load_average_before'][:1]} before, {result['load_average_after'][:1]} after "
             f"({result['total_s']:.0f} s). Theoretical float32 peak: {th['cores']} cores x "
             f"{th['flop_per_cycle_fp32']} FLOP/cycle ({th['isa']}) x {th['ghz']} GHz "

@@ -16,12 +16,14 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
 ZEN4 = """processor\t: 0
 vendor_id\t: AuthenticAMD
 cpu family\t: 25
+model\t\t: 17
 model name\t: AMD EPYC
 cpu MHz\t\t: 2596.132
 flags\t\t: fpu sse4_2 avx fma avx2 avx512f avx512_bf16
 processor\t: 1
 cpu MHz\t\t: 2600.000
 """
+ZEN5 = ZEN4.replace("cpu family\t: 25", "cpu family\t: 26").replace("model\t\t: 17", "model\t\t: 2")
 XEON = ZEN4.replace("AuthenticAMD", "GenuineIntel").replace("25", "6").replace("avx512_bf16", "avx512_bf16 amx_tile")
 
 
@@ -62,6 +64,10 @@ def test_theoretical_peak_from_cpuinfo(bench, monkeypatch):
     assert peak["fp32_gflops"] == pytest.approx(2 * 32 * 2.6, abs=0.1)
     assert peak["bf16_gflops"] == pytest.approx(2 * peak["fp32_gflops"], abs=0.1)
     assert bench.theoretical_peak(bench.cpu_info(XEON))["flop_per_cycle_fp32"] == 64
+    # a Zen 5 under the same bare name: full 512-bit FMA units, told apart by its family
+    zen5 = bench.cpu_info(ZEN5)
+    assert (zen5["model"], zen5["family"], zen5["model_number"]) == ("AMD EPYC", 26, 2) and zen4["model_number"] == 17
+    assert bench.theoretical_peak(zen5)["flop_per_cycle_fp32"] == 64
     avx2 = bench.cpu_info(ZEN4.replace(" avx512f avx512_bf16", ""))
     assert bench.flop_per_cycle(avx2)[1] == 32 and bench.theoretical_peak(avx2)["bf16_gflops"] is None
     assert bench.flop_per_cycle(bench.cpu_info(ZEN4.replace("fma avx2 avx512f", "")))[1] == 16
@@ -300,6 +306,8 @@ def test_a_folder_is_timed_with_and_without_the_overlap(tiny_run, bench):
     assert files["ratio"] == pytest.approx(files["overlapped_s_per_file"] / files["sequential_s_per_file"], rel=0.02)
     text = bench.render_table(result)
     assert f"{files['overlapped_s_per_file']} / {files['sequential_s_per_file']} s (x{files['ratio']})" in text
+    cpu = result["cpu"]  # the table names the machine's family: Zen 4 and Zen 5 share a bare "AMD EPYC"
+    assert f"({'family %d model %d, ' % (cpu['family'], cpu['model_number'])}{cpu['cores']} cores;" in text
 
 
 def test_one_file_is_timed_with_and_without_its_read_beside_the_trace(tiny_run, bench):
