@@ -82,7 +82,7 @@ class Config:
     held_out: bool = True  # False: the embedded image instead of data/'s held-out sources
     backends: tuple[str, ...] = ("keras", "openvino")  # those installed are run
     # `ihclib denoise` with untrained copies of the bundled architecture at these widths
-    frontier_widths: tuple[int, ...] = (8, 16, 24, 32, 48)
+    frontier_widths: tuple[int, ...] = (8, 16, 24, 32, 40, 48)  # 40: the profile "wide"
     # `ihclib denoise` on a folder of this many copies of the test image, with and without the
     # next file read and the last written beside the model; this many runs of each, the best kept
     folder_files: int = 3
