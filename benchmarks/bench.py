@@ -743,14 +743,18 @@ def frontier_fit(rows: list[dict], pixels: int, peak_gflops: float, mp_per_s: fl
             "feasible": bool(fixed <= allowed)}
 
 
-def bench_switching_median(image: np.ndarray) -> dict:
-    """``ihclib.study.baselines.switching_median`` on the same image (uint8 -> float, filtered)."""
+def bench_switching_median(image: np.ndarray, calls: int = 3) -> dict:
+    """``ihclib.study.baselines.switching_median`` on the same image (uint8 -> float, filtered):
+    the best of ``calls`` calls. One call moved between 1.71 and 2.65 s in two runs on the same
+    machine, and its time sets the 4x limit; the best of several is the filter at its fastest,
+    which only makes that limit harder for the network."""
     from ihclib.study.baselines import switching_median
     from ihclib.images import to_float
 
-    _, seconds = timed(lambda: switching_median(to_float(image)))
+    times = [timed(lambda: switching_median(to_float(image)))[1] for _ in range(calls)]
+    seconds = min(times)
     return {"seconds": round(seconds, 4), "mp_per_s": float(f"{image.shape[0] * image.shape[1] / seconds / 1e6:.4g}"),
-            "load_1min": load_average()[:1]}
+            "calls_s": [round(t, 4) for t in times], "load_1min": load_average()[:1]}
 
 
 def recompute(size: int, tile: int, overlap: int) -> float:

@@ -7,6 +7,12 @@ holds XLA and oneDNN set-up) and writing the result; the XLA cache is opened as 
 Used for the README's "Why ``ihclib denoise`` stays below 60 %" paragraph::
 
     .venv/bin/python benchmarks/denoise_timeline.py noisy4096.png
+    .venv/bin/python benchmarks/denoise_timeline.py noisy4096.png --ops 5
+
+``--ops N``: then N more calls on the image's first tile under TensorFlow's profiler, and the
+milliseconds per call of each op type (``make bench``'s ``op_profile``; ops that run side by
+side add up to more than the call) beside the call's own time and the classical prefix's alone
+(:class:`ihclib.fast_layers.CrossChannelPrefix`, best of 10).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("image", help="an image ihclib denoise reads (PNG, TIFF, JPEG)")
+    p.add_argument("--ops", type=int, default=0, metavar="N", help="then N profiled calls on one tile")
     args = p.parse_args(argv)
     start = time.perf_counter()
     from ihclib.xla_cache import XlaCache
@@ -87,7 +94,49 @@ def main(argv: list[str] | None = None) -> int:
     print(", ".join(f"{k} {v:.2f} s" for k, v in steps.items()) + f" (read {read_s:.2f} s beside trace {trace_s:.2f} s)")
     print(f"predictor (after the trace) {sum(predictor_s):.2f} s, first call {calls[0]:.2f} s, the other {len(calls) - 1} "
           f"{sum(calls[1:]):.2f} s (each {min(calls[1:], default=0):.3f}-{max(calls[1:], default=0):.3f} s)")
+    if args.ops:
+        tile_ops(model, image.rgb, tile, batch, args.ops)
     return 0
+
+
+def tile_ops(model, rgb, tile: int, batch: int, calls: int) -> None:
+    """Where one call of the predictor ``ihclib denoise`` uses goes, on the image's first tile."""
+    import sys
+
+    import numpy as np
+    import tensorflow as tf
+
+    from ihclib import infer
+    from ihclib.fast_layers import CrossChannelPrefix, can_fuse_whole
+    from ihclib.images import to_float
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench import op_profile
+
+    height, width = rgb.shape[:2]
+    batch = infer._Plan((max(height, tile), max(width, tile)), tile, infer.DEFAULT_OVERLAP, batch).batch_size  # as denoise
+    x = np.zeros((batch, tile, tile, 3), np.float32)
+    first = to_float(rgb[:tile, :tile])
+    x[:, : first.shape[0], : first.shape[1]] = first
+    predict = infer._predictor_for(model, tile, batch, None, False, "auto")
+
+    def best(fn, n=10):
+        fn()
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return 1000 * min(times)
+
+    print(f"one call on {batch} tile(s) of {tile} px: {best(lambda: predict(x)):.0f} ms (best of 10)")
+    if can_fuse_whole(model):
+        prefix = CrossChannelPrefix(features_dtype="bfloat16" if infer.resolve_precision(model, "auto") == "bfloat16"
+                                    else "float32")
+        alone = tf.function(lambda t: prefix(t), autograph=False)
+        print(f"the classical prefix alone: {best(lambda: alone(tf.constant(x))):.0f} ms")
+    print(", ".join(f"{r['op']} {r['ms_per_step']}" for r in op_profile(lambda: predict(x), calls, top=10)
+                    if r["ms_per_step"] > 0) + " (ms per call)")
 
 
 if __name__ == "__main__":
