@@ -111,7 +111,7 @@ def tile_ops(model, rgb, tile: int, batch: int, calls: int) -> None:
     from ihclib.images import to_float
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench import op_profile
+    from bench import op_profile, time_calls
 
     height, width = rgb.shape[:2]
     batch = infer._Plan((max(height, tile), max(width, tile)), tile, infer.DEFAULT_OVERLAP, batch).batch_size  # as denoise
@@ -120,14 +120,9 @@ def tile_ops(model, rgb, tile: int, batch: int, calls: int) -> None:
     x[:, : first.shape[0], : first.shape[1]] = first
     predict = infer._predictor_for(model, tile, batch, None, False, "auto")
 
-    def best(fn, n=10):
-        fn()
-        times = []
-        for _ in range(n):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return 1000 * min(times)
+    def best(fn) -> float:
+        """ms of the fastest of 10 calls after one untimed."""
+        return 1000 / time_calls(fn, 1, 0.0, min_calls=10)["tiles_per_s"]
 
     print(f"one call on {batch} tile(s) of {tile} px: {best(lambda: predict(x)):.0f} ms (best of 10)")
     if can_fuse_whole(model):
