@@ -8,6 +8,7 @@ Used for the README's "Why ``ihclib denoise`` stays below 60 %" paragraph::
 
     .venv/bin/python benchmarks/denoise_timeline.py noisy4096.png
     .venv/bin/python benchmarks/denoise_timeline.py noisy4096.png --ops 5
+    .venv/bin/python benchmarks/denoise_timeline.py noisy4096.png --model other.keras
 
 ``--ops N``: then N more calls on the image's first tile under TensorFlow's profiler, and the
 milliseconds per call of each op type (``make bench``'s ``op_profile``; ops that run side by
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("image", help="an image ihclib denoise reads (PNG, TIFF, JPEG)")
     p.add_argument("--ops", type=int, default=0, metavar="N", help="then N profiled calls on one tile")
+    p.add_argument("--model", metavar="PATH", help="a .keras model with its sidecar (default: the bundled one)")
     args = p.parse_args(argv)
     start = time.perf_counter()
     from ihclib.xla_cache import XlaCache
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from ihclib.images import image_size
 
     marks = {"import": time.perf_counter()}
-    model, sidecar = infer.load_default_model()
+    model, sidecar = infer.load_model(args.model) if args.model else infer.load_default_model()
     marks["model"] = time.perf_counter()
     calls: list[float] = []
     predictor_s: list[float] = []

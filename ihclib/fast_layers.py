@@ -33,6 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from . import native
 from .model import CrossChannelFill, LocalContrast, SpatialFill
 
 
@@ -225,6 +226,8 @@ class CrossChannelPrefix(keras.layers.Layer):
         self.contrast_window, self.features_dtype = int(contrast_window), str(features_dtype)
 
     def call(self, x):
+        if native.supports(self.windows, self.window, self.contrast_window) and native.available():
+            return self._compiled(x)
         flag, spatial_terms_, cross_terms_ = _prefix_terms(x)
         height, width = tf.shape(x)[1], tf.shape(x)[2]
         spatial = _spatial_select([box_sums(spatial_terms_, w) for w in self.windows],
@@ -234,6 +237,20 @@ class CrossChannelPrefix(keras.layers.Layer):
         xc = _cross_select(x, flag, spatial, box_sums(cross_terms_, self.window), self.eps, self.min_clean)
         features, contrast_terms = _prefix_features(x, flag, spatial, xc, tf.as_dtype(self.features_dtype))
         return [features, flag, spatial, xc, box_sums(contrast_terms, self.contrast_window)]
+
+    def _compiled(self, x):
+        """The same outputs from the compiled prefix (:mod:`ihclib.native`), run by TensorFlow as
+        a NumPy function (the C code runs in threads of its own, without the GIL)."""
+        features_dtype = tf.as_dtype(self.features_dtype)
+        compiled_dtype = features_dtype if features_dtype in (tf.float32, tf.bfloat16) else tf.float32
+
+        def run(tile):  # TensorFlow copies what it returns: the arrays can be reused
+            return native.prefix(tile, self.windows, self.eps, self.min_clean, compiled_dtype.name, reuse=True)
+
+        outs = tf.numpy_function(run, [tf.cast(x, tf.float32)], [compiled_dtype] + [tf.float32] * 4, stateful=False)
+        for out, shape in zip(outs, self.compute_output_shape(tuple(x.shape))):
+            out.set_shape(shape)
+        return [tf.cast(outs[0], features_dtype), *outs[1:]]
 
     def compute_output_shape(self, input_shape):
         *lead, _ = input_shape
@@ -279,6 +296,9 @@ class CrossChannelHead(keras.layers.Layer):
 
 
 HEAD_CONVOLUTIONS = ("mask_logit", "correction_in_contrast_units", "spatial_share_logit")
+# crosschannel_s2d_unet: each head's 12 half-resolution channels as 3 at full resolution
+FULL_RESOLUTION_HEADS = tuple(f"{name}_full_resolution" for name in HEAD_CONVOLUTIONS)
+CROSSCHANNEL_MODELS = ("crosschannel_unet", "crosschannel_s2d_unet")
 
 
 def merged_heads(model: keras.Model) -> keras.layers.Conv2D:
@@ -319,11 +339,17 @@ def fuse_crosschannel(model: keras.Model) -> keras.Model:
             i = HEAD_CONVOLUTIONS.index(layer.name)
             # what the reference layers after it see (they drop out of the result below)
             return seen["heads"][..., i * channels : (i + 1) * channels]
+        if layer.name in FULL_RESOLUTION_HEADS:  # crosschannel_s2d_unet: the heads' own DepthToSpace
+            seen[layer.name] = layer(*args, **kwargs)
+            return seen[layer.name]
         if layer.name == "restored":  # the output: the fused head instead
             x = seen["x"]
             _, flag, spatial_fill, xc, contrast_sums = seen["prefix"]
+            heads = seen["heads"]
+            if FULL_RESOLUTION_HEADS[0] in seen:
+                heads = keras.layers.Concatenate(name="full_resolution_heads")([seen[n] for n in FULL_RESOLUTION_HEADS])
             return CrossChannelHead(contrast.window, name="fused_head")(
-                [x, flag, spatial_fill, xc, contrast_sums, seen["heads"]])
+                [x, flag, spatial_fill, xc, contrast_sums, heads])
         return layer(*args, **kwargs)
 
     # layers the new output no longer depends on (the reference prefix and head) drop out
@@ -331,9 +357,10 @@ def fuse_crosschannel(model: keras.Model) -> keras.Model:
 
 
 def can_fuse_whole(model: keras.Model) -> bool:
-    """Whether ``model`` is a crosschannel_unet that :func:`fuse_crosschannel` can rebuild."""
+    """Whether ``model`` is a crosschannel_unet (or crosschannel_s2d_unet) that
+    :func:`fuse_crosschannel` can rebuild."""
     names = {layer.name for layer in model.layers}
-    return getattr(model, "name", "") == "crosschannel_unet" and {
+    return getattr(model, "name", "") in CROSSCHANNEL_MODELS and {
         "salt_flag", "features", "restored", "spatial_fill", "cross_channel_fill", "local_contrast",
         *HEAD_CONVOLUTIONS} <= names
 

@@ -208,7 +208,7 @@ def has_hard_gate(model: Any) -> bool:
     is input + flag * sigmoid(.) * (fill - input), with flag = 0 unless a value is within 0.001
     of 0 or 1, so on a tile without such values it is the input, bit for bit.
     """
-    if not _is_keras_model(model) or getattr(model, "name", "") != "crosschannel_unet":
+    if not _is_keras_model(model) or getattr(model, "name", "") not in ("crosschannel_unet", "crosschannel_s2d_unet"):
         return False
     names = {layer.name for layer in model.layers}
     return {"impulse_hint", "impulse_mask", "switch", "restored"} <= names
@@ -455,7 +455,11 @@ def inference_copy(model: Any, bfloat16: bool = False, fused: bool = True) -> An
     from .fast_layers import FAST_VARIANTS, can_fuse_whole, fuse_crosschannel
 
     outputs = {id(t) for t in model.outputs}
-    trunk = (keras.layers.Conv2D, keras.layers.Conv2DTranspose, keras.layers.LeakyReLU, keras.layers.Concatenate)
+    from .model import SpaceToDepth
+
+    # SpaceToDepth: crosschannel_s2d_unet's features to half resolution, in the trunk's dtype
+    trunk = (keras.layers.Conv2D, keras.layers.Conv2DTranspose, keras.layers.LeakyReLU, keras.layers.Concatenate,
+             SpaceToDepth)
     variants = FAST_VARIANTS if fused else {}
 
     def clone(layer: Any) -> Any:

@@ -307,6 +307,43 @@ class LocalContrast(layers.Layer):
         return {**super().get_config(), "window": self.window}
 
 
+def _crosschannel_features(tile_size: int | None):
+    """crosschannel_unet's classical part: (input, flags, spatial fill, cross-channel fill,
+    cross-channel prior, the 13 feature channels its trunk sees)."""
+    inp = keras.Input(shape=(tile_size, tile_size, 3))
+    hint = impulse_hint(inp)
+    spatial = SpatialFill((3, 5, 7), name="spatial_fill")([inp, hint])
+    xc = CrossChannelFill(name="cross_channel_fill")([inp, hint, spatial])
+    same = SameExtreme(name="same_extreme")([inp, hint])
+    # the classical results as images (flagged values replaced), so the convolutions see
+    # impulse-free pictures rather than having to learn to ignore the impulses first
+    prior = layers.Add(name="cross_channel_prior")([inp, layers.Multiply()([hint, layers.Subtract()([xc, inp])])])
+    spatial_prior = layers.Add(name="spatial_prior")([inp, layers.Multiply()([hint, layers.Subtract()([spatial, inp])])])
+    features = layers.Concatenate(name="features")([prior, spatial_prior, hint, same, inp])
+    return inp, hint, spatial, xc, prior, features
+
+
+def _crosschannel_output(inp, hint, spatial, xc, prior, logit, correction_units, share_logit):
+    """crosschannel_unet's output from its classical part and its three heads (3 channels each,
+    full resolution): input + flag * sigmoid(logit) * (fill - input)."""
+    mask = layers.Multiply(name="impulse_mask")([hint, layers.Activation("sigmoid")(logit)])
+    # the correction is in units of the local contrast of the prior: none where it is flat
+    contrast = LocalContrast(5, name="local_contrast")(prior)
+    correction = layers.Multiply(name="fill_correction")([correction_units, contrast])
+    # where the channels are weakly correlated (measured: a camera source), the spatial fill is
+    # the better estimate: a learned per-value blend towards it, starting at 1.8 %
+    blend = layers.Activation("sigmoid", name="spatial_share")(share_logit)
+    towards_spatial = layers.Multiply()([blend, layers.Subtract()([spatial, xc])])
+    fill = layers.Add(name="fill")([xc, towards_spatial, correction])
+    delta = layers.Subtract(name="fill_minus_input")([fill, inp])
+    return layers.Add(name="restored")([inp, layers.Multiply(name="switch")([mask, delta])])
+
+
+# the heads' names and initial biases: mask logit (mask_bias), correction, spatial share logit
+def _head_biases(mask_bias: float) -> dict[str, float]:
+    return {"mask_logit": mask_bias, "correction_in_contrast_units": 0.0, "spatial_share_logit": -4.0}
+
+
 def build_crosschannel_unet(tile_size: int | None = 64, base: int = 24, mask_bias: float = 8.0) -> keras.Model:
     """A U-Net that refines the cross-channel switching filter; exact on every unflagged value.
 
@@ -322,34 +359,78 @@ def build_crosschannel_unet(tile_size: int | None = 64, base: int = 24, mask_bia
     the cross-channel filter, 1.8 % of the way to the spatial fill, and leaving 1 -
     sigmoid(mask_bias) = 0.03 % of each replacement undone.
     """
-    inp = keras.Input(shape=(tile_size, tile_size, 3))
-    hint = impulse_hint(inp)
-    spatial = SpatialFill((3, 5, 7), name="spatial_fill")([inp, hint])
-    xc = CrossChannelFill(name="cross_channel_fill")([inp, hint, spatial])
-    same = SameExtreme(name="same_extreme")([inp, hint])
-    # the classical results as images (flagged values replaced), so the convolutions see
-    # impulse-free pictures rather than having to learn to ignore the impulses first
-    prior = layers.Add(name="cross_channel_prior")([inp, layers.Multiply()([hint, layers.Subtract()([xc, inp])])])
-    spatial_prior = layers.Add(name="spatial_prior")([inp, layers.Multiply()([hint, layers.Subtract()([spatial, inp])])])
-    x = layers.Concatenate(name="features")([prior, spatial_prior, hint, same, inp])
-    u1 = _unet_trunk(x, base)
-    logit = layers.Conv2D(3, 1, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(mask_bias),
-                          name="mask_logit")(u1)
-    mask = layers.Multiply(name="impulse_mask")([hint, layers.Activation("sigmoid")(logit)])
-    # the correction is in units of the local contrast of the prior: none where it is flat
-    contrast = LocalContrast(5, name="local_contrast")(prior)
-    correction = layers.Multiply(name="fill_correction")(
-        [layers.Conv2D(3, 1, kernel_initializer="zeros", name="correction_in_contrast_units")(u1), contrast])
-    # where the channels are weakly correlated (measured: a camera source), the spatial fill is
-    # the better estimate: a learned per-value blend towards it, starting at 1.8 %
-    blend = layers.Activation("sigmoid", name="spatial_share")(
-        layers.Conv2D(3, 1, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(-4.0),
-                      name="spatial_share_logit")(u1))
-    towards_spatial = layers.Multiply()([blend, layers.Subtract()([spatial, xc])])
-    fill = layers.Add(name="fill")([xc, towards_spatial, correction])
-    delta = layers.Subtract(name="fill_minus_input")([fill, inp])
-    out = layers.Add(name="restored")([inp, layers.Multiply(name="switch")([mask, delta])])
-    return keras.Model(inp, out, name="crosschannel_unet")
+    inp, hint, spatial, xc, prior, features = _crosschannel_features(tile_size)
+    u1 = _unet_trunk(features, base)
+    heads = [layers.Conv2D(3, 1, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(bias),
+                           name=name)(u1) for name, bias in _head_biases(mask_bias).items()]
+    return keras.Model(inp, _crosschannel_output(inp, hint, spatial, xc, prior, *heads), name="crosschannel_unet")
+
+
+class _BlockLayer(layers.Layer):
+    def __init__(self, block: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.block = int(block)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "block": self.block}
+
+
+@keras.saving.register_keras_serializable(package="ihclib")
+class SpaceToDepth(_BlockLayer):
+    """Each ``block`` x ``block`` patch of pixels as one pixel with block**2 times the channels
+    (channel (i * block + j) * C + c holds channel c of the patch's pixel (i, j), as
+    ``tf.nn.space_to_depth``); height and width must be multiples of ``block``."""
+
+    def call(self, x):
+        b, c = self.block, x.shape[-1]
+        n, h, w = keras.ops.shape(x)[0], keras.ops.shape(x)[1], keras.ops.shape(x)[2]
+        x = keras.ops.reshape(x, (n, h // b, b, w // b, b, c))
+        return keras.ops.reshape(keras.ops.transpose(x, (0, 1, 3, 2, 4, 5)), (n, h // b, w // b, b * b * c))
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        b = self.block
+        return (n, None if h is None else h // b, None if w is None else w // b, c * b * b)
+
+
+@keras.saving.register_keras_serializable(package="ihclib")
+class DepthToSpace(_BlockLayer):
+    """The inverse of :class:`SpaceToDepth`: channels C * block**2 to a block x block patch of
+    C channels each (as ``tf.nn.depth_to_space``)."""
+
+    def call(self, x):
+        b, c = self.block, x.shape[-1] // (self.block * self.block)
+        n, h, w = keras.ops.shape(x)[0], keras.ops.shape(x)[1], keras.ops.shape(x)[2]
+        x = keras.ops.reshape(x, (n, h, w, b, b, c))
+        return keras.ops.reshape(keras.ops.transpose(x, (0, 1, 3, 2, 4, 5)), (n, h * b, w * b, c))
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        b = self.block
+        return (n, None if h is None else h * b, None if w is None else w * b, c // (b * b))
+
+
+def build_crosschannel_s2d_unet(tile_size: int | None = 64, base: int = 32, mask_bias: float = 8.0) -> keras.Model:
+    """:func:`build_crosschannel_unet` with its U-Net at half resolution (issue 13).
+
+    The 13 feature channels of each 2 x 2 patch become one pixel of 52 (:class:`SpaceToDepth`,
+    the down-sampling of FFDNet, Zhang et al. 2018); the U-Net (``base`` channels at half
+    resolution, 2 * base at 1/4, 4 * base at 1/8) sees them, and each head predicts its 3
+    channels for all four pixels of the patch (12 channels, :class:`DepthToSpace` back). The
+    classical fills, the hard gate and the output formula are crosschannel_unet's, at full
+    resolution. Why: at the same FLOPs per pixel the convolutions have 4 times the channels on a
+    quarter of the pixels, so far fewer passes over memory per FLOP (bias, activation,
+    concatenation) and wider matrix products; the receptive field doubles. At ``base`` 32 it has
+    about the FLOPs per pixel of crosschannel_unet at 16 (49,536 against 45,504).
+    """
+    inp, hint, spatial, xc, prior, features = _crosschannel_features(tile_size)
+    half = _unet_trunk(SpaceToDepth(2, name="to_half_resolution")(features), base)
+    heads = []
+    for name, bias in _head_biases(mask_bias).items():
+        h = layers.Conv2D(12, 1, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(bias),
+                          name=name)(half)
+        heads.append(DepthToSpace(2, name=f"{name}_full_resolution")(h))
+    return keras.Model(inp, _crosschannel_output(inp, hint, spatial, xc, prior, *heads), name="crosschannel_s2d_unet")
 
 
 # ---------------------------------------------------------------- registry
@@ -359,6 +440,7 @@ MODELS: dict[str, Callable[..., keras.Model]] = {
     "dncnn_residual": build_dncnn_residual,
     "switching_unet": build_switching_unet,
     "crosschannel_unet": build_crosschannel_unet,
+    "crosschannel_s2d_unet": build_crosschannel_s2d_unet,
 }
 
 if tuple(MODELS) != MODEL_NAMES:  # the light registry (ihclib.registry) must list the builders here
@@ -366,13 +448,14 @@ if tuple(MODELS) != MODEL_NAMES:  # the light registry (ihclib.registry) must li
 
 
 # the models whose U-Net width (channels at full resolution, doubled at each level) can be chosen
-WIDTH_MODELS = ("switching_unet", "crosschannel_unet")
+WIDTH_MODELS = ("switching_unet", "crosschannel_unet", "crosschannel_s2d_unet")
 
 
 def build_model(name: str, tile_size: int | None = 256, width: int | None = None) -> keras.Model:
     """Build a registry model by name (ValueError naming the choices for an unknown one).
 
-    ``width``: the U-Net width of :data:`WIDTH_MODELS` (None: the builder's default, 24); other
+    ``width``: the U-Net width of :data:`WIDTH_MODELS` (None: the builder's default, 24; 32 for
+    crosschannel_s2d_unet, whose width counts half-resolution channels); other
     models have no such setting and ignore it."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -63,10 +65,16 @@ def test_window_counts_are_what_an_average_pool_divides_by():
         np.testing.assert_array_equal(fast.window_counts(9, 12, w).numpy(), want)
 
 
-def test_inference_copy_fuses_crosschannel_unet_and_keeps_the_gate_exact():
+@pytest.mark.parametrize("compiled", [False, True], ids=["tensorflow_prefix", "compiled_prefix"])
+@pytest.mark.parametrize("build", [ref.build_crosschannel_unet, ref.build_crosschannel_s2d_unet])
+def test_inference_copy_fuses_crosschannel_unet_and_keeps_the_gate_exact(build, compiled):
     keras = pytest.importorskip("keras")
+    from ihclib import native
+
+    if compiled and not native.available():
+        pytest.skip(f"no compiled prefix here: {native.unavailable_reason()}")
     keras.utils.set_random_seed(3)
-    model = ref.build_crosschannel_unet(None, base=4)
+    model = build(None, base=4)
     rng = np.random.default_rng(3)
     for name in ("mask_logit", "correction_in_contrast_units", "spatial_share_logit"):
         layer = model.get_layer(name)
@@ -74,6 +82,11 @@ def test_inference_copy_fuses_crosschannel_unet_and_keeps_the_gate_exact():
     x, _ = ihc_like((1, 64, 96), seed=4)
     # values near the extremes but not 8-bit ones: the flag passes them only above its threshold
     x[0, 40, 50:56, 1] = [0.9995, 0.999, 0.9989, 0.0005, 0.001, 0.0011]
+    with native.disabled() if not compiled else contextlib.nullcontext():
+        check_fused_copy(model, x)
+
+
+def check_fused_copy(model, x):
     want = model(x).numpy()
     unflagged = (x > 0.01) & (x < 0.99)
     per_layer = infer.inference_copy(model, fused=False)

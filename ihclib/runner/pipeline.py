@@ -364,7 +364,7 @@ def make_nbval_refs(dest: str, root: Path | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ihclib.runner.pipeline", description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="quick", help="smoke, quick (default), long, wide, bundle or paper (ihclib.study.profiles)")
+    parser.add_argument("--profile", default="quick", help="smoke, quick (default), long, wide, s2d, bundle or paper (ihclib.study.profiles)")
     parser.add_argument("--data-dir", default=None, help="folder of images, or 'skimage' for the embedded image "
                         "(default: $IHC_DATA_DIR, else the project's data/, else the embedded image)")
     parser.add_argument("--reports", default="reports", help="output folder (replaced only on success)")

@@ -143,6 +143,14 @@ PROFILES: dict[str, Profile] = {
                     "bundle would gain on the held-out sources and cost in time (issue 13); "
                     "about 20 minutes on a 2-core Zen 5, 40 on a Zen 4",
     ),
+    "s2d": Profile(
+        name="s2d", tile_size=64, stride=64, batch_size=16, epochs=30, steps_per_epoch=200,
+        learning_rate=2e-3, models=("crosschannel_s2d_unet",), width=32,
+        eval_tile_size=256, max_eval_tiles=12, eval_amounts=HELD_OUT_AMOUNTS,
+        description="long with crosschannel_s2d_unet (its U-Net at half resolution, width 32: about the "
+                    "FLOPs per pixel of long's width 16) instead of crosschannel_unet: the same budget, "
+                    "a design with fewer passes over memory (issue 13)",
+    ),
     "bundle": Profile(
         name="bundle", tile_size=64, stride=64, batch_size=16, epochs=30, steps_per_epoch=200,
         learning_rate=2e-3, models=("crosschannel_unet",), train_on_test=True, width=16,

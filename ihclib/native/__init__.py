@@ -1,0 +1,217 @@
+"""crosschannel_unet's classical prefix as compiled C (``prefix.c``), built on first use.
+
+:func:`prefix` computes what :class:`ihclib.fast_layers.CrossChannelPrefix` computes (up to
+float32 rounding) in one cache-blocked pass over each band of rows, in threads; the fused
+TensorFlow version spends most of its time in ~40 depthwise convolutions that each stream the
+whole tile through memory (issue 13, README Performance).
+
+The library is compiled with the machine's C compiler (``$CC``, else ``cc``; ``-O3
+-march=native``: it runs where it was built) into ``$XDG_CACHE_HOME/ihclib/native``
+(``~/.cache/ihclib/native``), once per source, compiler and CPU; ``make setup`` builds it ahead.
+A second process compiling at the same time is harmless: each writes a temporary file and
+renames it into place. Where there is no compiler, or it fails, or ``IHCLIB_NATIVE=0``,
+:func:`available` is False and ihclib uses the TensorFlow layers: never an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import ml_dtypes  # installed with TensorFlow
+import numpy as np
+
+ENV_VAR = "IHCLIB_NATIVE"
+SOURCE = Path(__file__).with_name("prefix.c")
+FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c99")
+# what prefix.c supports: spatial windows odd and at most 7, the cross-channel and contrast windows 5
+MAX_WINDOW, FIXED_WINDOW = 7, 5
+FEATURES = 13
+# rows x columns of the rectangles prefix.c works on, each with its halo: its buffers (about
+# 0.6 MB) stay in a core's L2 cache (measured on the 2-core Zen 5, 1056 px tiles: ...)
+BLOCK = (32, 1056)
+_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)  # TensorFlow's own bfloat16 NumPy type
+
+_lib: ctypes.CDLL | None = None
+_tried = False
+_error: str | None = None
+
+
+def _cpu_key() -> str:
+    """The CPU's instruction-set flags (what -march=native compiles for)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cache_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "ihclib" / "native"
+
+
+def library_path(compiler: str) -> Path:
+    """Where the library built from this source, with ``compiler``, for this CPU is kept."""
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), compiler.encode(), " ".join(FLAGS).encode(),
+                                     _cpu_key().encode()])).hexdigest()[:16]
+    return cache_dir() / f"prefix-{key}.so"
+
+
+def build(timeout_s: float = 120) -> Path:
+    """Compile ``prefix.c`` (unless already built) and return the library's path; RuntimeError
+    saying why where it cannot be built."""
+    compiler = os.environ.get("CC") or "cc"
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C compiler ({compiler!r} not found)")
+    path = library_path(compiler)
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
+                              timeout=timeout_s)
+        if done.returncode != 0:
+            raise RuntimeError(f"{compiler} failed on {SOURCE.name}: {done.stderr.strip()[-500:]}")
+        os.replace(tmp, path)  # atomic: another process sees the old state or the whole library
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _load() -> ctypes.CDLL | None:
+    global _lib, _tried, _error
+    if _tried:
+        return _lib
+    _tried = True
+    if os.environ.get(ENV_VAR, "1").lower() in ("0", "off", "false", "no"):
+        _error = f"{ENV_VAR}={os.environ[ENV_VAR]}"
+        return None
+    try:
+        lib = ctypes.CDLL(str(build()))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        _error = str(e)
+        return None
+    f32 = ctypes.POINTER(ctypes.c_float)
+    lib.ihclib_prefix_rows.argtypes = [f32, *[ctypes.c_int] * 6, ctypes.POINTER(ctypes.c_int), ctypes.c_int,
+                                       ctypes.c_float, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, f32, f32, f32, f32]
+    lib.ihclib_prefix_rows.restype = ctypes.c_int
+    _lib = lib
+    return lib
+
+
+_off = threading.local()
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within: :func:`available` is False in this thread (the TensorFlow layers run instead), for
+    comparisons and tests."""
+    before = getattr(_off, "value", False)
+    _off.value = True
+    try:
+        yield
+    finally:
+        _off.value = before
+
+
+def available() -> bool:
+    """Whether the compiled prefix can be used in this process (building it if needed)."""
+    return not getattr(_off, "value", False) and _load() is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`available` is False (None when it is True or was not asked yet)."""
+    return _error
+
+
+def supports(windows, window: int, contrast_window: int) -> bool:
+    """Whether ``prefix.c`` computes a prefix with these windows."""
+    windows = tuple(int(w) for w in windows)
+    return (0 < len(windows) <= 3 and all(w % 2 == 1 and 0 < w <= MAX_WINDOW for w in windows)
+            and int(window) == FIXED_WINDOW and int(contrast_window) == FIXED_WINDOW)
+
+
+_pool: ThreadPoolExecutor | None = None
+_outputs = threading.local()  # each thread's output arrays, reused (see prefix)
+
+
+def _threads() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _output_arrays(shape: tuple[int, int, int], features_dtype: np.dtype, reuse: bool) -> list[np.ndarray]:
+    n, height, width = shape
+    dtypes = (features_dtype, np.float32, np.float32, np.float32, np.float32)
+    shapes = [(n, height, width, k) for k in (FEATURES, 3, 3, 3, 6)]
+    if not reuse:
+        return [np.empty(s, d) for s, d in zip(shapes, dtypes)]
+    cached = getattr(_outputs, "arrays", None)
+    if cached is None or [(a.shape, a.dtype) for a in cached] != list(zip(shapes, map(np.dtype, dtypes))):
+        cached = _outputs.arrays = [np.empty(s, d) for s, d in zip(shapes, dtypes)]
+    return cached
+
+
+def prefix(x: np.ndarray, windows=(3, 5, 7), eps: float = 1e-3, min_clean: int = 3, features_dtype: str = "float32",
+           threads: int | None = None, reuse: bool = False) -> tuple[np.ndarray, ...]:
+    """``(features, flag, spatial fill, cross-channel fill, box sums of [prior, prior^2])`` of
+    ``x`` (N, H, W, 3), as :class:`ihclib.fast_layers.CrossChannelPrefix` with window 5 and
+    contrast window 5 (float32; the features in ``features_dtype``, float32 or bfloat16). Row
+    bands run in ``threads`` threads (the C code runs without the GIL).
+
+    ``reuse``: write into this thread's arrays of the last call with the same shapes instead of
+    new ones, and return those; for a caller that copies them before the next call, as
+    ``tf.numpy_function`` does (tests/test_native.py checks that it copies). New arrays cost a
+    page fault per 4 kB written: about 30 ms on the 125 MB of a 1056 px tile (measured)."""
+    global _pool
+    lib = _load()
+    if lib is None:
+        raise RuntimeError(f"the compiled prefix is not available: {_error}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, height, width, channels = x.shape
+    if channels != 3:
+        raise ValueError(f"expected 3 channels, got {channels}")
+    bf16 = str(features_dtype) == "bfloat16"
+    if not bf16 and str(features_dtype) != "float32":
+        raise ValueError(f"features_dtype must be float32 or bfloat16, got {features_dtype!r}")
+    outs = _output_arrays((n, height, width), _BFLOAT16 if bf16 else np.float32, reuse)
+    wins = (ctypes.c_int * len(windows))(*windows)
+    f32 = ctypes.POINTER(ctypes.c_float)
+    threads = threads or _threads()
+    # one band of rows per thread and image: each band recomputes a halo of 10 rows
+    jobs = []
+    for i in range(n):
+        ptrs = [x[i].ctypes.data_as(f32), outs[0][i].ctypes.data_as(ctypes.c_void_p),
+                *(a[i].ctypes.data_as(f32) for a in outs[1:])]
+        edges = np.linspace(0, height, min(threads, max(1, height // 16)) + 1).astype(int)
+        jobs += [(ptrs, int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    block = (BLOCK[0], min(BLOCK[1], width))
+
+    def run(job) -> int:
+        (xp, fp, *op), y0, y1 = job
+        return lib.ihclib_prefix_rows(xp, height, width, y0, y1, *block, wins, len(windows), eps, int(min_clean),
+                                      fp, int(bf16), *op)
+
+    if threads == 1 or len(jobs) == 1:
+        codes = [run(j) for j in jobs]
+    else:
+        if _pool is None or _pool._max_workers != threads:
+            _pool = ThreadPoolExecutor(threads, thread_name_prefix="ihclib-prefix")
+        codes = list(_pool.map(run, jobs))
+    if any(codes):
+        raise RuntimeError(f"compiled prefix failed (code {min(codes)}) on {x.shape}")
+    return tuple(outs)
