@@ -18,6 +18,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -e '.[notebooks,dev]'
+	@$(PY) -m ihclib.native  # compiles ihclib's C prefix now rather than at the first denoise (never fails)
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

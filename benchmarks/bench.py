@@ -83,6 +83,8 @@ class Config:
     backends: tuple[str, ...] = ("keras", "openvino")  # those installed are run
     # `ihclib denoise` with untrained copies of the bundled architecture at these widths
     frontier_widths: tuple[int, ...] = (8, 16, 24, 32, 40, 48)  # 40: the profile "wide"
+    # and of crosschannel_s2d_unet (its U-Net at half resolution; 32: the profile "s2d")
+    s2d_widths: tuple[int, ...] = (32, 48, 64)
     # `ihclib denoise` on a folder of this many copies of the test image, with and without the
     # next file read and the last written beside the model; this many runs of each, the best kept
     folder_files: int = 3
@@ -93,7 +95,7 @@ FULL = Config()
 QUICK = Config(name="quick", gemm_sizes=(256, 512), gemm_repeats=2, tile_size=64, batch_sizes=(1, 2), main_batch=2,
                min_time=0.05, min_calls=1, train_batch=2, train_steps=1, profile_steps=1, denoise_size=256, denoise_batch=2,
                pipeline_size=256, psnr_tile=64, held_out=False, backends=("keras",),
-               frontier_widths=(4, 8), folder_files=2, folder_runs=1)
+               frontier_widths=(4, 8), s2d_widths=(8,), folder_files=2, folder_runs=1)
 
 
 # ---------------------------------------------------------------- helpers
@@ -167,6 +169,7 @@ FLOP_PER_CYCLE = {
 }
 # issue 13: the bundled model's whole-image time at most this many times the switching median's
 MEDIAN_FACTOR = 4
+S2D = "crosschannel_s2d_unet"  # the other design whose widths make bench times
 # AVX512_BF16's dot product does two bf16 products per float32 lane: twice the float32 rate
 BF16_FACTOR = 2
 ISA_FLAGS = ("sse4_2", "avx", "fma", "avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
@@ -660,14 +663,16 @@ def meets_speed(run: dict, max_seconds: float | None) -> bool:
 
 
 def bench_width_frontier(src: Path, out_dir: Path, cfg: Config, arch: str, sidecar: dict, peak: dict,
-                         max_seconds: float | None = None) -> dict:
+                         max_seconds: float | None = None, widths: tuple[int, ...] | None = None,
+                         dense: bool = True) -> dict:
     """``ihclib denoise`` on the same file with untrained models of the bundled architecture at
     ``cfg.frontier_widths``: what a wider (more FLOPs per pixel) or narrower model does to MP/s and
     to the share of peak, end to end. The time does not depend on the weights (dense
     convolutions; the test image has impulses in every tile, so no tile skips the network), so
     these answer whether *any* width of the design could meet issue 13's 2 MP/s, 60 % and (where
     ``max_seconds`` is given) 4x the switching median's time at once; :func:`frontier_fit` says by
-    how much they miss, :func:`bench_dense_design` whether a design without classical layers would.
+    how much they miss, :func:`bench_dense_design` whether a design without classical layers would
+    (``dense``). ``widths``: other widths than ``cfg.frontier_widths`` (another architecture's).
     """
     from ihclib.infer import resolve_precision
     from ihclib.model import WIDTH_MODELS, build_model
@@ -675,7 +680,7 @@ def bench_width_frontier(src: Path, out_dir: Path, cfg: Config, arch: str, sidec
     if arch not in WIDTH_MODELS:
         return {"rows": [], "note": f"{arch} has no width setting"}
     rows = []
-    for width in cfg.frontier_widths:
+    for width in widths or cfg.frontier_widths:
         model = build_model(arch, None, width=width)
         run = time_untrained(model, arch, src, out_dir, cfg, sidecar, peak, max_seconds=max_seconds,
                              profile={**sidecar.get("profile", {}), "width": width})
@@ -683,13 +688,14 @@ def bench_width_frontier(src: Path, out_dir: Path, cfg: Config, arch: str, sidec
     fast = [r for r in rows if meets_speed(r, max_seconds)]
     high = [r for r in rows if r["pct_peak"] >= 60]
     precision_peak = peak_for(resolve_precision(build_model(arch, None), "auto"), peak)  # as every width ran
-    return {"rows": rows, "widths_meeting_all": [r["width"] for r in rows if r["meets_all"]], "max_seconds": max_seconds,
+    return {"arch": arch, "rows": rows, "widths_meeting_all": [r["width"] for r in rows if r["meets_all"]],
+            "max_seconds": max_seconds,
             "best_share_at_2mps": max(fast, key=lambda r: r["pct_peak"]) if fast else None,
             "best_mps_at_60pct": max(high, key=lambda r: r["mp_per_s"]) if high else None,
             "fit": frontier_fit(rows, cfg.denoise_size**2, precision_peak, max_seconds=max_seconds),
             "fit_cold": frontier_fit([{**r, "seconds": r["seconds_cold"]} for r in rows], cfg.denoise_size**2,
                                      precision_peak, max_seconds=max_seconds),
-            "dense": bench_dense_design(src, out_dir, cfg, sidecar, peak, max_seconds)}
+            "dense": bench_dense_design(src, out_dir, cfg, sidecar, peak, max_seconds) if dense else None}
 
 
 def bench_dense_design(src: Path, out_dir: Path, cfg: Config, sidecar: dict, peak: dict,
@@ -888,6 +894,8 @@ def whole_image_section(result: dict, cfg: Config, log: Callable[[str], None]) -
         beside = bench_read_beside_trace(path, src, Path(tmp), cfg, INPUT_MULTIPLE[arch])
         median = bench_switching_median(image, src)  # the frontier's widths are held to 4x its time too
         frontier = bench_width_frontier(src, Path(tmp), cfg, arch, sidecar, peak, MEDIAN_FACTOR * median["seconds"])
+        s2d = None if arch == S2D else bench_width_frontier(src, Path(tmp), cfg, S2D, sidecar, peak,
+                                                            MEDIAN_FACTOR * median["seconds"], cfg.s2d_widths, dense=False)
     from ihclib.infer import resolve_precision
 
     precision = resolve_precision(model, "auto")  # what the command runs in
@@ -910,6 +918,9 @@ def whole_image_section(result: dict, cfg: Config, log: Callable[[str], None]) -
         f"one after another {files['sequential_s_per_file']} s (x{files['ratio']})")
     result["width_frontier"] = frontier
     log("width frontier: " + ", ".join(f"{r['width']}: {r['mp_per_s']} MP/s {r['pct_peak']} %" for r in frontier["rows"]))
+    if s2d:
+        result["s2d_frontier"] = s2d
+        log(f"{S2D} frontier: " + ", ".join(f"{r['width']}: {r['mp_per_s']} MP/s {r['pct_peak']} %" for r in s2d["rows"]))
     result["tile_pipeline"] = bench_tile_pipeline(model, cfg)
     flops_tile = per_px * cfg.tile_size**2
     result["bundled_inference"] = bench_inference(model, f"{arch} (float32)", cfg.tile_size, (cfg.main_batch,), ["keras"], flops_tile,
@@ -1034,12 +1045,13 @@ def _machine_text(result: dict) -> str:
             "the higher of the two.")
 
 
-def _frontier_rows(result: dict) -> list[tuple[str, str, str, str]]:
-    """One row per width of :func:`bench_width_frontier`, and whether any met the targets at once."""
-    frontier = result.get("width_frontier")  # absent in results from before it was measured
+def _frontier_rows(result: dict, key: str = "width_frontier") -> list[tuple[str, str, str, str]]:
+    """One row per width of :func:`bench_width_frontier` (``result[key]``), and whether any met
+    the targets at once."""
+    frontier = result.get(key)  # absent in results from before it was measured
     if not frontier or not frontier["rows"]:
         return []
-    arch = result["model"]["name"]
+    arch = frontier.get("arch", result["model"]["name"])
     rows = [(f"... same command, untrained {arch} of width {r['width']} ({r['flops_per_pixel']:,.0f} FLOP/pixel)",
              f"{r['seconds']} s, {r['mp_per_s']} MP/s" + _cold_text(r), f"{r['gflops']}", f"{r['pct_peak']} %")
             for r in frontier["rows"]]
@@ -1047,13 +1059,13 @@ def _frontier_rows(result: dict) -> list[tuple[str, str, str, str]]:
     # .get: --readme-only renders JSON from before the median's limit (keys "..._both")
     met = ", ".join(str(w) for w in frontier.get("widths_meeting_all", frontier.get("widths_meeting_both", []))) or "none"
     speed = _speed_text(frontier)
-    rows.append((f"... widths meeting {speed} and >= 60 % at once", f"{met} (highest share at {speed}: "
+    rows.append((f"... {arch} widths meeting {speed} and >= 60 % at once", f"{met} (highest share at {speed}: "
                  + (f"{fast['pct_peak']} %, width {fast['width']}" if fast else "no width that fast")
                  + "; fastest at >= 60 %: " + (f"{high['mp_per_s']} MP/s, width {high['width']}" if high else "no width")
                  + ")", "", ""))
     fit, cold = frontier.get("fit"), frontier.get("fit_cold")
     if fit:
-        rows.append(("... fit over the widths: seconds = fixed work + FLOPs / rate",
+        rows.append((f"... fit over the {arch} widths: seconds = fixed work + FLOPs / rate",
                      f"fixed {fit['fixed_s']} s, rate {fit['rate_gflops']} GFLOP/s ({fit['rate_pct_peak']} % of peak); "
                      f"{speed} and >= 60 % at once need >= {fit['flops_per_pixel_needed']:,} FLOP/pixel in "
                      f"{fit['budget_s']} s ({fit.get('budget_from', '2 MP/s')}), so fixed work <= {fit['fixed_s_allowed']} s: "
@@ -1112,6 +1124,7 @@ def _measurement_rows(result: dict) -> list[tuple[str, str, str, str]]:
              "", ""),
             *_files_rows(result),
             *_frontier_rows(result),
+            *_frontier_rows(result, "s2d_frontier"),
             (f"in-process {tp['size']}px ({tp['precision']}, tile {result['config']['tile_size']}) / no threads / float32 / "
              f"tile {tp['big_tile']}", f"{tp['threads_s']} / {tp['no_threads_s']} / {tp['float32_s']} / "
              f"{tp['tile' + str(tp['big_tile']) + '_s']} s", "", ""),

@@ -131,7 +131,10 @@ def tile_ops(model, rgb, tile: int, batch: int, calls: int) -> None:
         prefix = CrossChannelPrefix(features_dtype="bfloat16" if infer.resolve_precision(model, "auto") == "bfloat16"
                                     else "float32")
         alone = tf.function(lambda t: prefix(t), autograph=False)
-        print(f"the classical prefix alone: {best(lambda: alone(tf.constant(x))):.0f} ms")
+        from ihclib import native
+
+        kind = "compiled, ihclib.native" if native.available() else "TensorFlow"
+        print(f"the classical prefix alone ({kind}): {best(lambda: alone(tf.constant(x))):.0f} ms")
     print(", ".join(f"{r['op']} {r['ms_per_step']}" for r in op_profile(lambda: predict(x), calls, top=10)
                     if r["ms_per_step"] > 0) + " (ms per call)")
 

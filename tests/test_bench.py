@@ -162,6 +162,26 @@ def test_the_width_frontier_times_the_command_per_width(tiny_run, bench):
     assert rows[-1][0].startswith(f"... same command, untrained paper_unet in {dense['precision']}")
 
 
+def test_the_half_resolution_design_is_timed_beside_the_bundled_one(tiny_run, bench):
+    result, _ = tiny_run
+    s2d, bundled = result["s2d_frontier"], result["width_frontier"]
+    assert s2d["arch"] == "crosschannel_s2d_unet" != result["model"]["name"]
+    assert [r["width"] for r in s2d["rows"]] == [8] and s2d["dense"] is None  # the dense design is timed once
+    assert s2d["max_seconds"] == bundled["max_seconds"]  # held to the same targets
+    row = s2d["rows"][0]
+    assert row["flops_per_pixel"] == bench_flops("crosschannel_s2d_unet", 8)
+    rows = bench._frontier_rows(result, "s2d_frontier")
+    assert rows[0][0].startswith("... same command, untrained crosschannel_s2d_unet of width 8 (")
+    assert rows[1][0].startswith("... crosschannel_s2d_unet widths meeting")
+    assert any(r[0].startswith("... same command, untrained crosschannel_s2d_unet") for r in bench._measurement_rows(result))
+
+
+def bench_flops(arch: str, width: int, tile: int = 256) -> float:
+    from ihclib.model import build_model, count_flops
+
+    return count_flops(build_model(arch, None, width=width), tile) / tile**2
+
+
 def test_the_frontier_summary_names_the_best_of_each_side(bench):
     rows = [{"width": w, "flops_per_pixel": f, "seconds": 1.0, "mp_per_s": m, "gflops": 1.0, "pct_peak": p,
              "meets_all": m >= 2 and p >= 60} for w, f, m, p in [(8, 1e4, 3.1, 9.4), (16, 4e4, 2.6, 28.6),
@@ -173,7 +193,7 @@ def test_the_frontier_summary_names_the_best_of_each_side(bench):
     assert summary == "none (highest share at >= 2 MP/s: 28.6 %, width 16; fastest at >= 60 %: 0.8 MP/s, width 48)"
     result["width_frontier"]["max_seconds"] = 6.84  # held to 4x the median too: the label says so
     label, summary = bench._frontier_rows(result)[-1][:2]
-    assert label == "... widths meeting >= 2 MP/s, <= 6.84 s (4x the median) and >= 60 % at once"
+    assert label == "... crosschannel_unet widths meeting >= 2 MP/s, <= 6.84 s (4x the median) and >= 60 % at once"
     assert summary.startswith("none (highest share at >= 2 MP/s, <= 6.84 s (4x the median): 28.6 %")
     assert bench._frontier_rows({"model": {"name": "x"}}) == []  # results from before the frontier
 
@@ -346,5 +366,18 @@ def test_the_denoise_timeline_names_where_a_run_spends_its_time(tmp_path, capsys
     assert timeline.main([str(src), "--ops", "1"]) == 0
     call, prefix, ops = capsys.readouterr().out.strip().splitlines()[-3:]
     assert call.startswith("one call on 1 tile(s) of ") and call.endswith(" ms (best of 10)")
-    assert prefix.startswith("the classical prefix alone: ")  # the bundled model is a crosschannel_unet
-    assert "Conv2D" in ops and "DepthwiseConv2dNative" in ops and ops.endswith(" (ms per call)")
+    from ihclib import native
+
+    # the bundled model is a crosschannel_unet: its prefix compiled where a compiler is, else TensorFlow's
+    compiled = native.available()
+    assert prefix.startswith(f"the classical prefix alone ({'compiled, ihclib.native' if compiled else 'TensorFlow'}): ")
+    assert "Conv2D" in ops and ops.endswith(" (ms per call)")
+    assert ("PyFunc" in ops, "DepthwiseConv2dNative" in ops) == (compiled, not compiled)
+    # --model: another model than the bundled one
+    from ihclib.model import build_model, save_model
+
+    other = tmp_path / "s2d.keras"
+    save_model(build_model("crosschannel_s2d_unet", None, width=8), other, {"architecture": "crosschannel_s2d_unet",
+                                                                            "input_multiple": 8})
+    assert timeline.main([str(src), "--model", str(other)]) == 0
+    assert "XLA cache" in capsys.readouterr().out

@@ -7,14 +7,17 @@
  * 1056 px tile spent 62-70 ms there, as long as the width-16 trunk's convolutions (measured on a
  * 2-core Zen 5). Here a band of rows and its halo is worked on while it is in cache: the terms to
  * sum (planar rows), vertical then horizontal sums (nested windows share their additions), the
- * per-pixel algebra, and the outputs written once.
+ * per-pixel algebra, and the outputs written once: 33 ms on one core, 18 ms on two (same tile).
+ * The loops are plain C that GCC vectorises (-fopt-info-vec); where it would not (a boolean
+ * select chain), the code says so.
  *
  * Built on first use by ihclib.native (the machine's own compiler, -O3 -march=native); ihclib
  * falls back to the TensorFlow layers where it cannot be built.
  *
  * Layout: x is (H, W, 3) float32, C order; outputs (H, W, k): features 13 (float32, or bfloat16
- * bits where features_bf16), and float32 flag 3, spatial 3, xc 3, contrast sums 6. Rows [y0, y1) of the outputs are written; any row split
- * gives the same values (each band recomputes its halo), so callers may run bands in threads.
+ * bits where features_bf16), and float32 flag 3, spatial 3, xc 3, contrast sums 6. Rows [y0, y1)
+ * of the outputs are written; any split into rows gives the same bits (each band recomputes its
+ * halo in the same order), so callers may run bands in threads.
  */
 #include <math.h>
 #include <stdint.h>

@@ -1,0 +1,137 @@
+"""The compiled prefix (ihclib.native) computes what the TensorFlow prefix computes, and ihclib
+falls back to TensorFlow where it cannot be built."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from ihclib import native  # noqa: E402
+from ihclib.fast_layers import CrossChannelPrefix  # noqa: E402
+
+from test_fast_layers import ihc_like  # noqa: E402
+
+needs_compiled = pytest.mark.skipif(not native.available(), reason=f"no compiled prefix: {native.unavailable_reason()}")
+NAMES = ("features", "flag", "spatial fill", "cross-channel fill", "contrast sums")
+
+
+def noisy(shape, seed):
+    """:func:`ihc_like` where it fits, else values on the 8-bit grid with s&p impulses."""
+    if shape[1] >= 30 and shape[2] >= 41:
+        return ihc_like(shape, seed=seed)[0]
+    rng = np.random.default_rng(seed)
+    x = np.round(rng.random((*shape, 3)) * 255) / 255
+    u = rng.random(x.shape)
+    return np.where(u < 0.1, 0.0, np.where(u > 0.9, 1.0, x)).astype(np.float32)
+
+
+def tensorflow_prefix(x, windows=(3, 5, 7), features_dtype="float32"):
+    with native.disabled():
+        return [t.numpy() for t in CrossChannelPrefix(windows, features_dtype=features_dtype)(tf.constant(x))]
+
+
+@needs_compiled
+@pytest.mark.parametrize("shape", [(1, 45, 61), (2, 64, 96), (1, 7, 5), (1, 300, 40)])
+@pytest.mark.parametrize("windows", [(3, 5, 7), (5, 7), (3,)])
+def test_compiled_prefix_matches_the_tensorflow_prefix(shape, windows):
+    x = noisy(shape, sum(shape))
+    x[0, -3:, -4:, 1] = [0.9995, 0.999, 0.0005, 0.0011]  # near the extremes: flags that are not 0 or 1
+    want = tensorflow_prefix(x, windows)
+    got = native.prefix(x, windows)
+    for name, w, g in zip(NAMES, want, got):
+        assert g.shape == w.shape and g.dtype == w.dtype, name
+        # float32 rounding in other orders of summation; the fills divide by small determinants
+        np.testing.assert_allclose(g, w, atol=2e-4, rtol=1e-5, err_msg=name)
+    np.testing.assert_array_equal(got[1], want[1])  # the flags exactly
+
+
+@needs_compiled
+def test_any_split_into_bands_and_threads_gives_the_same_bits():
+    x, _ = ihc_like((2, 130, 77), seed=2)
+    one = native.prefix(x, threads=1)
+    for threads in (2, 3, 7):
+        for a, b in zip(one, native.prefix(x, threads=threads)):
+            np.testing.assert_array_equal(a, b)
+
+
+@needs_compiled
+def test_bfloat16_features_are_the_float32_features_rounded_to_nearest_even():
+    x, _ = ihc_like((1, 40, 50), seed=3)
+    f32 = native.prefix(x)[0]
+    bf16 = native.prefix(x, features_dtype="bfloat16")[0]
+    assert bf16.dtype.name == "bfloat16"
+    np.testing.assert_array_equal(bf16.view(np.uint16), tf.cast(f32, tf.bfloat16).numpy().view(np.uint16))
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        native.prefix(x, features_dtype="float16")
+
+
+@needs_compiled
+def test_reused_outputs_are_safe_because_numpy_function_copies_them():
+    """The layer passes reuse=True: a later call overwrites the arrays the last one returned,
+    which is only safe while TensorFlow copies what a NumPy function returns (it does in 2.21)."""
+    x, y = noisy((1, 32, 32), 4), noisy((1, 32, 32), 5)
+    first = tf.numpy_function(lambda t: native.prefix(t, reuse=True)[2], [x], tf.float32)
+    kept = first.numpy().copy()
+    second = native.prefix(y, reuse=True)[2]
+    assert not np.array_equal(second, kept)
+    np.testing.assert_array_equal(first.numpy(), kept)  # the tensor did not change with the arrays
+
+
+def test_the_layer_uses_tensorflow_when_the_compiled_prefix_is_off(monkeypatch):
+    x = noisy((1, 24, 24), 6)
+    calls = []
+    monkeypatch.setattr(native, "prefix", lambda *a, **k: calls.append(1))
+    with native.disabled():
+        assert not native.available()
+        outs = CrossChannelPrefix()(tf.constant(x))
+    assert not calls and outs[0].shape == (1, 24, 24, 13)
+
+
+def test_no_compiler_is_a_reason_not_an_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", "no-such-compiler-ihclib")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_lib", None)
+    with pytest.raises(RuntimeError, match="no C compiler"):
+        native.build()
+    assert not native.available()
+    assert "no C compiler" in native.unavailable_reason()
+
+
+def test_off_by_environment(monkeypatch):
+    monkeypatch.setenv(native.ENV_VAR, "0")
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_lib", None)
+    assert not native.available() and native.ENV_VAR in native.unavailable_reason()
+
+
+def test_a_failed_compile_says_why_and_leaves_nothing_behind(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    fake = tmp_path / "cc"
+    fake.write_text("#!/bin/sh\necho 'prefix.c:1: error: broken' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    with pytest.raises(RuntimeError, match="failed on prefix.c: prefix.c:1: error: broken"):
+        native.build()
+    assert not list(native.cache_dir().iterdir())  # no half-written library
+
+
+@pytest.mark.skipif(not native.available(), reason="no C compiler here")
+def test_the_library_is_built_once_per_source_compiler_and_cpu(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("CC", raising=False)
+    first = native.build()
+    assert first.parent == tmp_path / "ihclib" / "native" and first.is_file()
+    stamp = first.stat().st_mtime_ns
+    assert native.build() == first and first.stat().st_mtime_ns == stamp  # not rebuilt
+    monkeypatch.setattr(native, "_cpu_key", lambda: "flags : another cpu")
+    assert native.library_path("cc") != first
+
+
+def test_supports_only_what_prefix_c_computes():
+    assert native.supports((3, 5, 7), 5, 5) and native.supports((5,), 5, 5)
+    assert not native.supports((3, 5, 9), 5, 5)  # windows above 7
+    assert not native.supports((5, 3), 5, 5)  # not ascending: prefix.c nests them
+    assert not native.supports((3, 5, 7), 7, 5) and not native.supports((3, 5, 7), 5, 3)
