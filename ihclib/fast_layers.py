@@ -223,13 +223,16 @@ class CrossChannelPrefix(keras.layers.Layer):
     ``[features, flag, spatial fill, cross-channel fill, box sums of [prior, prior^2]]``."""
 
     def __init__(self, windows=(3, 5, 7), window: int = 5, eps: float = 1e-3, min_clean: int = 3,
-                 contrast_window: int = 5, features_dtype: str = "float32", **kwargs):
+                 contrast_window: int = 5, features_dtype: str = "float32", compiled: bool = True, **kwargs):
         super().__init__(**kwargs)
+        # compiled: use ihclib.native where it is available (not inside an XLA-compiled function,
+        # which cannot call the NumPy function it runs as)
+        self.compiled = bool(compiled)
         self.windows, self.window, self.eps, self.min_clean = tuple(windows), int(window), float(eps), int(min_clean)
         self.contrast_window, self.features_dtype = int(contrast_window), str(features_dtype)
 
     def call(self, x):
-        if native.supports(self.windows, self.window, self.contrast_window) and native.available():
+        if self.compiled and native.supports(self.windows, self.window, self.contrast_window) and native.available():
             return self._compiled(x)
         flag, spatial_terms_, cross_terms_ = _prefix_terms(x)
         height, width = tf.shape(x)[1], tf.shape(x)[2]
@@ -262,7 +265,7 @@ class CrossChannelPrefix(keras.layers.Layer):
     def get_config(self) -> dict:
         return {**super().get_config(), "windows": list(self.windows), "window": self.window, "eps": self.eps,
                 "min_clean": self.min_clean, "contrast_window": self.contrast_window,
-                "features_dtype": self.features_dtype}
+                "features_dtype": self.features_dtype, "compiled": self.compiled}
 
 
 @_fused
@@ -318,11 +321,11 @@ def merged_heads(model: keras.Model) -> keras.layers.Conv2D:
     return merged
 
 
-def fuse_crosschannel(model: keras.Model) -> keras.Model:
+def fuse_crosschannel(model: keras.Model, compiled_prefix: bool = True) -> keras.Model:
     """``model`` (a crosschannel_unet, or a copy with other dtype policies) with its prefix and
     head replaced by :class:`CrossChannelPrefix` and :class:`CrossChannelHead` and its three
     1x1 head convolutions by one (:func:`merged_heads`); the trunk is ``model``'s own layers
-    (shared, not copied)."""
+    (shared, not copied). ``compiled_prefix``: the prefix may use :mod:`ihclib.native`."""
     spatial, cross = model.get_layer("spatial_fill"), model.get_layer("cross_channel_fill")
     contrast = model.get_layer("local_contrast")
     channels = model.get_layer(HEAD_CONVOLUTIONS[0]).filters
@@ -333,7 +336,7 @@ def fuse_crosschannel(model: keras.Model) -> keras.Model:
             seen["x"] = args[0]
         if layer.name == "features":
             outputs = CrossChannelPrefix(spatial.windows, cross.window, cross.eps, cross.min_clean, contrast.window,
-                                         layer.compute_dtype, name="fused_prefix")(seen["x"])
+                                         layer.compute_dtype, compiled_prefix, name="fused_prefix")(seen["x"])
             seen["prefix"] = outputs
             return outputs[0]
         if layer.name in HEAD_CONVOLUTIONS:

@@ -346,7 +346,8 @@ def _predictor_for(model: Any, tile_size: int, batch_size: int, backend: str | N
     # Keras only (other runtimes convert the model's graph, and the fused layers call XLA)
     fused = backend == "keras" and (bfloat16 or precision == "auto") and has_fast_variants(model)
     if bfloat16 or fused:  # else the model as it is: a copy would change nothing (e.g. paper_unet)
-        model = _cached_inference_copy(model, bfloat16, fused)
+        # XLA over the whole model (jit_compile) cannot call the compiled prefix's NumPy function
+        model = _cached_inference_copy(model, bfloat16, fused, compiled_prefix=not jit_compile)
     return predictor(model, tile_size, batch_size, backend, jit_compile)
 
 
@@ -436,7 +437,7 @@ def denoise(model: Any, image: np.ndarray, tile_size: int | None = None, overlap
     return blender.result(height, width)
 
 
-def inference_copy(model: Any, bfloat16: bool = False, fused: bool = True) -> Any:
+def inference_copy(model: Any, bfloat16: bool = False, fused: bool = True, compiled_prefix: bool = True) -> Any:
     """A copy of a Keras model for ``ihclib denoise``'s fast path (weights shared by value).
 
     ``fused``: the classical layers (the fills, the local contrast) are replaced by their fused
@@ -472,7 +473,7 @@ def inference_copy(model: Any, bfloat16: bool = False, fused: bool = True) -> An
     copy = keras.models.clone_model(model, clone_function=clone)
     copy.set_weights(model.get_weights())
     if fused and can_fuse_whole(copy):  # crosschannel_unet: prefix and head as two fused layers
-        copy = fuse_crosschannel(copy)
+        copy = fuse_crosschannel(copy, compiled_prefix)
     return copy
 
 
@@ -531,14 +532,14 @@ def has_fast_variants(model: Any) -> bool:
     return any(type(layer) in FAST_VARIANTS for layer in model.layers)
 
 
-def _cached_inference_copy(model: Any, bfloat16: bool, fused: bool = True) -> Any:
+def _cached_inference_copy(model: Any, bfloat16: bool, fused: bool = True, compiled_prefix: bool = True) -> Any:
     """:func:`inference_copy` of ``model``, made once per model object and setting."""
     from .backends import _model_cache
 
     cache = _model_cache(model)
-    key = ("inference_copy", bfloat16, fused)
+    key = ("inference_copy", bfloat16, fused, compiled_prefix)
     if key not in cache:
-        cache[key] = inference_copy(model, bfloat16, fused)
+        cache[key] = inference_copy(model, bfloat16, fused, compiled_prefix)
     return cache[key]
 
 

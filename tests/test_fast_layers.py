@@ -122,7 +122,8 @@ def test_denoise_uses_the_fused_layers_only_when_asked(monkeypatch):
     infer.denoise(model, x[0], tile_size=64, overlap=0, multiple=4)
     assert copies() == []  # the library's default (what the study runs): the reference layers
     infer.denoise(model, x[0], tile_size=64, overlap=0, multiple=4, precision="auto")  # what `ihclib denoise` asks
-    assert copies() == [("inference_copy", False, True)]  # fused layers, float32 trunk (no bf16 here)
+    # fused layers, float32 trunk (no bf16 here), the compiled prefix allowed (no jit_compile)
+    assert copies() == [("inference_copy", False, True, True)]
 
 
 def test_fused_layers_serve_models_other_than_crosschannel_unet():

@@ -135,3 +135,20 @@ def test_supports_only_what_prefix_c_computes():
     assert not native.supports((3, 5, 9), 5, 5)  # windows above 7
     assert not native.supports((5, 3), 5, 5)  # not ascending: prefix.c nests them
     assert not native.supports((3, 5, 7), 7, 5) and not native.supports((3, 5, 7), 5, 3)
+
+
+@needs_compiled
+def test_xla_compiled_prediction_uses_the_tensorflow_prefix():
+    """``denoise(..., jit_compile=True)`` compiles the whole model with XLA, which cannot call a
+    NumPy function: the copy it predicts with keeps the TensorFlow prefix."""
+    keras = pytest.importorskip("keras")
+    from ihclib import infer
+    from ihclib.model import build_crosschannel_unet
+
+    keras.utils.set_random_seed(0)
+    model = build_crosschannel_unet(None, base=4)
+    x = noisy((1, 48, 48), 7)[0]
+    plain = infer.denoise(model, x, tile_size=48, batch_size=1, multiple=4, precision="auto", progress=False)
+    xla = infer.denoise(model, x, tile_size=48, batch_size=1, multiple=4, precision="auto", progress=False,
+                        jit_compile=True)
+    np.testing.assert_allclose(xla, plain, atol=1e-3)
