@@ -135,6 +135,25 @@ typedef struct {
  * column that the buffer's column 0 holds (the padding's end) */
 #define PLANE(buf, lo, planes, y, p) ((buf) + ((size_t)((y) - (lo)) * (planes) + (p)) * wp + R)
 
+/* Row y's planes of both buffers, from the column at offset off of a buffer row: x, flags
+ * (buffer a), spatial fill, cross-channel fill, prior, prior^2 (buffer b). */
+typedef struct {
+    float *x[3], *flag[3], *spatial[3], *xc[3], *prior[3], *prior2[3];
+} RowPlanes;
+
+static RowPlanes row_planes(float *ta, int a0, float *tb, int b0, int wp, int y, int off) {
+    RowPlanes rp;
+    for (int c = 0; c < 3; c++) {
+        rp.x[c] = PLANE(ta, a0, NA, y, c) + off;
+        rp.flag[c] = PLANE(ta, a0, NA, y, 3 + c) + off;
+        rp.spatial[c] = PLANE(tb, b0, NB, y, c) + off;
+        rp.xc[c] = PLANE(tb, b0, NB, y, 3 + c) + off;
+        rp.prior[c] = PLANE(tb, b0, NB, y, 6 + c) + off;
+        rp.prior2[c] = PLANE(tb, b0, NB, y, 9 + c) + off;
+    }
+    return rp;
+}
+
 /* Outputs of rows [y0, y1), columns [x0, x1) of the image; the halo is recomputed. */
 static void prefix_rect(const float *x, int height, int width, int y0, int y1, int x0, int x1,
                         const int *windows, int n_windows, float eps, int min_clean, Buffers *bf,
@@ -216,16 +235,8 @@ static void prefix_rect(const float *x, int height, int width, int y0, int y1, i
             vsums(ta, a0, a1, y, NA, 6 + NS + p, wp, RC, vr[0], vr[1], vr[2]);
             hsum(vr[RC - 1] + R + ob, wb, RC, sums + (size_t)(3 * NS + p) * wb);
         }
-        const float *xp[3], *f[3];
-        float *sp[3], *xo[3], *pr[3], *pr2[3];
-        for (int c = 0; c < 3; c++) {
-            xp[c] = PLANE(ta, a0, NA, y, c) + ob;
-            f[c] = PLANE(ta, a0, NA, y, 3 + c) + ob;
-            sp[c] = PLANE(tb, b0, NB, y, c) + ob;
-            xo[c] = PLANE(tb, b0, NB, y, 3 + c) + ob;
-            pr[c] = PLANE(tb, b0, NB, y, 6 + c) + ob;
-            pr2[c] = PLANE(tb, b0, NB, y, 9 + c) + ob;
-        }
+        RowPlanes rp = row_planes(ta, a0, tb, b0, wp, y, ob);
+        float **xp = rp.x, **f = rp.flag, **sp = rp.spatial, **xo = rp.xc, **pr = rp.prior, **pr2 = rp.prior2;
         /* spatial fill (ihclib.fast_layers.spatial_fill_from_sums) */
         const int last = n_windows - 1;
         for (int c = 0; c < 3; c++) {
@@ -282,14 +293,8 @@ static void prefix_rect(const float *x, int height, int width, int y0, int y1, i
             vsums(tb, b0, b1, y, NB, 6 + p, wp, RC, v, v + wp, v + 2 * wp);
             hsum(v + wp + R + oo, wo, RC, csum + (size_t)p * wo);
         }
-        const float *xp[3], *f[3], *sp[3], *xo[3], *pr[3];
-        for (int c = 0; c < 3; c++) {
-            xp[c] = PLANE(ta, a0, NA, y, c) + oo;
-            f[c] = PLANE(ta, a0, NA, y, 3 + c) + oo;
-            sp[c] = PLANE(tb, b0, NB, y, c) + oo;
-            xo[c] = PLANE(tb, b0, NB, y, 3 + c) + oo;
-            pr[c] = PLANE(tb, b0, NB, y, 6 + c) + oo;
-        }
+        RowPlanes rp = row_planes(ta, a0, tb, b0, wp, y, oo);
+        float **xp = rp.x, **f = rp.flag, **sp = rp.spatial, **xo = rp.xc, **pr = rp.prior;
         const size_t at = (size_t)y * width + x0;
         float *flo = flag_out + at * 3, *spo = spatial_out + at * 3;
         float *xco = xc_out + at * 3, *co = contrast_out + at * 6;
