@@ -152,3 +152,23 @@ def test_xla_compiled_prediction_uses_the_tensorflow_prefix():
     xla = infer.denoise(model, x, tile_size=48, batch_size=1, multiple=4, precision="auto", progress=False,
                         jit_compile=True)
     np.testing.assert_allclose(xla, plain, atol=1e-3)
+
+
+@needs_compiled
+def test_a_thread_asking_during_the_build_waits_for_it(monkeypatch):
+    """Not "unavailable" because another thread is still compiling: a predictor traced then
+    would keep the TensorFlow prefix for good."""
+    import threading
+    import time
+
+    real = native.build()
+    monkeypatch.setattr(native, "build", lambda: time.sleep(0.3) or real)
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_lib", None)
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(native.available())) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers == [True, True, True]

@@ -94,7 +94,17 @@ def build(timeout_s: float = 120) -> Path:
     return path
 
 
+_load_lock = threading.Lock()
+
+
 def _load() -> ctypes.CDLL | None:
+    # one build per process: a second thread asking meanwhile waits for it rather than taking
+    # "not available" (a predictor traced then would keep the TensorFlow prefix for good)
+    with _load_lock:
+        return _load_locked()
+
+
+def _load_locked() -> ctypes.CDLL | None:
     global _lib, _tried, _error
     if _tried:
         return _lib
