@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from . import native
 from .model import CrossChannelFill, LocalContrast, SpatialFill
+from .registry import CROSSCHANNEL_MODELS
 
 
 def _fused(fn):
@@ -304,7 +305,6 @@ class CrossChannelHead(keras.layers.Layer):
 HEAD_CONVOLUTIONS = ("mask_logit", "correction_in_contrast_units", "spatial_share_logit")
 # crosschannel_s2d_unet: each head's 12 half-resolution channels as 3 at full resolution
 FULL_RESOLUTION_HEADS = tuple(f"{name}_full_resolution" for name in HEAD_CONVOLUTIONS)
-CROSSCHANNEL_MODELS = ("crosschannel_unet", "crosschannel_s2d_unet")
 
 
 def merged_heads(model: keras.Model) -> keras.layers.Conv2D:

@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .images import to_float
+from .registry import CROSSCHANNEL_MODELS
 
 DOWNSAMPLING = 32  # the paper's U-Net halves the resolution five times
 DEFAULT_TILE = 256
@@ -204,11 +205,12 @@ def _prepare_image(image: np.ndarray, tile_size: int) -> np.ndarray:
 def has_hard_gate(model: Any) -> bool:
     """Whether ``model`` returns every value that is not flagged as a possible impulse unchanged.
 
-    True for ``crosschannel_unet`` (see :func:`ihclib.model.build_crosschannel_unet`): its output
+    True for ``crosschannel_unet`` and ``crosschannel_s2d_unet`` (see
+    :func:`ihclib.model.build_crosschannel_unet`): its output
     is input + flag * sigmoid(.) * (fill - input), with flag = 0 unless a value is within 0.001
     of 0 or 1, so on a tile without such values it is the input, bit for bit.
     """
-    if not _is_keras_model(model) or getattr(model, "name", "") not in ("crosschannel_unet", "crosschannel_s2d_unet"):
+    if not _is_keras_model(model) or getattr(model, "name", "") not in CROSSCHANNEL_MODELS:
         return False
     names = {layer.name for layer in model.layers}
     return {"impulse_hint", "impulse_mask", "switch", "restored"} <= names

@@ -10,6 +10,9 @@ MODEL_NAMES = ("paper_unet", "dncnn_residual", "switching_unet", "crosschannel_u
 INPUT_MULTIPLE = {"paper_unet": 32, "dncnn_residual": 1, "switching_unet": 4, "crosschannel_unet": 4,
                   "crosschannel_s2d_unet": 8}
 
+# the models built on the cross-channel filter, with its hard gate and its fused inference path
+CROSSCHANNEL_MODELS = ("crosschannel_unet", "crosschannel_s2d_unet")
+
 # for inputs of unknown models (no sidecar): the strictest registry constraint
 STRICTEST_MULTIPLE = max(INPUT_MULTIPLE.values())
 
