@@ -183,3 +183,19 @@ def test_width_sets_the_unet_width_of_the_models_that_have_one():
     assert count_params(build_model("paper_unet", 64, width=16)) == count_params(build_model("paper_unet", 64))
     with pytest.raises(ValueError, match="width must be positive"):
         build_model("crosschannel_unet", 64, width=0)
+
+
+def test_space_to_depth_layers_match_tensorflow_and_invert_each_other():
+    import tensorflow as tf
+
+    from ihclib.model import DepthToSpace, SpaceToDepth
+
+    x = np.random.default_rng(0).random((2, 8, 12, 5)).astype(np.float32)
+    folded = SpaceToDepth(2)(x)
+    np.testing.assert_array_equal(folded, tf.nn.space_to_depth(x, 2))  # channel (i * 2 + j) * C + c
+    np.testing.assert_array_equal(DepthToSpace(2)(folded), x)
+    # in a model of any size, as the registry builds them (height and width unknown)
+    inp = keras.Input((None, None, 5))
+    model = keras.Model(inp, DepthToSpace(2)(SpaceToDepth(2)(inp)))
+    assert SpaceToDepth(2).compute_output_shape((None, None, 12, 5)) == (None, None, 6, 20)
+    np.testing.assert_array_equal(model(x), x)
