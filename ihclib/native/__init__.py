@@ -187,8 +187,9 @@ def prefix(x: np.ndarray, windows=(3, 5, 7), eps: float = 1e-3, min_clean: int =
 
     ``reuse``: write into this thread's arrays of the last call with the same shapes instead of
     new ones, and return those; for a caller that copies them before the next call, as
-    ``tf.numpy_function`` does (tests/test_native.py checks that it copies). New arrays cost a
-    page fault per 4 kB written: about 30 ms on the 125 MB of a 1056 px tile (measured)."""
+    ``tf.numpy_function`` does (tests/test_native.py checks that it copies). New arrays (fresh
+    pages from the system for about 100 MB) made a 1056 px tile 33-36 ms instead of 24-27 ms
+    (best of 12 each, alternating, on the 2-core Zen 5 while another job ran)."""
     global _pool
     lib = _load()
     if lib is None:
