@@ -144,16 +144,41 @@ def predictor(model: Any, tile_size: int, batch_size: int, backend: str | None =
               jit_compile: bool = False) -> Predictor:
     """A cached predictor for a Keras model on ``backend`` (resolved with :func:`resolve_backend`).
 
-    ``jit_compile`` (XLA) applies to the Keras backend only.
+    ``jit_compile`` (XLA) applies to the Keras backend only. The Keras predictor reads the
+    model's weights at every call; a converted one (OpenVINO) holds a copy of them, so it is
+    converted again once they have changed (:func:`cached_for_weights`).
     """
     name = resolve_backend(backend)
-    key = (tile_size, batch_size, jit_compile) if name == "keras" else (name, tile_size, batch_size)
-    cache = _model_cache(model)
-    if key not in cache:
-        if name == "keras":
+    if name == "keras":
+        cache = _model_cache(model)
+        key = (tile_size, batch_size, jit_compile)
+        if key not in cache:
             cache[key] = keras_predictor(model, tile_size, batch_size, jit_compile)
-        else:
-            cache[key] = _BUILDERS[name](model, tile_size, batch_size)
+        return cache[key]
+    return cached_for_weights(model, (name, tile_size, batch_size),
+                              lambda: _BUILDERS[name](model, tile_size, batch_size))
+
+
+def weights_fingerprint(model: Any) -> tuple:
+    """Every weight's shape and CRC-32 of its bytes: whether ``model``'s weights changed (a
+    training step, ``set_weights``) since something was made from them. About 1 ms for the
+    bundled model's 0.5 MB, 30 ms for the paper network's 71 MB."""
+    import zlib
+
+    return tuple((w.shape, zlib.crc32(np.ascontiguousarray(w))) for w in model.get_weights())
+
+
+def cached_for_weights(model: Any, key: Any, make: Callable[[], Any]) -> Any:
+    """``make()``, cached on ``model`` under ``key`` for as long as the model's weights are the
+    ones it was made from (:func:`weights_fingerprint`): for what holds a copy of them (an
+    inference copy, a converted model), which would otherwise go on giving the old model's
+    output after the model was trained further or given other weights."""
+    cache = _model_cache(model)
+    fingerprint = weights_fingerprint(model)
+    made = cache.get(("weights of", key))
+    if key not in cache or made != fingerprint:
+        cache[key] = make()
+        cache[("weights of", key)] = fingerprint
     return cache[key]
 
 

@@ -535,14 +535,13 @@ def has_fast_variants(model: Any) -> bool:
 
 
 def _cached_inference_copy(model: Any, bfloat16: bool, fused: bool = True, compiled_prefix: bool = True) -> Any:
-    """:func:`inference_copy` of ``model``, made once per model object and setting."""
-    from .backends import _model_cache
+    """:func:`inference_copy` of ``model``, made once per model object, setting and weights: the
+    copy holds the weights it was made with, so it is made again once the model's have changed
+    (further training, ``set_weights``), instead of denoising with the old ones."""
+    from .backends import cached_for_weights
 
-    cache = _model_cache(model)
-    key = ("inference_copy", bfloat16, fused, compiled_prefix)
-    if key not in cache:
-        cache[key] = inference_copy(model, bfloat16, fused, compiled_prefix)
-    return cache[key]
+    return cached_for_weights(model, ("inference_copy", bfloat16, fused, compiled_prefix),
+                              lambda: inference_copy(model, bfloat16, fused, compiled_prefix))
 
 
 # --- models: loading, checking, the bundled default ----------------------------------------

@@ -390,3 +390,45 @@ def test_png_encode_8bit_decodes_to_the_same_pixels_in_pillow_and_libpng(monkeyp
     assert np.array_equal(imagecodecs.png_decode(png), pixels)
     with pytest.raises(ValueError, match="expected uint8"):
         images.png_encode_8bit(pixels.astype(np.uint16))
+
+
+def test_the_fast_path_follows_the_models_weights_when_they_change(gated_model):
+    # denoise(precision="auto") runs an inference copy holding the weights it was made with; it
+    # went on giving the old model's output after set_weights (or more training) on the model
+    keras = pytest.importorskip("keras")
+    model = keras.models.clone_model(gated_model)
+    model.set_weights(gated_model.get_weights())
+    image = noisy_with_clean_corner()
+    before = denoise(model, image, tile_size=64, overlap=16, precision="auto", progress=False)
+    copy = infer._cached_inference_copy(model, infer.resolve_precision(model, "auto") == "bfloat16")
+    rng = np.random.default_rng(3)
+    model.set_weights([w + rng.normal(0, 0.3, w.shape).astype(w.dtype) for w in model.get_weights()])
+    after = denoise(model, image, tile_size=64, overlap=16, precision="auto", progress=False)
+    fresh = keras.models.clone_model(model)
+    fresh.set_weights(model.get_weights())
+    expected = denoise(fresh, image, tile_size=64, overlap=16, precision="auto", progress=False)
+    assert np.abs(after - before).max() > 1e-3
+    np.testing.assert_array_equal(after, expected)
+    assert infer._cached_inference_copy(model, infer.resolve_precision(model, "auto") == "bfloat16") is not copy
+
+
+def test_what_holds_a_copy_of_the_weights_is_made_again_only_when_they_change(gated_model):
+    keras = pytest.importorskip("keras")
+    from ihclib.backends import cached_for_weights, weights_fingerprint
+
+    model = keras.models.clone_model(gated_model)
+    model.set_weights(gated_model.get_weights())
+    made = []
+
+    def make():
+        made.append(weights_fingerprint(model))
+        return len(made)
+
+    assert cached_for_weights(model, "converted", make) == 1
+    assert cached_for_weights(model, "converted", make) == 1  # the same weights: reused
+    weights = model.get_weights()
+    weights[-1] = weights[-1] + 1e-6  # one value of one bias
+    model.set_weights(weights)
+    assert cached_for_weights(model, "converted", make) == 2
+    assert cached_for_weights(model, "other", make) == 3  # each key its own
+    assert made[0] != made[1] == made[2]
