@@ -274,30 +274,54 @@ class BlockJob:
         return [[(y, x) for x in range(0, width, b)] for y in range(0, height, b)]
 
 
-# per worker process: opened slides and loaded models, reused by every task that needs them
-_SOURCES: dict[tuple[str, str], SlideSource] = {}
-_MODELS: dict[str, Any] = {}
+# per worker process: opened slides and loaded models, reused by every task that needs them,
+# keyed by the file's path, size and modification time (_file_key)
+_SOURCES: dict[tuple, SlideSource] = {}
+_MODELS: dict[tuple, Any] = {}
+
+
+def _file_key(path: str) -> tuple:
+    """``path`` with its size and modification time: a file written again under the same name
+    (a retrained model, a slide exported again) is another key, so a worker that outlives one
+    run (an existing cluster, ``--scheduler``) does not go on with what it opened before."""
+    try:
+        st = os.stat(path)
+    except OSError:  # the reader says what is wrong with it, naming the file
+        return (str(path), None, None)
+    return (str(path), st.st_size, st.st_mtime_ns)
 
 
 def use_model(path: str, model: Any) -> None:
     """Let blocks that name ``path`` use ``model``, already loaded in this process (the
     in-process path: the command has loaded it once to check it; no second copy)."""
-    _MODELS[path] = model
+    _forget(_MODELS, str(path))
+    _MODELS[_file_key(path)] = model
+
+
+def _forget(cache: dict, path: str) -> None:
+    """Drop (and close) what ``cache`` holds for earlier versions of the file at ``path``."""
+    for key in [k for k in cache if k[0] == path]:
+        old = cache.pop(key)
+        if isinstance(old, SlideSource):
+            old.close()
 
 
 def _source(job: BlockJob) -> SlideSource:
-    key = (job.slide, job.reader)
+    key = (*_file_key(job.slide), job.reader)
     if key not in _SOURCES:
+        _forget(_SOURCES, str(job.slide))
         _SOURCES[key] = open_slide(job.slide, job.reader)
     return _SOURCES[key]
 
 
 def _model(path: str) -> Any:
-    if path not in _MODELS:
+    key = _file_key(path)
+    if key not in _MODELS:
         from .infer import load_model
 
-        _MODELS[path] = load_model(path)[0]
-    return _MODELS[path]
+        _forget(_MODELS, str(path))
+        _MODELS[key] = load_model(path)[0]
+    return _MODELS[key]
 
 
 def denoise_block(job: BlockJob, y: int, x: int) -> tuple[np.ndarray, bool]:

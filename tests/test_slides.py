@@ -234,3 +234,33 @@ def test_progress_bar_counts_tiles_and_megapixels(tmp_path, slide, models, capsy
     err = capsys.readouterr().err
     # 600x1100 px in 256 px tiles: 3 rows x 5 columns
     assert "slide.tif" in err and "15/15" in err and "MP/s" in err, err
+
+
+def test_a_worker_sees_a_model_or_slide_written_again_under_the_same_name(tmp_path):
+    # workers of an existing cluster (--scheduler) outlive a run and kept what they had opened
+    # by path: a model retrained into the same file, or a slide exported again, went unseen
+    import os
+
+    def saved_later(path):
+        st = os.stat(path)  # as a file written a second later
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+    slide_path, model_path = tmp_path / "slide.tif", tmp_path / "model.keras"
+    first, second = synthetic_slide(300, 300, seed=1), synthetic_slide(300, 300, seed=2)
+    write_pyramid_tiff(slide_path, first)
+    keras_model(model_path, weight=0.5)
+    b = job(slide_path, str(model_path), block_size=256, tile_size=128)
+    out, denoised = slides.denoise_block(b, 0, 0)
+    assert denoised
+    np.testing.assert_allclose(out, to_float(first[:256, :256]) * 0.5 * 255, atol=0.51)
+
+    keras_model(model_path, weight=1.0)
+    saved_later(model_path)
+    np.testing.assert_allclose(slides.denoise_block(b, 0, 0)[0], first[:256, :256], atol=0.51)
+
+    write_pyramid_tiff(slide_path, second)
+    saved_later(slide_path)
+    np.testing.assert_allclose(slides.denoise_block(b, 0, 0)[0], second[:256, :256], atol=0.51)
+    # one model and one open slide per file: the earlier ones were let go (and closed)
+    assert sum(k[0] == str(model_path) for k in slides._MODELS) == 1
+    assert sum(k[0] == str(slide_path) for k in slides._SOURCES) == 1
