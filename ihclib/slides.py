@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import threading
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -275,9 +276,11 @@ class BlockJob:
 
 
 # per worker process: opened slides and loaded models, reused by every task that needs them,
-# keyed by the file's path, size and modification time (_file_key)
+# keyed by the file's path, size and modification time (_file_key); a lock each, for workers
+# that run several tasks at once
 _SOURCES: dict[tuple, SlideSource] = {}
 _MODELS: dict[tuple, Any] = {}
+_SOURCES_LOCK, _MODELS_LOCK = threading.Lock(), threading.Lock()
 
 
 def _file_key(path: str) -> tuple:
@@ -291,37 +294,41 @@ def _file_key(path: str) -> tuple:
     return (str(path), st.st_size, st.st_mtime_ns)
 
 
+def _forget_other_versions(cache: dict, key: tuple) -> None:
+    """Drop (and close) what ``cache`` holds for other versions of the file ``key`` names."""
+    for old in [k for k in cache if k[0] == key[0] and k[1:3] != key[1:3]]:
+        value = cache.pop(old)
+        if isinstance(value, SlideSource):
+            value.close()
+
+
 def use_model(path: str, model: Any) -> None:
     """Let blocks that name ``path`` use ``model``, already loaded in this process (the
     in-process path: the command has loaded it once to check it; no second copy)."""
-    _forget(_MODELS, str(path))
-    _MODELS[_file_key(path)] = model
-
-
-def _forget(cache: dict, path: str) -> None:
-    """Drop (and close) what ``cache`` holds for earlier versions of the file at ``path``."""
-    for key in [k for k in cache if k[0] == path]:
-        old = cache.pop(key)
-        if isinstance(old, SlideSource):
-            old.close()
+    key = _file_key(path)
+    with _MODELS_LOCK:
+        _forget_other_versions(_MODELS, key)
+        _MODELS[key] = model
 
 
 def _source(job: BlockJob) -> SlideSource:
     key = (*_file_key(job.slide), job.reader)
-    if key not in _SOURCES:
-        _forget(_SOURCES, str(job.slide))
-        _SOURCES[key] = open_slide(job.slide, job.reader)
-    return _SOURCES[key]
+    with _SOURCES_LOCK:
+        if key not in _SOURCES:
+            _forget_other_versions(_SOURCES, key)
+            _SOURCES[key] = open_slide(job.slide, job.reader)
+        return _SOURCES[key]
 
 
 def _model(path: str) -> Any:
     key = _file_key(path)
-    if key not in _MODELS:
-        from .infer import load_model
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            from .infer import load_model
 
-        _forget(_MODELS, str(path))
-        _MODELS[key] = load_model(path)[0]
-    return _MODELS[key]
+            _forget_other_versions(_MODELS, key)
+            _MODELS[key] = load_model(path)[0]
+        return _MODELS[key]
 
 
 def denoise_block(job: BlockJob, y: int, x: int) -> tuple[np.ndarray, bool]:

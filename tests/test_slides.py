@@ -264,3 +264,7 @@ def test_a_worker_sees_a_model_or_slide_written_again_under_the_same_name(tmp_pa
     # one model and one open slide per file: the earlier ones were let go (and closed)
     assert sum(k[0] == str(model_path) for k in slides._MODELS) == 1
     assert sum(k[0] == str(slide_path) for k in slides._SOURCES) == 1
+    # another reader of the same version is kept beside it, not closed in its place
+    auto = slides._source(b)
+    slides._source(job(slide_path, str(model_path), reader="tifffile"))
+    assert slides._source(b) is auto and auto.read(0, 0, 2, 2).shape == (2, 2, 3)
