@@ -100,7 +100,9 @@ class Config:
 FULL = Config()
 QUICK = Config(name="quick", gemm_sizes=(256, 512), gemm_repeats=2, tile_size=64, batch_sizes=(1, 2), main_batch=2,
                min_time=0.05, min_calls=1, train_batch=2, train_steps=1, profile_steps=1, denoise_size=256, denoise_batch=2,
-               pipeline_size=256, psnr_tile=64, held_out=False, backends=("keras",),
+               pipeline_size=256, psnr_tile=64, held_out=False,
+               # OpenVINO's small calls can outrun a peak measured with matrices this small
+               backends=("keras",),
                frontier_widths=(4, 8), s2d_widths=(8,), folder_files=2, folder_runs=1, cli_runs=1,
                inference_rounds=1)
 
@@ -560,16 +562,17 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[int, str, flo
 
 
 def bench_denoise_cli(model_path: str | Path, image_path: Path, out_dir: Path, cfg: Config, multiple: int,
-                      backend: str = "keras", tile: int | None = None, batch: int | None = None,
+                      backend: str = "auto", tile: int | None = None, batch: int | None = None,
                       precision: str | None = None) -> dict:
     """``ihclib denoise`` on ``image_path`` as a subprocess, with the command's own tile and batch
-    size (:func:`ihclib.infer.auto_tiling`) unless given: first with an empty XLA cache
-    (:mod:`ihclib.xla_cache`; a user's first run: ``seconds_cold``), then ``cfg.cli_runs``
-    times from what that run left in it (every later run). ``seconds``, the headline, is the
+    size (:func:`ihclib.infer.auto_tiling`) and runtime (``backend`` "auto") unless given: first
+    with an empty XLA cache (:mod:`ihclib.xla_cache`) and OpenVINO cache
+    (:mod:`ihclib.openvino_cache`; a user's first run: ``seconds_cold``), then ``cfg.cli_runs``
+    times from what that run left in them (every later run). ``seconds``, the headline, is the
     best of those (all in ``seconds_runs``): what the command reports for the image (load,
     denoise with tracing and compiling, save); ``wall_s`` (of the same run) adds start-up and
     model loading; ``peak_rss_mib`` is the largest of the runs."""
-    with tempfile.TemporaryDirectory(prefix="xla-cache-", dir=out_dir) as cache:
+    with tempfile.TemporaryDirectory(prefix="caches-", dir=out_dir) as cache:
         cold = _denoise_cli_once(model_path, image_path, out_dir, cfg, multiple, backend, tile, batch, precision,
                                  cache)
         warm = [_denoise_cli_once(model_path, image_path, out_dir, cfg, multiple, backend, tile, batch, precision,
@@ -584,6 +587,7 @@ def _denoise_cli_once(model_path: str | Path, image_path: Path, out_dir: Path, c
                       backend: str, tile: int | None, batch: int | None, precision: str | None, cache: str,
                       env_extra: dict | None = None) -> dict:
     from ihclib.infer import auto_tiling, tile_starts
+    from ihclib.openvino_cache import ENV_VAR as OPENVINO_CACHE_ENV
     from ihclib.xla_cache import ENV_VAR as XLA_CACHE_ENV
 
     size = cfg.denoise_size
@@ -593,7 +597,10 @@ def _denoise_cli_once(model_path: str | Path, image_path: Path, out_dir: Path, c
     dst = out_dir / f"denoised_{backend}_{tile}.png"
     cmd = [sys.executable, "-m", "ihclib", "denoise", str(image_path), "-o", str(dst), "--overwrite",
            "--model", str(model_path), *options, "--overlap", str(cfg.denoise_overlap)]
-    env = {**os.environ, "IHCLIB_BACKEND": backend, XLA_CACHE_ENV: cache,
+    # ``cache``: the folder of this timing's caches, "0" for none
+    caches = {XLA_CACHE_ENV: cache, OPENVINO_CACHE_ENV: cache} if cache == "0" else {
+        XLA_CACHE_ENV: str(Path(cache) / "xla"), OPENVINO_CACHE_ENV: str(Path(cache) / "openvino")}
+    env = {**os.environ, "IHCLIB_BACKEND": backend, **caches,
            **({"IHCLIB_PRECISION": precision} if precision else {}), **(env_extra or {})}
     code, output, wall, rss = run_measured(cmd, env)
     if code != 0:
@@ -615,7 +622,7 @@ def bench_read_beside_trace(model_path: str | Path, src: Path, out_dir: Path, cf
     """``ihclib denoise`` on the one file ``src`` with its read beside the model's trace (the
     default) and one after the other (``IHCLIB_OVERLAP=0``), alternating, ``cfg.folder_runs``
     times each after a run that fills the XLA cache they share; the best time each reports."""
-    with tempfile.TemporaryDirectory(prefix="xla-cache-", dir=out_dir) as cache:
+    with tempfile.TemporaryDirectory(prefix="caches-", dir=out_dir) as cache:
         _denoise_cli_once(model_path, src, out_dir, cfg, multiple, "keras", None, None, None, cache)
         best: dict[str, float] = {}
         for _ in range(cfg.folder_runs):
@@ -666,6 +673,7 @@ def time_untrained(model: Any, arch: str, src: Path, out_dir: Path, cfg: Config,
     issue 13's whole-image targets at once (``meets_all``: 2 MP/s, 60 % and, where given, at most
     ``max_seconds``: 4x the switching median's time). ``side``: sidecar fields that differ from
     ``sidecar``."""
+    from ihclib.backends import resolve_backend
     from ihclib.infer import resolve_precision
     from ihclib.model import count_flops, save_model
     from ihclib.registry import INPUT_MULTIPLE
@@ -676,7 +684,7 @@ def time_untrained(model: Any, arch: str, src: Path, out_dir: Path, cfg: Config,
                              "description": f"untrained {arch}: for timing only", **side})
     run = bench_denoise_cli(path, src, out_dir, cfg, INPUT_MULTIPLE[arch], precision=precision)
     r = rates(run["mp_per_s"] * 1e6, per_px, peak_for(precision or resolve_precision(model, "auto"), peak))
-    return {"flops_per_pixel": per_px, "tile": run["tile"], "seconds": run["seconds"],
+    return {"flops_per_pixel": per_px, "backend": resolve_backend("auto", model), "tile": run["tile"], "seconds": run["seconds"],
             "seconds_runs": run["seconds_runs"], "seconds_cold": run["seconds_cold"], "mp_per_s": run["mp_per_s"], "gflops": r["gflops"], "pct_peak": r["pct_peak"],
             "meets_all": meets_speed(run, max_seconds) and r["pct_peak"] >= 60, "load_1min": run["load_1min"]}
 
@@ -963,7 +971,11 @@ def paper_section(result: dict, cfg: Config, log: Callable[[str], None]) -> None
     model = build_paper_model(None)
     flops = count_flops(model, cfg.tile_size)
     peak = result["peak"]["peak_gflops"]
-    result["paper_model"] = {"name": "paper_unet", "tile_size": cfg.tile_size, "flops_per_tile": flops}
+    from ihclib.backends import resolve_backend
+
+    # the runtime `ihclib denoise` picks for it, which issue 13's inference target is read from
+    result["paper_model"] = {"name": "paper_unet", "tile_size": cfg.tile_size, "flops_per_tile": flops,
+                             "backend": resolve_backend("auto", model)}
     result["inference"] = bench_inference(model, "paper_unet", cfg.tile_size, cfg.batch_sizes,
                                           installed(cfg.backends), flops, peak, cfg.min_time, cfg.min_calls,
                                           cfg.inference_rounds)
@@ -1020,11 +1032,20 @@ def run_benchmark(cfg: Config, out_path: Path | None = DEFAULT_OUT, log: Callabl
 # ---------------------------------------------------------------- targets and the README table
 
 
+def inference_target_row(result: dict) -> dict:
+    """The paper network's inference at the main batch size on the runtime ``ihclib denoise``
+    picks for it (Keras in runs before that choice was recorded, or where it is not installed)."""
+    b = result["config"]["main_batch"]
+    rows = [r for r in result["inference"] if r["batch"] == b]
+    chosen = result["paper_model"].get("backend", "keras")
+    return next((r for r in rows if r["backend"] == chosen), next(r for r in rows if r["backend"] == "keras"))
+
+
 def targets(result: dict) -> list[dict]:
     """Issue 13's targets, each with its measured value and whether it is met."""
     cli, cfg = result["denoise_cli"], result["config"]
     b = cfg["main_batch"]
-    inf = next(r for r in result["inference"] if r["batch"] == b and r["backend"] == "keras")
+    inf = inference_target_row(result)
     det = next(r for r in result["training"] if r["variant"] == PINNED)
     bf16 = result["bf16"]
     rows = [(f"`ihclib denoise` {cli['size']}x{cli['size']}, bundled model: at least 2 MP/s", cli["mp_per_s"],
@@ -1032,7 +1053,10 @@ def targets(result: dict) -> list[dict]:
             (f"... at most {MEDIAN_FACTOR}x the switching median's time (same image, same run)", cli["x_median_time"],
              "x", cli["x_median_time"] <= MEDIAN_FACTOR),
             ("... at least 60 % of the measured peak, end to end", cli["pct_peak"], "%", cli["pct_peak"] >= 60),
-            (f"inference (paper_unet, batch {b}): at least 75 % of the measured peak", inf["pct_peak"], "%",
+            (f"inference (paper_unet, batch {b}, {inf['backend']}"
+             + (": the runtime `ihclib denoise` picks for it" if inf["backend"] == result["paper_model"].get("backend")
+                else f"; `ihclib denoise` picks {result['paper_model'].get('backend')}, not measured")
+             + "): at least 75 % of the measured peak", inf["pct_peak"], "%",
              inf["pct_peak"] >= 75),
             ("training as `ihclib train` runs it (deterministic): at least 50 % of the measured peak", det["pct_peak"], "%",
              det["pct_peak"] >= 50),
@@ -1098,11 +1122,12 @@ def _frontier_rows(result: dict, key: str = "width_frontier") -> list[tuple[str,
                      f"{speed} and >= 60 % at once need >= {fit['flops_per_pixel_needed']:,} FLOP/pixel in "
                      f"{fit['budget_s']} s ({fit.get('budget_from', '2 MP/s')}), so fixed work <= {fit['fixed_s_allowed']} s: "
                      + ("within reach" if fit["feasible"] else f"{fit['fixed_s'] - fit['fixed_s_allowed']:.2f} s too much")
-                     + (f" (first run, empty XLA cache: fixed {cold['fixed_s']} s)" if cold else ""),
+                     + (f" (first run, empty caches: fixed {cold['fixed_s']} s)" if cold else ""),
                      "", ""))
     dense = frontier.get("dense")
     if dense:
-        rows.append((f"... same command, untrained paper_unet in {dense['precision']} (no classical layers; "
+        rows.append((f"... same command, untrained paper_unet in {dense['precision']} "
+                     + (f"on {dense['backend']} " if "backend" in dense else "") + "(no classical layers; "
                      f"{dense['flops_per_pixel']:,.0f} FLOP/pixel)",
                      f"{dense['seconds']} s, {dense['mp_per_s']} MP/s{_cold_text(dense)}; {speed} and >= 60 % at once: "
                      + ("yes" if dense.get("meets_all", dense.get("meets_both")) else "no"), f"{dense['gflops']}",
@@ -1121,7 +1146,7 @@ def _cold_text(run: dict) -> str:
     cache), where they were measured."""
     runs = run.get("seconds_runs") or []  # since cli_runs: one later run before
     text = f"; best of {len(runs)} runs: {' / '.join(f'{t:g}' for t in runs)} s" if len(runs) > 1 else ""
-    return text + (f"; first run (empty XLA cache) {run['seconds_cold']} s" if "seconds_cold" in run else "")
+    return text + (f"; first run (empty caches) {run['seconds_cold']} s" if "seconds_cold" in run else "")
 
 
 def _files_rows(result: dict) -> list[tuple[str, str, str, str]]:
@@ -1234,6 +1259,9 @@ def main(argv: list[str] | None = None) -> int:
     # read when TensorFlow is first imported (all TF imports here are inside functions)
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # in this process (OpenVINO's setup_s: a first conversion) and nothing left in the user's
+    # cache; each command timing gets caches of its own (bench_denoise_cli)
+    os.environ["IHCLIB_OPENVINO_CACHE"] = "0"
     if args.wait_idle is not None and not wait_for_idle(args.wait_idle):
         print(f"machine still busy (load {load_average()}); measuring anyway", file=sys.stderr)
     try:

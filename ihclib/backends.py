@@ -8,10 +8,15 @@ converts the model's traced ``tf.function`` directly. ``make bench`` measures th
 are installed (``reports/benchmarks.json``). An ONNX Runtime backend was removed: no benchmark
 showed a case where it was faster than the Keras path with oneDNN (issue 12).
 
-A backend is chosen by name: ``"keras"``, ``"openvino"`` or ``"auto"`` (Keras when oneDNN is
-on, else OpenVINO if installed). ``None`` means the ``IHCLIB_BACKEND`` environment variable,
-else ``"keras"``. Every backend gets the same fixed input shape ``(batch_size, tile_size,
-tile_size, 3)`` and is converted once per model and shape (cached on the model object).
+A backend is chosen by name: ``"keras"``, ``"openvino"`` or ``"auto"``, what ``ihclib denoise``
+uses: Keras for a model with fused classical layers (the bundled ``crosschannel_unet``: only
+Keras runs their fused and compiled form, and OpenVINO ran the model 3x slower), OpenVINO for
+any other model where it is installed (the paper's network at batch 8: 395-400 against 359-372
+GFLOP/s, at batch 1 385 against 268-279, on the Zen 5 of README "Performance"). ``None`` means
+the ``IHCLIB_BACKEND`` environment variable, else ``"keras"`` (the study: its numbers stay bit
+for bit). Every backend gets the same fixed input shape ``(batch_size, tile_size, tile_size,
+3)``; OpenVINO's conversion is kept on disk (:mod:`ihclib.openvino_cache`) and its compiled
+model once per model and shape (cached on the model object).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import numpy as np
 Predictor = Callable[[np.ndarray], np.ndarray]
 
 BACKENDS = ("keras", "openvino")
-# preferred first when TensorFlow runs without oneDNN (make bench compares them)
+# "auto" for a model without fused layers: the first installed (make bench compares them)
 AUTO_ORDER = ("openvino", "keras")
 ENV_VAR = "IHCLIB_BACKEND"
 _REQUIRES = {"keras": ("keras",), "openvino": ("openvino",)}
@@ -42,6 +47,16 @@ def cpu_threads() -> int:
         return os.cpu_count() or 1
 
 
+def compute_threads() -> int:
+    """Threads for a runtime's own pool: ``$OMP_NUM_THREADS`` where set (what
+    :func:`ihclib.distributed.local_cluster` gives each worker process, so that several workers
+    on one machine do not fight over its cores), else :func:`cpu_threads`."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return cpu_threads()
+
+
 def is_available(name: str) -> bool:
     """Whether the packages a backend needs are installed (nothing is imported)."""
     return all(importlib.util.find_spec(pkg) is not None for pkg in _REQUIRES[name])
@@ -52,26 +67,29 @@ def available_backends() -> list[str]:
     return [name for name in AUTO_ORDER if is_available(name)]
 
 
-def onednn_requested() -> bool:
-    """Whether TensorFlow was asked for its oneDNN kernels (``TF_ENABLE_ONEDNN_OPTS``, read at
-    TensorFlow's import; ``import ihclib`` sets it to 1 unless the user set it)."""
-    return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in ("1", "true")
-
-
-def resolve_backend(name: str | None = None) -> str:
+def resolve_backend(name: str | None = None, model: Any = None) -> str:
     """A concrete backend name for ``name`` (None: $IHCLIB_BACKEND, else "keras"; "auto": Keras
-    if oneDNN is on, else the first installed of AUTO_ORDER). ValueError naming the choices, or
-    the extra to install."""
+    for a ``model`` with fused classical layers, else the first installed of AUTO_ORDER).
+    ValueError naming the choices, or the extra to install."""
     if name is None:
         name = os.environ.get(ENV_VAR) or "keras"
     name = name.strip().lower()
     if name == "auto":
-        return "keras" if onednn_requested() else available_backends()[0]
+        if model is not None and _has_fused_layers(model):
+            return "keras"
+        return available_backends()[0]
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose from auto, {', '.join(BACKENDS)}")
     if not is_available(name):
         raise ValueError(f"backend {name!r} is not installed; pip install 'ihclib[{_EXTRA[name]}]'")
     return name
+
+
+def _has_fused_layers(model: Any) -> bool:
+    """Whether ``model`` has layers that ``ihclib denoise`` swaps for fused ones on Keras."""
+    from .infer import has_fast_variants  # imports TensorFlow: only with a model
+
+    return has_fast_variants(model)
 
 
 def traced_function(model: Any, tile_size: int, batch_size: int, jit_compile: bool = False):
@@ -82,23 +100,43 @@ def traced_function(model: Any, tile_size: int, batch_size: int, jit_compile: bo
     return tf.function(lambda x: model(x, training=False), input_signature=[spec], jit_compile=jit_compile)
 
 
-def openvino_predictor(model: Any, tile_size: int, batch_size: int, threads: int | None = None,
-                       streams: int = 1) -> Predictor:
-    """numpy batch -> numpy prediction through OpenVINO (CPU plugin, float32 inference).
+def any_size_function(model: Any):
+    """The model's inference pass as a ``tf.function`` for any batch (and tile size, where the
+    model takes any): what OpenVINO converts once and reshapes for each use."""
+    import tensorflow as tf
 
-    ``streams`` 1: one request on all ``threads`` (latency mode). More: the batch is split into
+    height, width = tuple(model.input_shape[1:3])
+    spec = tf.TensorSpec((None, height, width, 3), tf.float32, name="tiles")
+    return tf.function(lambda x: model(x, training=False), input_signature=[spec])
+
+
+OPENVINO_PRECISION = {"float32": "f32", "bfloat16": "bf16"}
+
+
+def openvino_predictor(model: Any, tile_size: int, batch_size: int, threads: int | None = None,
+                       streams: int = 1, precision: str = "float32") -> Predictor:
+    """numpy batch -> numpy prediction through OpenVINO (CPU plugin).
+
+    ``streams`` 1: one request on all ``threads`` (default :func:`compute_threads`; latency mode). More: the batch is split into
     ``streams`` parts run at once, each on ``threads / streams`` cores (throughput mode; the
-    parts are padded to equal size). Precision is pinned to f32, so results match Keras also on
-    CPUs where OpenVINO would otherwise infer in bf16.
+    parts are padded to equal size). ``precision`` is pinned ("float32", so results match Keras
+    also on CPUs where OpenVINO would otherwise infer in bf16; or "bfloat16"). The conversion
+    comes from the disk cache where it can (:func:`ihclib.openvino_cache.converted`).
     """
     import openvino as ov
 
-    threads = threads or cpu_threads()
+    from .openvino_cache import converted as cached_conversion
+
+    threads = threads or compute_threads()
     streams = max(1, min(streams, batch_size, threads))
     part = math.ceil(batch_size / streams)
-    converted = ov.convert_model(traced_function(model, tile_size, part).get_concrete_function())
-    config = {"NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
-    compiled = ov.Core().compile_model(converted, "CPU", config)
+    general = cached_conversion(model, weights_fingerprint(model),
+                                lambda: ov.convert_model(any_size_function(model).get_concrete_function()))
+    shaped = general.clone()  # the cached model stays general; this one gets the fixed shape
+    shaped.reshape({shaped.inputs[0]: ov.PartialShape([part, tile_size, tile_size, 3])})
+    config = {"NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": threads,
+              "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision]}
+    compiled = ov.Core().compile_model(shaped, "CPU", config)
     if streams == 1:
         request = compiled.create_infer_request()
 
@@ -141,22 +179,25 @@ _BUILDERS = {"keras": keras_predictor, "openvino": openvino_predictor}
 
 
 def predictor(model: Any, tile_size: int, batch_size: int, backend: str | None = None,
-              jit_compile: bool = False) -> Predictor:
+              jit_compile: bool = False, precision: str = "float32") -> Predictor:
     """A cached predictor for a Keras model on ``backend`` (resolved with :func:`resolve_backend`).
 
-    ``jit_compile`` (XLA) applies to the Keras backend only. The Keras predictor reads the
-    model's weights at every call; a converted one (OpenVINO) holds a copy of them, so it is
-    converted again once they have changed (:func:`cached_for_weights`).
+    ``jit_compile`` (XLA) applies to the Keras backend only, ``precision`` to the others (Keras
+    runs the model in its layers' own dtypes: :func:`ihclib.infer.inference_copy`). The Keras
+    predictor reads the model's weights at every call; a converted one (OpenVINO) holds a copy
+    of them, so it is converted again once they have changed (:func:`cached_for_weights`).
     """
-    name = resolve_backend(backend)
+    name = resolve_backend(backend, model)
     if name == "keras":
         cache = _model_cache(model)
         key = (tile_size, batch_size, jit_compile)
         if key not in cache:
             cache[key] = keras_predictor(model, tile_size, batch_size, jit_compile)
         return cache[key]
-    return cached_for_weights(model, (name, tile_size, batch_size),
-                              lambda: _BUILDERS[name](model, tile_size, batch_size))
+    if precision not in OPENVINO_PRECISION:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(OPENVINO_PRECISION)}")
+    return cached_for_weights(model, (name, tile_size, batch_size, precision),
+                              lambda: _BUILDERS[name](model, tile_size, batch_size, precision=precision))
 
 
 def weights_fingerprint(model: Any) -> tuple:

@@ -342,11 +342,13 @@ def _predictor_for(model: Any, tile_size: int, batch_size: int, backend: str | N
         return model
     from .backends import predictor, resolve_backend
 
-    backend = resolve_backend(backend)
+    backend = resolve_backend(backend, model)
     bfloat16 = resolve_precision(model, precision, backend) == "bfloat16"
+    if backend != "keras":  # other runtimes convert the float32 graph and pick the precision themselves
+        return predictor(model, tile_size, batch_size, backend, precision="bfloat16" if bfloat16 else "float32")
     # the fused layers: for the tool ("auto") and with bf16 (both measured by make bench), on
     # Keras only (other runtimes convert the model's graph, and the fused layers call XLA)
-    fused = backend == "keras" and (bfloat16 or precision == "auto") and has_fast_variants(model)
+    fused = (bfloat16 or precision == "auto") and has_fast_variants(model)
     if bfloat16 or fused:  # else the model as it is: a copy would change nothing (e.g. paper_unet)
         # XLA over the whole model (jit_compile) cannot call the compiled prefix's NumPy function
         model = _cached_inference_copy(model, bfloat16, fused, compiled_prefix=not jit_compile)
@@ -407,7 +409,9 @@ def denoise(model: Any, image: np.ndarray, tile_size: int | None = None, overlap
     progress : bool, optional
         tqdm bar on stderr; None: only when there are more than a few batches.
     jit_compile, backend
-        XLA for the Keras path; the runtime (None: ``$IHCLIB_BACKEND``, else "keras").
+        XLA for the Keras path; the runtime (None: ``$IHCLIB_BACKEND``, else "keras"; "auto",
+        what ``ihclib denoise`` uses: Keras for fused layers, else OpenVINO:
+        :func:`ihclib.backends.resolve_backend`).
     skip_unflagged : bool, optional
         Return tiles with no value within 0.002 of 0 or 1 unchanged without calling the model.
         None: when :func:`has_hard_gate` says the model does exactly that itself.

@@ -38,9 +38,10 @@ FLAG = "--tf_xla_persistent_cache_directory"
 STALE_AFTER_S = 7 * 24 * 3600  # another machine's private folder this old: its process is gone
 
 
-def cache_root() -> Path | None:
-    """The cache folder (None: turned off by ``$IHCLIB_XLA_CACHE``)."""
-    env = os.environ.get(ENV_VAR, "").strip()
+def user_cache_folder(env_var: str, name: str) -> Path | None:
+    """``$env_var`` (``0`` or ``off``: None, no cache), else ``<the user's cache>/ihclib/<name>``
+    (``$XDG_CACHE_HOME``, else ``~/.cache``; ``%LOCALAPPDATA%`` on Windows)."""
+    env = os.environ.get(env_var, "").strip()
     if env.lower() in ("0", "off", "false", "no"):
         return None
     if env:
@@ -49,7 +50,12 @@ def cache_root() -> Path | None:
         base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
     else:
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "ihclib" / "xla"
+    return base / "ihclib" / name
+
+
+def cache_root() -> Path | None:
+    """The cache folder (None: turned off by ``$IHCLIB_XLA_CACHE``)."""
+    return user_cache_folder(ENV_VAR, "xla")
 
 
 def machine_key(cpuinfo: str | None = None) -> str:

@@ -3,15 +3,17 @@ import shutil
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# `ihclib` commands run as subprocesses keep XLA's compiled code here, not in the user's ~/.cache
-_XLA_CACHE = None if "IHCLIB_XLA_CACHE" in os.environ else tempfile.mkdtemp(prefix="ihclib-test-xla-cache-")
-if _XLA_CACHE:
-    os.environ["IHCLIB_XLA_CACHE"] = _XLA_CACHE
+# XLA's compiled code and OpenVINO's converted models (of the tests and of `ihclib` commands run
+# as subprocesses) are kept here, not in the user's ~/.cache
+_CACHES = {}
+for _var, _prefix in (("IHCLIB_XLA_CACHE", "ihclib-test-xla-cache-"), ("IHCLIB_OPENVINO_CACHE", "ihclib-test-ov-cache-")):
+    if _var not in os.environ:
+        _CACHES[_var] = os.environ[_var] = tempfile.mkdtemp(prefix=_prefix)
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if _XLA_CACHE:
-        shutil.rmtree(_XLA_CACHE, ignore_errors=True)
+    for folder in _CACHES.values():
+        shutil.rmtree(folder, ignore_errors=True)
 
 import numpy as np
 import pytest

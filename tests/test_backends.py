@@ -47,14 +47,28 @@ def test_default_is_keras_and_env_var_chooses(monkeypatch):
     assert resolve_backend(None) == "keras"
 
 
-def test_auto_is_keras_with_onednn_else_the_fastest_installed(monkeypatch):
-    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
+def test_auto_is_keras_for_fused_layers_else_the_first_installed(monkeypatch, mini_unet):
+    from ihclib.model import build_model
+
+    fused = build_model("crosschannel_unet", None, width=4)  # only Keras runs its fused layers
     monkeypatch.setattr(backends, "is_available", lambda name: True)
-    assert resolve_backend("auto") == "keras"
-    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    assert resolve_backend("auto", fused) == "keras"
+    assert resolve_backend("auto", mini_unet) == "openvino"  # faster on the paper's layers (make bench)
     assert resolve_backend("auto") == "openvino"
     monkeypatch.setattr(backends, "is_available", lambda name: name == "keras")
-    assert resolve_backend("auto") == "keras"
+    assert resolve_backend("auto", mini_unet) == "keras"
+    assert resolve_backend(" AUTO ", fused) == "keras"
+
+
+def test_the_command_runs_auto_unless_told(monkeypatch):
+    from ihclib.commands.denoise import command_backend
+
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    assert command_backend(None) == "auto"
+    assert command_backend("keras") == "keras"
+    monkeypatch.setenv(backends.ENV_VAR, "openvino")
+    assert command_backend(None) == "openvino"
+    assert command_backend("keras") == "keras"
 
 
 def test_unknown_or_missing_backend_is_refused(monkeypatch):
@@ -113,3 +127,140 @@ def test_openvino_streams_split_and_pad_the_batch(mini_unet):
     got = backends.openvino_predictor(mini_unet, 64, 3, threads=2, streams=2)(tiles)
     assert got.shape == ref.shape
     assert np.abs(got - ref).max() < TOL
+
+
+needs_openvino = pytest.mark.skipif(not backends.is_available("openvino"), reason="openvino not installed")
+
+
+@needs_openvino
+def test_openvino_in_bfloat16_is_close_and_cached_apart(mini_unet):
+    tiles = np.random.default_rng(5).random((2, 64, 64, 3), dtype=np.float32)
+    ref = predictor(mini_unet, 64, 2, "keras")(tiles)
+    bf16 = predictor(mini_unet, 64, 2, "openvino", precision="bfloat16")
+    assert bf16 is not predictor(mini_unet, 64, 2, "openvino")  # one compiled model per precision
+    assert np.abs(bf16(tiles) - ref).max() < 0.05  # bf16 keeps 8 bits of mantissa (float32 where the CPU has no bf16)
+    with pytest.raises(ValueError, match="unknown precision 'float16'"):
+        predictor(mini_unet, 64, 2, "openvino", precision="float16")
+
+
+@needs_openvino
+def test_denoise_auto_runs_a_plain_model_on_openvino(mini_unet, monkeypatch):
+    from ihclib.infer import _predictor_for
+
+    predict = _predictor_for(mini_unet, 64, 2, "auto", False, "auto")
+    assert hasattr(predict, "compiled")  # OpenVINO's compiled model, not a traced tf.function
+    img = np.random.default_rng(6).random((100, 90, 3), dtype=np.float32)
+    ref = denoise(mini_unet, img, tile_size=64, overlap=16, batch_size=2, backend="keras")
+    np.testing.assert_allclose(denoise(mini_unet, img, tile_size=64, overlap=16, batch_size=2, backend="auto"),
+                               ref, atol=TOL)
+
+
+def _count_conversions(monkeypatch) -> list:
+    import openvino as ov
+
+    calls = []
+    convert = ov.convert_model
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return convert(*args, **kwargs)
+
+    monkeypatch.setattr(ov, "convert_model", counted)
+    return calls
+
+
+def _fresh(model):
+    """A new model object with ``model``'s weights: no predictors cached on it (as in a new process)."""
+    import keras
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+@needs_openvino
+def test_openvino_conversion_is_kept_on_disk_per_model_and_weights(mini_unet, tmp_path, monkeypatch):
+    """A second process (here: a model object with no predictors yet) reads the converted model
+    instead of converting again, for any tile and batch size; new weights are a new entry,
+    never the old model's output."""
+    from ihclib import openvino_cache
+
+    monkeypatch.setenv(openvino_cache.ENV_VAR, str(tmp_path))
+    calls = _count_conversions(monkeypatch)
+    tiles = np.random.default_rng(7).random((2, 64, 64, 3), dtype=np.float32)
+    first = predictor(_fresh(mini_unet), 64, 2, "openvino")(tiles)
+    assert len(calls) == 1
+    entries = [p for p in tmp_path.iterdir() if p.name != "work"]
+    assert len(entries) == 1 and (entries[0] / openvino_cache.MODEL_FILE).is_file()
+    assert not any((tmp_path / "work").iterdir())  # written aside, then moved into place
+
+    same = _fresh(mini_unet)
+    np.testing.assert_array_equal(predictor(same, 64, 2, "openvino")(tiles), first)
+    small = np.ascontiguousarray(tiles[:, :32, :32])
+    assert np.abs(predictor(same, 32, 2, "openvino")(small) - predictor(same, 32, 2, "keras")(small)).max() < TOL
+    assert len(calls) == 1  # read back and reshaped, not converted
+
+    same.set_weights([w * 0.5 for w in same.get_weights()])
+    got = predictor(same, 64, 2, "openvino")(tiles)
+    assert len(calls) == 2 and len([p for p in tmp_path.iterdir() if p.name != "work"]) == 2
+    assert np.abs(got - predictor(same, 64, 2, "keras")(tiles)).max() < TOL
+    assert np.abs(got - first).max() > 0.01
+
+
+@needs_openvino
+def test_a_damaged_or_unwritable_cache_only_converts_again(mini_unet, tmp_path, monkeypatch):
+    from ihclib import openvino_cache
+
+    tiles = np.random.default_rng(8).random((2, 64, 64, 3), dtype=np.float32)
+    ref = predictor(mini_unet, 64, 2, "keras")(tiles)
+    monkeypatch.setenv(openvino_cache.ENV_VAR, str(tmp_path))
+    calls = _count_conversions(monkeypatch)
+
+    def fresh():
+        return _fresh(mini_unet)
+
+    predictor(fresh(), 64, 2, "openvino")
+    entry = next(p for p in tmp_path.iterdir() if p.name != "work")
+    (entry / openvino_cache.MODEL_FILE).write_text("<not a model")
+    assert np.abs(predictor(fresh(), 64, 2, "openvino")(tiles) - ref).max() < TOL
+    assert len(calls) == 2 and (entry / openvino_cache.MODEL_FILE).read_text().startswith("<?xml")  # replaced
+
+    blocked = tmp_path / "a file"
+    blocked.write_text("")
+    monkeypatch.setenv(openvino_cache.ENV_VAR, str(blocked))  # a folder that cannot be made
+    assert np.abs(predictor(fresh(), 64, 2, "openvino")(tiles) - ref).max() < TOL
+    monkeypatch.setenv(openvino_cache.ENV_VAR, "off")
+    assert openvino_cache.cache_root() is None
+    assert np.abs(predictor(fresh(), 64, 2, "openvino")(tiles) - ref).max() < TOL
+    assert len(calls) == 4
+
+
+@needs_openvino
+def test_the_cache_keeps_the_most_recently_used_entries(mini_unet, tmp_path, monkeypatch):
+    import os
+    import time
+
+    from ihclib import openvino_cache
+
+    monkeypatch.setenv(openvino_cache.ENV_VAR, str(tmp_path))
+    monkeypatch.setattr(openvino_cache, "MAX_ENTRIES", 2)
+    for i in range(3):  # three old entries, the first used last
+        (tmp_path / f"old{i}").mkdir()
+        os.utime(tmp_path / f"old{i}", (time.time() - 100 + (50 if i == 0 else i), time.time() - 100 + (50 if i == 0 else i)))
+    (tmp_path / "work").mkdir()
+    stale = tmp_path / "work" / "123-gone"
+    stale.mkdir()
+    os.utime(stale, (0, 0))
+    predictor(_fresh(mini_unet), 64, 2, "openvino")
+    kept = sorted(p.name for p in tmp_path.iterdir() if p.name != "work")
+    assert len(kept) == 2 and "old0" in kept and "old1" not in kept and "old2" not in kept
+    assert not stale.exists()
+
+
+def test_a_worker_limited_by_omp_num_threads_limits_openvino_too(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what a Dask worker of ihclib.distributed gets
+    assert backends.compute_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
+    assert backends.compute_threads() == backends.cpu_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert backends.compute_threads() == backends.cpu_threads()

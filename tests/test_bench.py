@@ -173,7 +173,7 @@ def test_the_command_is_the_best_of_its_later_runs(bench, monkeypatch, tmp_path)
     assert (run["seconds"], run["wall_s"], run["mp_per_s"]) == (2.6, 4.6, 1 / 2.6)  # all from the best run
     assert run["peak_rss_mib"] == 1000.0  # the most any run needed
     assert len(set(caches)) == 1  # the later runs start from what the first left in the cache
-    assert "best of 3 runs: 4.1 / 2.6 / 3.3 s; first run (empty XLA cache) 5.0 s" in bench._cold_text(run)
+    assert "best of 3 runs: 4.1 / 2.6 / 3.3 s; first run (empty caches) 5.0 s" in bench._cold_text(run)
 
 
 def test_the_width_frontier_times_the_command_per_width(tiny_run, bench):
@@ -303,7 +303,7 @@ def test_readme_table_is_rendered_between_markers(tiny_run, bench, tmp_path):
     assert text.startswith("intro\n") and text.endswith("\nrest\n") and "the previous table" not in text
     assert result["cpu"]["model"] in text and "switching median, same image" in text
     assert f"{result['denoise_cli']['mp_per_s']} MP/s" in text
-    assert f"first run (empty XLA cache) {result['denoise_cli']['seconds_cold']} s" in text
+    assert f"first run (empty caches) {result['denoise_cli']['seconds_cold']} s" in text
     readme.write_text("no markers")
     assert not bench.update_readme(result, readme)
 
