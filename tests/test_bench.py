@@ -75,6 +75,27 @@ def test_inference_is_the_fastest_call_over_rounds_that_take_the_batch_sizes_in_
     assert rows[0]["round_gflops"] == [10.0, 30.0, 20.0] and rows[1]["mean_tiles_per_s"] == 25.0
 
 
+def test_training_is_the_best_of_processes_spread_between_the_other_variants(bench):
+    # one run of 4 steps took 8.99 tiles/s in a make bench where 8 processes by hand took 11.2-12.9
+    order, speeds = [], iter([9.0, 12.5, 11.0])
+
+    def target():
+        order.append("pinned")
+        return {"variant": "pinned", "tiles_per_s": next(speeds)}
+
+    def other(name):
+        return lambda: order.append(name) or {"variant": name, "tiles_per_s": 1.0}
+
+    rows = bench.training_rows(3, target, [other("serial"), other("default"), other("determinism")])
+    assert order == ["pinned", "serial", "pinned", "default", "pinned", "determinism"]
+    assert [r["variant"] for r in rows] == ["pinned", "serial", "default", "determinism"]
+    assert rows[0]["tiles_per_s"] == 12.5 and rows[0]["runs_tiles_per_s"] == [9.0, 12.5, 11.0]
+    shown = {**rows[0], "batch": 8, "input_wait_s": 0.0, "gflops": 1.0, "pct_peak": 50.0}
+    assert "12.5 tiles/s (input wait 0.0 s); best of 3 processes: 9 / 12.5 / 11 tiles/s" == bench._training_rows([shown])[0][1]
+    speeds = iter([5.0, 6.0, 7.0, 8.0])
+    assert [r["tiles_per_s"] for r in bench.training_rows(4, target, [other("serial")])][:1] == [8.0]
+
+
 def test_theoretical_peak_from_cpuinfo(bench, monkeypatch):
     monkeypatch.setattr(bench.os, "sched_getaffinity", lambda _: {0, 1})
     zen4 = bench.cpu_info(ZEN4)
