@@ -1,10 +1,10 @@
-"""Inference runtimes for tiled denoising: Keras/TensorFlow (always) and OpenVINO (optional).
+"""Inference runtimes for tiled denoising: Keras/TensorFlow and OpenVINO (both dependencies).
 
 TensorFlow's CPU wheel runs convolutions through Eigen kernels unless its oneDNN kernels are on
 (``TF_ENABLE_ONEDNN_OPTS=1``, which ``import ihclib`` sets by default because TensorFlow turns
-them on by itself only on some CPUs). OpenVINO (``pip install 'ihclib[openvino]'``) picks its
-kernels at run time for the CPU it finds, folds batch normalisation into the convolutions and
-converts the model's traced ``tf.function`` directly. ``make bench`` measures the backends that
+them on by itself only on some CPUs). OpenVINO (a dependency; an install without it falls back to
+Keras) picks its kernels at run time for the CPU it finds, folds batch normalisation into the
+convolutions and converts the model's traced ``tf.function`` directly. ``make bench`` measures the backends that
 are installed (``reports/benchmarks.json``). An ONNX Runtime backend was removed: no benchmark
 showed a case where it was faster than the Keras path with oneDNN (issue 12).
 
