@@ -10,8 +10,8 @@ showed a case where it was faster than the Keras path with oneDNN (issue 12).
 
 A backend is chosen by name: ``"keras"``, ``"openvino"`` or ``"auto"``, what ``ihclib denoise``
 uses: Keras for a model with fused classical layers (the bundled ``crosschannel_unet``: only
-Keras runs their fused and compiled form, and OpenVINO ran the model 3x slower), OpenVINO for
-any other model where it is installed (the paper's network at batch 8: 395-400 against 359-372
+Keras runs their fused and compiled form, and OpenVINO ran the model 3x slower) and wherever
+TensorFlow sees a GPU, OpenVINO for any other model where it is installed (the paper's network at batch 8: 395-400 against 359-372
 GFLOP/s, at batch 1 385 against 268-279, on the Zen 5 of README "Performance"). ``None`` means
 the ``IHCLIB_BACKEND`` environment variable, else ``"keras"`` (the study: its numbers stay bit
 for bit). Every backend gets the same fixed input shape ``(batch_size, tile_size, tile_size,
@@ -69,14 +69,15 @@ def available_backends() -> list[str]:
 
 def resolve_backend(name: str | None = None, model: Any = None) -> str:
     """A concrete backend name for ``name`` (None: $IHCLIB_BACKEND, else "keras"; "auto": Keras
-    for a ``model`` with fused classical layers, else the first installed of AUTO_ORDER).
+    for a ``model`` with fused classical layers or where TensorFlow sees a GPU, else the first
+    installed of AUTO_ORDER).
     ValueError naming the choices, or the extra to install."""
     if name is None:
         name = os.environ.get(ENV_VAR) or "keras"
     name = name.strip().lower()
     if name == "auto":
-        if model is not None and _has_fused_layers(model):
-            return "keras"
+        if model is not None and (_has_fused_layers(model) or _gpu_visible()):
+            return "keras"  # OpenVINO here runs on the CPU only
         return available_backends()[0]
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose from auto, {', '.join(BACKENDS)}")
@@ -90,6 +91,13 @@ def _has_fused_layers(model: Any) -> bool:
     from .infer import has_fast_variants  # imports TensorFlow: only with a model
 
     return has_fast_variants(model)
+
+
+def _gpu_visible() -> bool:
+    """Whether TensorFlow sees a GPU (then Keras runs the model there)."""
+    from . import infer
+
+    return infer._gpu_visible()
 
 
 def traced_function(model: Any, tile_size: int, batch_size: int, jit_compile: bool = False):

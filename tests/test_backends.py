@@ -60,6 +60,16 @@ def test_auto_is_keras_for_fused_layers_else_the_first_installed(monkeypatch, mi
     assert resolve_backend(" AUTO ", fused) == "keras"
 
 
+def test_auto_keeps_keras_where_tensorflow_sees_a_gpu(monkeypatch, mini_unet):
+    from ihclib import infer
+
+    monkeypatch.setattr(backends, "is_available", lambda name: True)
+    monkeypatch.setattr(infer, "_gpu_visible", lambda: True)  # OpenVINO would run on the CPU
+    assert resolve_backend("auto", mini_unet) == "keras"
+    monkeypatch.setattr(infer, "_gpu_visible", lambda: False)
+    assert resolve_backend("auto", mini_unet) == "openvino"
+
+
 def test_the_command_runs_auto_unless_told(monkeypatch):
     from ihclib.commands.denoise import command_backend
 

@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="tiles per model call (default: about 0.5 megapixels, e.g. 8 tiles of 256)")
     p.add_argument("--backend", default=None, choices=["auto", "keras", "openvino"],
                    help="inference runtime (default: $IHCLIB_BACKEND, else auto: keras for a model with fused "
-                        "classical layers such as the bundled one, openvino for any other)")
+                        "classical layers such as the bundled one or with a GPU, openvino for any other)")
     slide = p.add_argument_group("whole slides (SVS, NDPI, MRXS, tiled/pyramidal/OME-TIFF)")
     slide.add_argument("--workers", type=int, default=None,
                        help="local Dask worker processes (default: one per core; 0: in this process)")
