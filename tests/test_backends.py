@@ -234,6 +234,11 @@ def test_a_damaged_or_unwritable_cache_only_converts_again(mini_unet, tmp_path, 
     (entry / openvino_cache.MODEL_FILE).write_text("<not a model")
     assert np.abs(predictor(fresh(), 64, 2, "openvino")(tiles) - ref).max() < TOL
     assert len(calls) == 2 and (entry / openvino_cache.MODEL_FILE).read_text().startswith("<?xml")  # replaced
+    weights = entry / "model.bin"
+    size = weights.stat().st_size
+    weights.write_bytes(weights.read_bytes()[: size // 2])  # cut short (a disk that filled up)
+    assert np.abs(predictor(fresh(), 64, 2, "openvino")(tiles) - ref).max() < TOL
+    assert len(calls) == 3 and weights.stat().st_size == size
 
     blocked = tmp_path / "a file"
     blocked.write_text("")
@@ -242,7 +247,7 @@ def test_a_damaged_or_unwritable_cache_only_converts_again(mini_unet, tmp_path, 
     monkeypatch.setenv(openvino_cache.ENV_VAR, "off")
     assert openvino_cache.cache_root() is None
     assert np.abs(predictor(fresh(), 64, 2, "openvino")(tiles) - ref).max() < TOL
-    assert len(calls) == 4
+    assert len(calls) == 5
 
 
 @needs_openvino
