@@ -78,11 +78,22 @@ def test_count_flops_scales_with_tile_area():
         count_flops(build_model("dncnn_residual", None))
 
 
-@pytest.mark.parametrize("name", [n for n in MODELS if n != "paper_unet"])
+@pytest.mark.parametrize("name", [n for n in MODELS if n not in ("paper_unet", "crosschannel_s4d_cnn")])
 def test_modified_models_are_small_and_not_costlier(name):
     model = build_model(name, 64)
     assert count_params(model)["total"] < 1_000_000
     assert count_flops(model) <= 1.1 * count_flops("paper_unet", 64)
+
+
+def test_quarter_resolution_model_has_many_flops_from_few_weights(tmp_path):
+    # crosschannel_s4d_cnn is wide on purpose (issue 13), yet its file must stay small enough to ship
+    model = build_model("crosschannel_s4d_cnn", 64)
+    assert count_flops(model) / 64**2 == 127_008  # the docstring's figure
+    assert count_params(model)["total"] < 1_100_000
+    assert [layer.name for layer in model.layers if "resolution" in layer.name][:1] == ["to_quarter_resolution"]
+    path = tmp_path / "s4d.keras"
+    save_model(model, path, {"architecture": "crosschannel_s4d_cnn"})
+    assert path.stat().st_size < 5_000_000
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -178,7 +189,10 @@ def test_width_sets_the_unet_width_of_the_models_that_have_one():
     for name in WIDTH_MODELS:
         narrow, default = build_model(name, 64, width=16), build_model(name, 64)
         convs = [layer.filters for layer in narrow.layers if layer.__class__.__name__ == "Conv2D"]
-        assert convs[0] == 16 and max(convs) == 64  # 16, 32, 64 over the three levels
+        if name == "crosschannel_s4d_cnn":  # one level: 8 of 16, then the 48-channel heads
+            assert convs == [16] * 8 + [48] * 3
+        else:
+            assert convs[0] == 16 and max(convs) == 64  # 16, 32, 64 over the three levels
         assert count_flops(narrow) < 0.5 * count_flops(default)
     assert count_params(build_model("paper_unet", 64, width=16)) == count_params(build_model("paper_unet", 64))
     with pytest.raises(ValueError, match="width must be positive"):

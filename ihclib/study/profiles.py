@@ -151,6 +151,14 @@ PROFILES: dict[str, Profile] = {
                     "FLOPs per pixel of long's width 16) instead of crosschannel_unet: the same budget, "
                     "a design with fewer passes over memory (issue 13)",
     ),
+    "s4d": Profile(
+        name="s4d", tile_size=64, stride=64, batch_size=16, epochs=30, steps_per_epoch=200,
+        learning_rate=2e-3, models=("crosschannel_s4d_cnn",), width=112,
+        eval_tile_size=256, max_eval_tiles=12, eval_amounts=HELD_OUT_AMOUNTS,
+        description="long with crosschannel_s4d_cnn (8 convolutions of width 112 at quarter resolution: 127,008 "
+                    "FLOP per pixel, 2.8 times long's) instead of crosschannel_unet: the same budget and "
+                    "held-out sources, a design whose convolutions run near the CPU's peak (issue 13)",
+    ),
     "bundle": Profile(
         name="bundle", tile_size=64, stride=64, batch_size=16, epochs=30, steps_per_epoch=200,
         learning_rate=2e-3, models=("crosschannel_unet",), train_on_test=True, width=16,
