@@ -177,6 +177,11 @@ class _Plan:
         # a tile's 2-D window depends only on which of its sides face a neighbour
         self._win_1d = {(a, b): _window_1d(tile_size, overlap, a, b) for a in (False, True) for b in (False, True)}
         self._windows: dict[tuple, np.ndarray] = {}
+        self._own_rows = _own_ranges(rows, self.height, tile_size, self._axis_window)
+        self._own_cols = _own_ranges(cols, self.width, tile_size, self._axis_window)
+
+    def _axis_window(self, start: int, length: int) -> np.ndarray:
+        return self._win_1d[(start > 0, start + self.tile < length)]
 
     def window(self, r: int, c: int) -> np.ndarray:
         """The (tile, tile) blending weights of the tile at (r, c)."""
@@ -185,6 +190,51 @@ class _Plan:
         if w is None:
             w = self._windows[sides] = np.outer(self._win_1d[sides[:2]], self._win_1d[sides[2:]])
         return w
+
+    def own(self, r: int, c: int) -> tuple[slice, slice]:
+        """The rectangle of the tile at (r, c), in tile coordinates, that only it weighs (with
+        weight exactly 1): there the blend is the tile itself, bit for bit."""
+        return self._own_rows[r], self._own_cols[c]
+
+    def shared_runs(self) -> Iterator[tuple[slice, slice]]:
+        """(rows, columns) rectangles that together cover, once each, every pixel outside all
+        tiles' :meth:`own` rectangles: the pixels whose blend is a weighted mean."""
+        own_y, own_x = (_owned_mask(ranges, n) for ranges, n in ((self._own_rows, self.height),
+                                                                  (self._own_cols, self.width)))
+        for ys in _runs(~own_y):
+            yield ys, slice(0, self.width)
+        for ys in _runs(own_y):
+            for xs in _runs(~own_x):
+                yield ys, xs
+
+
+def _own_ranges(starts: list[int], length: int, tile: int, window: Any) -> dict[int, slice]:
+    """Per tile start along one axis: the positions (in tile coordinates) where its window is 1
+    and no other tile's is above 0, as a slice (empty where there is none or it is not one run)."""
+    cover = np.zeros(length, np.int32)
+    for s in starts:
+        cover[s : s + tile] += window(s, length) > 0
+    ranges = {}
+    for s in starts:
+        own = (window(s, length) == 1) & (cover[s : s + tile] == 1)
+        idx = np.flatnonzero(own)
+        whole = idx.size and idx[-1] - idx[0] + 1 == idx.size
+        ranges[s] = slice(int(idx[0]), int(idx[-1]) + 1) if whole else slice(0, 0)
+    return ranges
+
+
+def _owned_mask(ranges: dict[int, slice], length: int) -> np.ndarray:
+    mask = np.zeros(length, bool)
+    for s, own in ranges.items():
+        mask[s + own.start : s + own.stop] = True
+    return mask
+
+
+def _runs(mask: np.ndarray) -> Iterator[slice]:
+    """The runs of True in a 1-D boolean array, as slices."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], mask, [False])).astype(np.int8)))
+    for a, b in zip(edges[::2], edges[1::2]):
+        yield slice(int(a), int(b))
 
 
 def _prepare_image(image: np.ndarray, tile_size: int) -> np.ndarray:
@@ -265,7 +315,14 @@ def _checked(predict: Predictor, batch: np.ndarray, n: int) -> np.ndarray:
 
 
 class _Blender:
-    """Weighted sum of tile predictions and of their windows; :meth:`result` divides."""
+    """Weighted sum of tile predictions and of their windows; :meth:`result` divides.
+
+    Where a tile is the only one with weight (its :meth:`_Plan.own` rectangle, most of it) the
+    weighted sum is the tile itself: it is copied there, and only the overlaps are summed,
+    weighed and divided. The result is the same bits as summing and dividing everywhere (x * 1
+    + 0 and x / 1 are exact), at a third of the passes over memory, which on 2 cores are taken
+    from the model running beside this thread.
+    """
 
     def __init__(self, plan: _Plan):
         self.plan = plan
@@ -278,11 +335,19 @@ class _Blender:
         for r, c, i in entries:
             w = self.plan.window(r, c)
             tile = image[r : r + t, c : c + t] if i < 0 else tiles[i]
-            self.out[r : r + t, c : c + t] += tile * w[..., None]
-            self.weight[r : r + t, c : c + t] += w
+            ys, xs = self.plan.own(r, c)
+            self.out[r + ys.start : r + ys.stop, c + xs.start : c + xs.stop] = tile[ys, xs]
+            # the frame around it: the top and bottom bands, then the sides between them
+            for by, bx in ((slice(0, ys.start), slice(0, t)), (slice(ys.stop, t), slice(0, t)),
+                           (ys, slice(0, xs.start)), (ys, slice(xs.stop, t))):
+                if by.stop > by.start and bx.stop > bx.start:
+                    out = self.out[r + by.start : r + by.stop, c + bx.start : c + bx.stop]
+                    out += tile[by, bx] * w[by, bx, None]
+                    self.weight[r + by.start : r + by.stop, c + bx.start : c + bx.stop] += w[by, bx]
 
     def result(self, height: int, width: int) -> np.ndarray:
-        self.out /= self.weight[..., None]  # in place: no second output-sized array
+        for ys, xs in self.plan.shared_runs():  # in place: no second output-sized array
+            self.out[ys, xs] /= self.weight[ys, xs, None]
         if (self.plan.height, self.plan.width) != (height, width):
             return np.ascontiguousarray(self.out[:height, :width])
         return self.out

@@ -432,3 +432,35 @@ def test_what_holds_a_copy_of_the_weights_is_made_again_only_when_they_change(ga
     assert cached_for_weights(model, "converted", make) == 2
     assert cached_for_weights(model, "other", make) == 3  # each key its own
     assert made[0] != made[1] == made[2]
+
+
+def _blend_everywhere(plan, tiles):
+    """The blend as it was before the tiles' own rectangles were copied: every tile summed and
+    weighed over its whole area, every pixel divided (the reference for the fast blender)."""
+    t = plan.tile
+    out = np.zeros((plan.height, plan.width, 3), np.float32)
+    weight = np.zeros((plan.height, plan.width), np.float32)
+    for (r, c), tile in zip(plan.starts, tiles):
+        w = plan.window(r, c)
+        out[r : r + t, c : c + t] += tile * w[..., None]
+        weight[r : r + t, c : c + t] += w
+    return out / weight[..., None]
+
+
+@pytest.mark.parametrize("shape, tile, overlap", [((4096, 4096), 1056, 32), ((700, 1500), 256, 32),
+                                                  ((256, 256), 256, 32), ((300, 520), 256, 0),
+                                                  ((513, 257), 128, 64), ((1000, 1000), 96, 40)])
+def test_blender_copies_own_rectangles_with_the_same_bits_as_summing_everywhere(shape, tile, overlap):
+    plan = infer._Plan(shape, tile, overlap, 1)
+    rng = np.random.default_rng(0)
+    tiles = [rng.random((tile, tile, 3), dtype=np.float32) for _ in plan.starts]
+    blender = infer._Blender(plan)
+    for k, (r, c) in enumerate(plan.starts):
+        blender.add([(r, c, 0)], tiles[k][None], None)
+    np.testing.assert_array_equal(blender.result(*shape), _blend_everywhere(plan, tiles))
+    # most of every tile is copied, not weighed (the point of it), and no pixel is divided twice
+    own = sum((ys.stop - ys.start) * (xs.stop - xs.start) for ys, xs in (plan.own(r, c) for r, c in plan.starts))
+    shared = sum((ys.stop - ys.start) * (xs.stop - xs.start) for ys, xs in plan.shared_runs())
+    assert own + shared == shape[0] * shape[1]
+    if overlap and tile >= 256 and len(plan.starts) > 1:
+        assert own > 0.8 * shape[0] * shape[1]
