@@ -90,6 +90,8 @@ class Config:
     frontier_widths: tuple[int, ...] = (8, 16, 24, 32, 40, 48)  # 40: the profile "wide"
     # and of crosschannel_s2d_unet (its U-Net at half resolution; 32: the profile "s2d")
     s2d_widths: tuple[int, ...] = (32, 48, 64)
+    # and of crosschannel_s4d_cnn (a residual CNN at quarter resolution; 120: the profile "s4d")
+    s4d_widths: tuple[int, ...] = (96, 120, 144)
     # `ihclib denoise` on a folder of this many copies of the test image, with and without the
     # next file read and the last written beside the model; this many runs of each, the best kept
     folder_files: int = 3
@@ -106,7 +108,7 @@ QUICK = Config(name="quick", gemm_sizes=(256, 512), gemm_repeats=2, tile_size=64
                pipeline_size=256, psnr_tile=64, held_out=False,
                # OpenVINO's small calls can outrun a peak measured with matrices this small
                backends=("keras",),
-               frontier_widths=(4, 8), s2d_widths=(8,), folder_files=2, folder_runs=1, cli_runs=1,
+               frontier_widths=(4, 8), s2d_widths=(8,), s4d_widths=(8,), folder_files=2, folder_runs=1, cli_runs=1,
                inference_rounds=1, training_runs=1)
 
 
@@ -181,7 +183,15 @@ FLOP_PER_CYCLE = {
 }
 # issue 13: the bundled model's whole-image time at most this many times the switching median's
 MEDIAN_FACTOR = 4
-S2D = "crosschannel_s2d_unet"  # the other design whose widths make bench times
+S2D = "crosschannel_s2d_unet"  # the other designs whose widths make bench times
+S4D = "crosschannel_s4d_cnn"
+# result key of each design's frontier when it is not the bundled model's ("width_frontier")
+DESIGN_FRONTIERS = {"unet_frontier": "crosschannel_unet", "s2d_frontier": S2D, "s4d_frontier": S4D}
+
+
+def design_widths(cfg: Config, arch: str) -> tuple[int, ...]:
+    """The widths :func:`bench_width_frontier` times for a design."""
+    return {S2D: cfg.s2d_widths, S4D: cfg.s4d_widths}.get(arch, cfg.frontier_widths)
 # AVX512_BF16's dot product does two bf16 products per float32 lane: twice the float32 rate
 BF16_FACTOR = 2
 ISA_FLAGS = ("sse4_2", "avx", "fma", "avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
@@ -931,9 +941,12 @@ def whole_image_section(result: dict, cfg: Config, log: Callable[[str], None]) -
         files = bench_denoise_files(path, src, Path(tmp), cfg)
         beside = bench_read_beside_trace(path, src, Path(tmp), cfg, INPUT_MULTIPLE[arch])
         median = bench_switching_median(image, src)  # the frontier's widths are held to 4x its time too
-        frontier = bench_width_frontier(src, Path(tmp), cfg, arch, sidecar, peak, MEDIAN_FACTOR * median["seconds"])
-        s2d = None if arch == S2D else bench_width_frontier(src, Path(tmp), cfg, S2D, sidecar, peak,
-                                                            MEDIAN_FACTOR * median["seconds"], cfg.s2d_widths, dense=False)
+        frontier = bench_width_frontier(src, Path(tmp), cfg, arch, sidecar, peak, MEDIAN_FACTOR * median["seconds"],
+                                        design_widths(cfg, arch))
+        # the other designs, held to the same targets (the dense design is timed once, above)
+        designs = {key: bench_width_frontier(src, Path(tmp), cfg, other, sidecar, peak, MEDIAN_FACTOR * median["seconds"],
+                                             design_widths(cfg, other), dense=False)
+                   for key, other in DESIGN_FRONTIERS.items() if other != arch}
     from ihclib.infer import resolve_precision
 
     precision = resolve_precision(model, "auto")  # what the command runs in
@@ -956,9 +969,10 @@ def whole_image_section(result: dict, cfg: Config, log: Callable[[str], None]) -
         f"one after another {files['sequential_s_per_file']} s (x{files['ratio']})")
     result["width_frontier"] = frontier
     log("width frontier: " + ", ".join(f"{r['width']}: {r['mp_per_s']} MP/s {r['pct_peak']} %" for r in frontier["rows"]))
-    if s2d:
-        result["s2d_frontier"] = s2d
-        log(f"{S2D} frontier: " + ", ".join(f"{r['width']}: {r['mp_per_s']} MP/s {r['pct_peak']} %" for r in s2d["rows"]))
+    for key, other in designs.items():
+        result[key] = other
+        log(f"{other.get('arch', key)} frontier: " + ", ".join(f"{r['width']}: {r['mp_per_s']} MP/s {r['pct_peak']} %"
+                                                for r in other["rows"]))
     result["tile_pipeline"] = bench_tile_pipeline(model, cfg)
     flops_tile = per_px * cfg.tile_size**2
     result["bundled_inference"] = bench_inference(model, f"{arch} (float32)", cfg.tile_size, (cfg.main_batch,), ["keras"], flops_tile,
@@ -1211,7 +1225,7 @@ def _measurement_rows(result: dict) -> list[tuple[str, str, str, str]]:
              "", ""),
             *_files_rows(result),
             *_frontier_rows(result),
-            *_frontier_rows(result, "s2d_frontier"),
+            *(row for key in DESIGN_FRONTIERS for row in _frontier_rows(result, key)),
             (f"in-process {tp['size']}px ({tp['precision']}, tile {result['config']['tile_size']}) / no threads / float32 / "
              f"tile {tp['big_tile']}", f"{tp['threads_s']} / {tp['no_threads_s']} / {tp['float32_s']} / "
              f"{tp['tile' + str(tp['big_tile']) + '_s']} s", "", ""),

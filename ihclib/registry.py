@@ -23,5 +23,5 @@ DESCRIPTIONS = {
     "switching_unet": "small U-Net with a switching head: m*f + (1-m)*input",
     "crosschannel_unet": "U-Net refining the cross-channel switching filter; unflagged values pass exactly",
     "crosschannel_s2d_unet": "crosschannel_unet with its U-Net at half resolution (space-to-depth, as FFDNet)",
-    "crosschannel_s4d_cnn": "crosschannel_unet with a wide plain CNN at quarter resolution (4x4 space-to-depth)",
+    "crosschannel_s4d_cnn": "crosschannel_unet with a wide residual CNN at quarter resolution (4x4 space-to-depth)",
 }

@@ -225,18 +225,27 @@ def test_the_width_frontier_times_the_command_per_width(tiny_run, bench):
     assert rows[-1][0].startswith(f"... same command, untrained paper_unet in {dense['precision']}")
 
 
-def test_the_half_resolution_design_is_timed_beside_the_bundled_one(tiny_run, bench):
+@pytest.mark.parametrize("key, arch", [("s2d_frontier", "crosschannel_s2d_unet"), ("s4d_frontier", "crosschannel_s4d_cnn")])
+def test_the_other_designs_are_timed_beside_the_bundled_one(tiny_run, bench, key, arch):
     result, _ = tiny_run
-    s2d, bundled = result["s2d_frontier"], result["width_frontier"]
-    assert s2d["arch"] == "crosschannel_s2d_unet" != result["model"]["name"]
-    assert [r["width"] for r in s2d["rows"]] == [8] and s2d["dense"] is None  # the dense design is timed once
-    assert s2d["max_seconds"] == bundled["max_seconds"]  # held to the same targets
-    row = s2d["rows"][0]
-    assert row["flops_per_pixel"] == bench_flops("crosschannel_s2d_unet", 8)
-    rows = bench._frontier_rows(result, "s2d_frontier")
-    assert rows[0][0].startswith("... same command, untrained crosschannel_s2d_unet of width 8 (")
-    assert rows[1][0].startswith("... crosschannel_s2d_unet widths meeting")
-    assert any(r[0].startswith("... same command, untrained crosschannel_s2d_unet") for r in bench._measurement_rows(result))
+    other, bundled = result[key], result["width_frontier"]
+    assert other["arch"] == arch != result["model"]["name"]
+    assert "unet_frontier" not in result  # the bundled design's own widths are width_frontier
+    assert [r["width"] for r in other["rows"]] == [8] and other["dense"] is None  # the dense design is timed once
+    assert other["max_seconds"] == bundled["max_seconds"]  # held to the same targets
+    row = other["rows"][0]
+    assert row["flops_per_pixel"] == bench_flops(arch, 8)
+    rows = bench._frontier_rows(result, key)
+    assert rows[0][0].startswith(f"... same command, untrained {arch} of width 8 (")
+    assert rows[1][0].startswith(f"... {arch} widths meeting")
+    assert any(r[0].startswith(f"... same command, untrained {arch}") for r in bench._measurement_rows(result))
+
+
+def test_each_design_is_timed_at_its_own_widths(bench):
+    cfg = bench.FULL
+    assert bench.design_widths(cfg, "crosschannel_unet") == cfg.frontier_widths
+    assert bench.design_widths(cfg, "crosschannel_s4d_cnn") == cfg.s4d_widths and 120 in cfg.s4d_widths
+    assert set(bench.DESIGN_FRONTIERS.values()) == {"crosschannel_unet", "crosschannel_s2d_unet", "crosschannel_s4d_cnn"}
 
 
 def bench_flops(arch: str, width: int, tile: int = 256) -> float:
