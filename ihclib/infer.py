@@ -537,7 +537,10 @@ def inference_copy(model: Any, bfloat16: bool = False, fused: bool = True, compi
     def clone(layer: Any) -> Any:
         config = layer.get_config()
         one_by_one = getattr(layer, "kernel_size", None) == (1, 1)
-        if bfloat16 and isinstance(layer, trunk) and not one_by_one and id(layer.output) not in outputs:
+        # crosschannel_s4d_cnn's residual scales and sums too (its other Add layers are its classical part)
+        in_trunk = isinstance(layer, trunk) or (isinstance(layer, (keras.layers.Add, keras.layers.Rescaling))
+                                                and layer.name.startswith("residual_"))
+        if bfloat16 and in_trunk and not one_by_one and id(layer.output) not in outputs:
             config["dtype"] = "mixed_bfloat16"
         return variants.get(type(layer), type(layer)).from_config(config)
 

@@ -464,3 +464,17 @@ def test_blender_copies_own_rectangles_with_the_same_bits_as_summing_everywhere(
     assert own + shared == shape[0] * shape[1]
     if overlap and tile >= 256 and len(plan.starts) > 1:
         assert own > 0.8 * shape[0] * shape[1]
+
+
+def test_bf16_copy_sums_the_quarter_resolution_designs_residuals_in_bf16_and_nothing_classical():
+    from ihclib.model import build_model
+
+    model = build_model("crosschannel_s4d_cnn", None, width=8)
+    for fused in (True, False):
+        copy = infer.inference_copy(model, bfloat16=True, fused=fused)
+        policies = {layer.name: layer.dtype_policy.name for layer in copy.layers}
+        # a float32 sum between bf16 convolutions would cast its inputs and its output every tile
+        assert [policies[f"residual_{i}{part}"] for i in (1, 2, 3) for part in ("", "_scale")] == ["mixed_bfloat16"] * 6
+        classical = {"cross_channel_prior", "spatial_prior", "fill", "restored"} & set(policies)
+        assert classical == (set() if fused else {"cross_channel_prior", "spatial_prior", "fill", "restored"})
+        assert all(policies[name] == "float32" for name in classical)  # the hard gate stays exact

@@ -153,12 +153,11 @@ PROFILES: dict[str, Profile] = {
     ),
     "s4d": Profile(
         name="s4d", tile_size=64, stride=64, batch_size=16, epochs=30, steps_per_epoch=200,
-        learning_rate=5e-4, models=("crosschannel_s4d_cnn",), width=120,
+        learning_rate=2e-3, models=("crosschannel_s4d_cnn",), width=120,
         eval_tile_size=256, max_eval_tiles=12, eval_amounts=HELD_OUT_AMOUNTS,
         description="long with crosschannel_s4d_cnn (a residual CNN of width 120 at quarter resolution: 127,440 "
                     "FLOP per pixel, 2.8 times long's) instead of crosschannel_unet: the same budget and "
-                    "held-out sources, a design whose convolutions run near the CPU's peak (issue 13); learning "
-                    "rate 5e-4: at long's 2e-3 its training diverged in the third epoch",
+                    "held-out sources, a design whose convolutions run near the CPU's peak (issue 13)",
     ),
     "bundle": Profile(
         name="bundle", tile_size=64, stride=64, batch_size=16, epochs=30, steps_per_epoch=200,
