@@ -90,8 +90,9 @@ class Config:
     frontier_widths: tuple[int, ...] = (8, 16, 24, 32, 40, 48)  # 40: the profile "wide"
     # and of crosschannel_s2d_unet (its U-Net at half resolution; 32: the profile "s2d")
     s2d_widths: tuple[int, ...] = (32, 48, 64)
-    # and of crosschannel_s4d_cnn (a residual CNN at quarter resolution; 120: the profile "s4d")
-    s4d_widths: tuple[int, ...] = (96, 120, 144)
+    # and of crosschannel_s4d_cnn (a residual CNN at quarter resolution; multiples of 16, as
+    # oneDNN's AVX-512 blocks: width 120 (the profile "s4d") took 4.2-4.6 s, 112 3.5-4.2 s)
+    s4d_widths: tuple[int, ...] = (96, 112, 128)
     # `ihclib denoise` on a folder of this many copies of the test image, with and without the
     # next file read and the last written beside the model; this many runs of each, the best kept
     folder_files: int = 3
