@@ -425,12 +425,18 @@ def build_crosschannel_s2d_unet(tile_size: int | None = 64, base: int = 32, mask
     """
     inp, hint, spatial, xc, prior, features = _crosschannel_features(tile_size)
     half = _unet_trunk(SpaceToDepth(2, name="to_half_resolution")(features), base)
-    heads = []
-    for name, bias in _head_biases(mask_bias).items():
-        h = layers.Conv2D(12, 1, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(bias),
-                          name=name)(half)
-        heads.append(DepthToSpace(2, name=f"{name}_full_resolution")(h))
+    heads = _patch_heads(half, 2, mask_bias)
     return keras.Model(inp, _crosschannel_output(inp, hint, spatial, xc, prior, *heads), name="crosschannel_s2d_unet")
+
+
+def _patch_heads(x, block: int, mask_bias: float) -> list:
+    """The three heads of a space-to-depth design: each a zero-initialised 1x1 convolution
+    predicting its 3 channels for the ``block`` x ``block`` pixels of a patch, then
+    :class:`DepthToSpace` back to full resolution."""
+    return [DepthToSpace(block, name=f"{name}_full_resolution")(
+                layers.Conv2D(3 * block * block, 1, kernel_initializer="zeros",
+                              bias_initializer=keras.initializers.Constant(bias), name=name)(x))
+            for name, bias in _head_biases(mask_bias).items()]
 
 
 # each residual branch of crosschannel_s4d_cnn scaled by this before the sum (as EDSR, Lim et al.
@@ -443,8 +449,9 @@ def build_crosschannel_s4d_cnn(tile_size: int | None = 64, base: int = 120, mask
     """:func:`build_crosschannel_unet` with its network at quarter resolution (issue 13): the 13
     feature channels of each 4 x 4 patch as one pixel of 208 (:class:`SpaceToDepth`), a 3x3
     convolution to ``base`` channels, then ``blocks`` residual blocks (x + :data:`RESIDUAL_SCALE`
-    times two 3x3 convolutions of ``base`` channels, LeakyReLU after each), and each head predicting its 3 channels for the
-    16 pixels of the patch (48 channels, :class:`DepthToSpace` back). The classical fills, the
+    times two 3x3 convolutions of ``base`` channels, LeakyReLU after each), and each head
+    predicting its 3 channels for the 16 pixels of the patch (48 channels, :class:`DepthToSpace`
+    back). The classical fills, the
     hard gate and the output formula are crosschannel_unet's, at full resolution; the receptive
     field reaches 4 * (2 * blocks + 2) pixels from the patch.
 
@@ -456,7 +463,9 @@ def build_crosschannel_s4d_cnn(tile_size: int | None = 64, base: int = 120, mask
     design at width 100 has 5.4 M, 21 MB) for a few per cent of the FLOPs. Residual: the same
     depth without them (8 plain convolutions of 112) did not train (the loss stayed at its
     starting value at a learning rate of 5e-4 and diverged at 2e-3); with them but unscaled it
-    diverged at 2e-3 too, and at 5e-4 it learned too slowly (reports/s4d). At ``base`` 120 and 3
+    diverged at 2e-3 too, and at 5e-4 it learned too slowly (docs/performance.md). Scaled, it
+    trains at long's 2e-3 but stays 2.5 dB below crosschannel_unet on the held-out sources
+    (reports/s4d), so it is not bundled. At ``base`` 120 and 3
     blocks: 127,440 FLOP per pixel (2.8 times crosschannel_unet's at 16) from 1.0 M weights.
     """
     inp, hint, spatial, xc, prior, features = _crosschannel_features(tile_size)
@@ -464,11 +473,7 @@ def build_crosschannel_s4d_cnn(tile_size: int | None = 64, base: int = 120, mask
     for i in range(blocks):  # named: ihclib.infer.inference_copy runs these in bf16 with the convolutions
         branch = layers.Rescaling(RESIDUAL_SCALE, name=f"residual_{i + 1}_scale")(_conv_block(_conv_block(x, base), base))
         x = layers.Add(name=f"residual_{i + 1}")([x, branch])
-    heads = []
-    for name, bias in _head_biases(mask_bias).items():
-        h = layers.Conv2D(48, 1, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(bias),
-                          name=name)(x)
-        heads.append(DepthToSpace(4, name=f"{name}_full_resolution")(h))
+    heads = _patch_heads(x, 4, mask_bias)
     return keras.Model(inp, _crosschannel_output(inp, hint, spatial, xc, prior, *heads), name="crosschannel_s4d_cnn")
 
 
