@@ -527,7 +527,7 @@ def inference_copy(model: Any, bfloat16: bool = False, fused: bool = True, compi
     from .fast_layers import FAST_VARIANTS, can_fuse_whole, fuse_crosschannel
 
     outputs = {id(t) for t in model.outputs}
-    from .model import SpaceToDepth
+    from .model import CONTEXT_LAYERS, SpaceToDepth
 
     # SpaceToDepth: crosschannel_s2d_unet's features to half resolution, in the trunk's dtype
     trunk = (keras.layers.Conv2D, keras.layers.Conv2DTranspose, keras.layers.LeakyReLU, keras.layers.Concatenate,
@@ -540,7 +540,9 @@ def inference_copy(model: Any, bfloat16: bool = False, fused: bool = True, compi
         # crosschannel_s4d_cnn's residual scales and sums too (its other Add layers are its classical part)
         in_trunk = isinstance(layer, trunk) or (isinstance(layer, (keras.layers.Add, keras.layers.Rescaling))
                                                 and layer.name.startswith("residual_"))
-        if bfloat16 and in_trunk and not one_by_one and id(layer.output) not in outputs:
+        # crosschannel_s4d_unet's way back from quarter resolution (a 1x1 convolution, not a head)
+        context = layer.name in CONTEXT_LAYERS
+        if bfloat16 and (in_trunk and not one_by_one or context) and id(layer.output) not in outputs:
             config["dtype"] = "mixed_bfloat16"
         return variants.get(type(layer), type(layer)).from_config(config)
 

@@ -5,14 +5,15 @@ at import that it builds exactly these; ``ihclib --help`` and the profiles read 
 from __future__ import annotations
 
 MODEL_NAMES = ("paper_unet", "dncnn_residual", "switching_unet", "crosschannel_unet", "crosschannel_s2d_unet",
-               "crosschannel_s4d_cnn")
+               "crosschannel_s4d_cnn", "crosschannel_s4d_unet")
 
 # height and width of an input must be multiples of this (2 ** number of stride-2 stages)
 INPUT_MULTIPLE = {"paper_unet": 32, "dncnn_residual": 1, "switching_unet": 4, "crosschannel_unet": 4,
-                  "crosschannel_s2d_unet": 8, "crosschannel_s4d_cnn": 4}
+                  "crosschannel_s2d_unet": 8, "crosschannel_s4d_cnn": 4,
+                  "crosschannel_s4d_unet": 4}
 
 # the models built on the cross-channel filter, with its hard gate and its fused inference path
-CROSSCHANNEL_MODELS = ("crosschannel_unet", "crosschannel_s2d_unet", "crosschannel_s4d_cnn")
+CROSSCHANNEL_MODELS = ("crosschannel_unet", "crosschannel_s2d_unet", "crosschannel_s4d_cnn", "crosschannel_s4d_unet")
 
 # for inputs of unknown models (no sidecar): the strictest registry constraint
 STRICTEST_MULTIPLE = max(INPUT_MULTIPLE.values())
@@ -24,4 +25,5 @@ DESCRIPTIONS = {
     "crosschannel_unet": "U-Net refining the cross-channel switching filter; unflagged values pass exactly",
     "crosschannel_s2d_unet": "crosschannel_unet with its U-Net at half resolution (space-to-depth, as FFDNet)",
     "crosschannel_s4d_cnn": "crosschannel_unet with a wide residual CNN at quarter resolution (4x4 space-to-depth)",
+    "crosschannel_s4d_unet": "crosschannel_unet's full-resolution level over a wide residual CNN at quarter resolution",
 }

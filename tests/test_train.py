@@ -21,16 +21,16 @@ from ihclib.train import (HISTORY_COLUMNS, Augmentation, make_train_pipeline, ma
 
 
 def test_profiles_lookup_and_errors():
-    assert set(PROFILES) == {"smoke", "quick", "long", "wide", "s2d", "s4d", "bundle", "paper"}
+    assert set(PROFILES) == {"smoke", "quick", "long", "wide", "s2d", "s4d", "s4du", "bundle", "paper"}
     # wide is long with only the width changed: its comparison with reports/long is width alone;
     # s2d is long with only the architecture (and its width) changed
     long = get_profile("long").with_overrides(description="")
     assert get_profile("wide").with_overrides(name="long", width=16, description="") == long
-    for other in ("s2d", "s4d"):  # and s4d
+    for other in ("s2d", "s4d", "s4du"):  # and the quarter-resolution designs
         assert get_profile(other).with_overrides(name="long", width=16, models=("crosschannel_unet",), description="") == long
     assert get_profile("paper").tile_size == 256 and get_profile("paper").epochs == 5
     assert get_profile("bundle").train_on_test and not get_profile("quick").train_on_test
-    with pytest.raises(ValueError, match="unknown profile 'huge'; choose from smoke, quick, long, wide, s2d, s4d, bundle, paper"):
+    with pytest.raises(ValueError, match="unknown profile 'huge'; choose from smoke, quick, long, wide, s2d, s4d, s4du, bundle, paper"):
         get_profile("huge")
 
 

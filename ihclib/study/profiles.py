@@ -159,6 +159,14 @@ PROFILES: dict[str, Profile] = {
                     "FLOP per pixel, 2.8 times long's) instead of crosschannel_unet: the same budget and "
                     "held-out sources, a design whose convolutions run near the CPU's peak (issue 13)",
     ),
+    "s4du": Profile(
+        name="s4du", tile_size=64, stride=64, batch_size=16, epochs=30, steps_per_epoch=200,
+        learning_rate=2e-3, models=("crosschannel_s4d_unet",), width=96,
+        eval_tile_size=256, max_eval_tiles=12, eval_amounts=HELD_OUT_AMOUNTS,
+        description="long with crosschannel_s4d_unet (crosschannel_unet's full-resolution level over a residual "
+                    "CNN of width 96 at quarter resolution: 127,680 FLOP per pixel) instead of crosschannel_unet: "
+                    "the same budget and held-out sources (issue 13)",
+    ),
     "bundle": Profile(
         name="bundle", tile_size=64, stride=64, batch_size=16, epochs=30, steps_per_epoch=200,
         learning_rate=2e-3, models=("crosschannel_unet",), train_on_test=True, width=16,
