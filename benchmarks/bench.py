@@ -93,6 +93,9 @@ class Config:
     # and of crosschannel_s4d_cnn (a residual CNN at quarter resolution; multiples of 16, as
     # oneDNN's AVX-512 blocks: width 120 (the profile "s4d") took 4.2-4.6 s, 112 3.5-4.2 s)
     s4d_widths: tuple[int, ...] = (96, 112, 128)
+    # and of crosschannel_s4d_unet (crosschannel_unet's full-resolution level over such a CNN;
+    # 96: the profile "s4du")
+    s4du_widths: tuple[int, ...] = (80, 96, 112)
     # `ihclib denoise` on a folder of this many copies of the test image, with and without the
     # next file read and the last written beside the model; this many runs of each, the best kept
     folder_files: int = 3
@@ -109,7 +112,7 @@ QUICK = Config(name="quick", gemm_sizes=(256, 512), gemm_repeats=2, tile_size=64
                pipeline_size=256, psnr_tile=64, held_out=False,
                # OpenVINO's small calls can outrun a peak measured with matrices this small
                backends=("keras",),
-               frontier_widths=(4, 8), s2d_widths=(8,), s4d_widths=(8,), folder_files=2, folder_runs=1, cli_runs=1,
+               frontier_widths=(4, 8), s2d_widths=(8,), s4d_widths=(8,), s4du_widths=(8,), folder_files=2, folder_runs=1, cli_runs=1,
                inference_rounds=1, training_runs=1)
 
 
@@ -186,13 +189,15 @@ FLOP_PER_CYCLE = {
 MEDIAN_FACTOR = 4
 S2D = "crosschannel_s2d_unet"  # the other designs whose widths make bench times
 S4D = "crosschannel_s4d_cnn"
+S4DU = "crosschannel_s4d_unet"
 # result key of each design's frontier when it is not the bundled model's ("width_frontier")
-DESIGN_FRONTIERS = {"unet_frontier": "crosschannel_unet", "s2d_frontier": S2D, "s4d_frontier": S4D}
+DESIGN_FRONTIERS = {"unet_frontier": "crosschannel_unet", "s2d_frontier": S2D, "s4d_frontier": S4D,
+                    "s4du_frontier": S4DU}
 
 
 def design_widths(cfg: Config, arch: str) -> tuple[int, ...]:
     """The widths :func:`bench_width_frontier` times for a design."""
-    return {S2D: cfg.s2d_widths, S4D: cfg.s4d_widths}.get(arch, cfg.frontier_widths)
+    return {S2D: cfg.s2d_widths, S4D: cfg.s4d_widths, S4DU: cfg.s4du_widths}.get(arch, cfg.frontier_widths)
 # AVX512_BF16's dot product does two bf16 products per float32 lane: twice the float32 rate
 BF16_FACTOR = 2
 ISA_FLAGS = ("sse4_2", "avx", "fma", "avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")

@@ -225,7 +225,8 @@ def test_the_width_frontier_times_the_command_per_width(tiny_run, bench):
     assert rows[-1][0].startswith(f"... same command, untrained paper_unet in {dense['precision']}")
 
 
-@pytest.mark.parametrize("key, arch", [("s2d_frontier", "crosschannel_s2d_unet"), ("s4d_frontier", "crosschannel_s4d_cnn")])
+@pytest.mark.parametrize("key, arch", [("s2d_frontier", "crosschannel_s2d_unet"), ("s4d_frontier", "crosschannel_s4d_cnn"),
+                                       ("s4du_frontier", "crosschannel_s4d_unet")])
 def test_the_other_designs_are_timed_beside_the_bundled_one(tiny_run, bench, key, arch):
     result, _ = tiny_run
     other, bundled = result[key], result["width_frontier"]
@@ -245,7 +246,9 @@ def test_each_design_is_timed_at_its_own_widths(bench):
     cfg = bench.FULL
     assert bench.design_widths(cfg, "crosschannel_unet") == cfg.frontier_widths
     assert bench.design_widths(cfg, "crosschannel_s4d_cnn") == cfg.s4d_widths and all(w % 16 == 0 for w in cfg.s4d_widths)
-    assert set(bench.DESIGN_FRONTIERS.values()) == {"crosschannel_unet", "crosschannel_s2d_unet", "crosschannel_s4d_cnn"}
+    assert bench.design_widths(cfg, "crosschannel_s4d_unet") == cfg.s4du_widths and all(w % 16 == 0 for w in cfg.s4du_widths)
+    assert set(bench.DESIGN_FRONTIERS.values()) == {"crosschannel_unet", "crosschannel_s2d_unet", "crosschannel_s4d_cnn",
+                                                    "crosschannel_s4d_unet"}
 
 
 def bench_flops(arch: str, width: int, tile: int = 256) -> float:

@@ -67,7 +67,7 @@ def test_window_counts_are_what_an_average_pool_divides_by():
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["tensorflow_prefix", "compiled_prefix"])
 @pytest.mark.parametrize("build", [ref.build_crosschannel_unet, ref.build_crosschannel_s2d_unet,
-                                   ref.build_crosschannel_s4d_cnn])
+                                   ref.build_crosschannel_s4d_cnn, ref.build_crosschannel_s4d_unet])
 def test_inference_copy_fuses_crosschannel_unet_and_keeps_the_gate_exact(build, compiled):
     keras = pytest.importorskip("keras")
     from ihclib import native

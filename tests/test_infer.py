@@ -478,3 +478,21 @@ def test_bf16_copy_sums_the_quarter_resolution_designs_residuals_in_bf16_and_not
         classical = {"cross_channel_prior", "spatial_prior", "fill", "restored"} & set(policies)
         assert classical == (set() if fused else {"cross_channel_prior", "spatial_prior", "fill", "restored"})
         assert all(policies[name] == "float32" for name in classical)  # the hard gate stays exact
+
+
+def test_bf16_copy_runs_the_s4d_unets_way_back_to_full_resolution_in_bf16_and_its_heads_in_float32():
+    from ihclib.fast_layers import HEAD_CONVOLUTIONS
+    from ihclib.model import CONTEXT_LAYERS, build_model
+
+    model = build_model("crosschannel_s4d_unet", None, width=16)
+    for fused in (True, False):
+        policies = {layer.name: layer.dtype_policy.name
+                    for layer in infer.inference_copy(model, bfloat16=True, fused=fused).layers}
+        # a 1x1 convolution like the heads, but inside the trunk: float32 there cast twice per tile
+        assert [policies[name] for name in CONTEXT_LAYERS] == ["mixed_bfloat16"] * 2
+        assert [policies[f"residual_{i}"] for i in (1, 2, 3, 4)] == ["mixed_bfloat16"] * 4
+        heads = [name for name in HEAD_CONVOLUTIONS if name in policies]
+        assert heads == ([] if fused else list(HEAD_CONVOLUTIONS))  # fused: one merged head
+        assert all(policies[name] == "float32" for name in heads)
+    plain = {layer.name: layer.dtype_policy.name for layer in infer.inference_copy(model, bfloat16=False).layers}
+    assert plain[CONTEXT_LAYERS[0]] == "float32"  # only the bf16 copy changes it
