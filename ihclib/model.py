@@ -500,7 +500,12 @@ def build_crosschannel_s4d_unet(tile_size: int | None = 64, base: int = 96, mask
     MSE from 1.18e-4) this design reached 8.36e-5 (8.25e-5 at ``base`` 112 with 3 blocks) against
     crosschannel_unet's 8.49e-5 (width 16) and crosschannel_s4d_cnn's 1.06e-4; with only the last
     full-resolution convolution (no encoder level) 1.06e-4. At ``base`` 96 and 4 blocks: 127,680
-    FLOP per pixel, 88 % of them at quarter resolution, from 0.9 M weights.
+    FLOP per pixel, 88 % of them at quarter resolution, from 0.9 M weights. With long's data and
+    budget (reports/s4du) it restores the held-out sources +2.10 / +2.55 dB above the
+    cross-channel filter at 10 / 30 % s&p (issue 10's +1.0 met), 0.6 / 0.4 dB below
+    crosschannel_unet at 16; through ``ihclib denoise`` it takes 1.5 times as long (make bench on
+    262f885: 4.6 s for 4096 x 4096, 52 % of the bf16 peak, over 4x the switching median), so it is
+    not bundled.
     """
     inp, hint, spatial, xc, prior, features = _crosschannel_features(tile_size)
     skip = _conv_block(_conv_block(features, full), full)  # full resolution
