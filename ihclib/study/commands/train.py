@@ -38,8 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="training seed (default: the profile's)")
     p.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
     p.add_argument("--width", type=int, default=None,
-                   help="override the profile's U-Net width (switching_unet, crosschannel_unet), e.g. 40 for "
-                        "the profile 'wide' trade-off: better held-out quality, about twice the denoising time")
+                   help="override the profile's width (switching_unet and the crosschannel_* models; for the "
+                        "s2d/s4d designs the channels at half or quarter resolution), e.g. 40 for the profile "
+                        "'wide' trade-off: better held-out quality, about twice the denoising time")
     p.add_argument("--early-stopping", action="store_true", help="stop when val_loss stops improving")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images in the data folder")
     p.add_argument("--bundle", action="store_true",
