@@ -444,6 +444,17 @@ def _patch_heads(x, block: int, mask_bias: float) -> list:
 RESIDUAL_SCALE = 0.1
 
 
+def _quarter_resolution_cnn(x, base: int, blocks: int):
+    """The quarter-resolution designs' network: each 4 x 4 patch of ``x`` as one pixel
+    (:class:`SpaceToDepth`), a 3x3 convolution to ``base`` channels, then ``blocks`` residual
+    blocks (x + :data:`RESIDUAL_SCALE` times two 3x3 convolutions, LeakyReLU after each)."""
+    x = _conv_block(SpaceToDepth(4, name="to_quarter_resolution")(x), base)
+    for i in range(blocks):  # named: ihclib.infer.inference_copy runs these in bf16 with the convolutions
+        branch = layers.Rescaling(RESIDUAL_SCALE, name=f"residual_{i + 1}_scale")(_conv_block(_conv_block(x, base), base))
+        x = layers.Add(name=f"residual_{i + 1}")([x, branch])
+    return x
+
+
 def build_crosschannel_s4d_cnn(tile_size: int | None = 64, base: int = 120, mask_bias: float = 8.0,
                                blocks: int = 3) -> keras.Model:
     """:func:`build_crosschannel_unet` with its network at quarter resolution (issue 13): the 13
@@ -469,10 +480,7 @@ def build_crosschannel_s4d_cnn(tile_size: int | None = 64, base: int = 120, mask
     blocks: 127,440 FLOP per pixel (2.8 times crosschannel_unet's at 16) from 1.0 M weights.
     """
     inp, hint, spatial, xc, prior, features = _crosschannel_features(tile_size)
-    x = _conv_block(SpaceToDepth(4, name="to_quarter_resolution")(features), base)
-    for i in range(blocks):  # named: ihclib.infer.inference_copy runs these in bf16 with the convolutions
-        branch = layers.Rescaling(RESIDUAL_SCALE, name=f"residual_{i + 1}_scale")(_conv_block(_conv_block(x, base), base))
-        x = layers.Add(name=f"residual_{i + 1}")([x, branch])
+    x = _quarter_resolution_cnn(features, base, blocks)
     heads = _patch_heads(x, 4, mask_bias)
     return keras.Model(inp, _crosschannel_output(inp, hint, spatial, xc, prior, *heads), name="crosschannel_s4d_cnn")
 
@@ -509,10 +517,7 @@ def build_crosschannel_s4d_unet(tile_size: int | None = 64, base: int = 96, mask
     """
     inp, hint, spatial, xc, prior, features = _crosschannel_features(tile_size)
     skip = _conv_block(_conv_block(features, full), full)  # full resolution
-    x = _conv_block(SpaceToDepth(4, name="to_quarter_resolution")(skip), base)
-    for i in range(blocks):  # named: ihclib.infer.inference_copy runs these in bf16 with the convolutions
-        branch = layers.Rescaling(RESIDUAL_SCALE, name=f"residual_{i + 1}_scale")(_conv_block(_conv_block(x, base), base))
-        x = layers.Add(name=f"residual_{i + 1}")([x, branch])
+    x = _quarter_resolution_cnn(skip, base, blocks)
     up = DepthToSpace(4, name=CONTEXT_LAYERS[1])(layers.Conv2D(16 * context, 1, name=CONTEXT_LAYERS[0])(x))
     u1 = _conv_block(layers.Concatenate()([skip, up]), full)
     heads = [layers.Conv2D(3, 1, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(bias),
