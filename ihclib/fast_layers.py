@@ -251,7 +251,7 @@ class CrossChannelPrefix(keras.layers.Layer):
         features_dtype = tf.as_dtype(self.features_dtype)
         compiled_dtype = features_dtype if features_dtype in (tf.float32, tf.bfloat16) else tf.float32
 
-        def run(tile):  # TensorFlow copies what it returns: the arrays can be reused
+        def run(tile):  # reused arrays only where no tensor still holds them (ihclib.native.prefix)
             return native.prefix(tile, self.windows, self.eps, self.min_clean, compiled_dtype.name, reuse=True)
 
         outs = tf.numpy_function(run, [tf.cast(x, tf.float32)], [compiled_dtype] + [tf.float32] * 4, stateful=False)

@@ -68,15 +68,51 @@ def test_bfloat16_features_are_the_float32_features_rounded_to_nearest_even():
 
 
 @needs_compiled
-def test_reused_outputs_are_safe_because_numpy_function_copies_them():
-    """The layer passes reuse=True: a later call overwrites the arrays the last one returned,
-    which is only safe while TensorFlow copies what a NumPy function returns (it does in 2.21)."""
+def test_reused_outputs_are_never_written_while_a_tensor_holds_them():
+    """The layer passes reuse=True, and TensorFlow keeps an aligned array a NumPy function returns
+    as its tensor, without a copy: a later call must leave the arrays of a live tensor alone."""
     x, y = noisy((1, 32, 32), 4), noisy((1, 32, 32), 5)
-    first = tf.numpy_function(lambda t: native.prefix(t, reuse=True)[2], [x], tf.float32)
+    # in a graph, as the layer runs (eager execution copies what a NumPy function returns)
+    spatial = tf.function(lambda t: tf.numpy_function(lambda u: native.prefix(u, reuse=True)[2], [t], tf.float32),
+                          autograph=False)
+    first = spatial(tf.constant(x))
     kept = first.numpy().copy()
-    second = native.prefix(y, reuse=True)[2]
-    assert not np.array_equal(second, kept)
-    np.testing.assert_array_equal(first.numpy(), kept)  # the tensor did not change with the arrays
+    for _ in range(8):  # TensorFlow's threads take turns; each has its own arrays
+        second = spatial(tf.constant(y)).numpy()
+        assert not np.array_equal(second, kept)
+        np.testing.assert_array_equal(first.numpy(), kept)  # the tensor did not change
+    del first
+    third = native.prefix(x, reuse=True)[2]
+    np.testing.assert_array_equal(third, kept)
+
+
+@needs_compiled
+def test_outputs_are_aligned_and_reused_once_nothing_holds_them():
+    x = noisy((2, 24, 40), 7)
+    outs = native.prefix(x, reuse=True)
+    assert all(a.ctypes.data % native.ALIGN == 0 and a.flags.c_contiguous for a in outs)
+    ids = [id(a) for a in outs]
+    del outs
+    assert [id(a) for a in native.prefix(x, reuse=True)] == ids  # the same arrays again: no fresh pages
+    held = native.prefix(x, reuse=True)
+    assert not {id(a) for a in native.prefix(x, reuse=True)} & {id(a) for a in held}
+    assert all(a.ctypes.data % native.ALIGN == 0 for a in native.prefix(x))  # reuse=False too
+
+
+@needs_compiled
+def test_the_compiled_layer_gives_the_same_in_threads_as_alone():
+    # two threads call the fused prefix at once: each call's outputs stay its own
+    from concurrent.futures import ThreadPoolExecutor
+
+    layer = CrossChannelPrefix()
+    run = tf.function(lambda t: layer(t)[2], autograph=False)
+    tiles = [noisy((1, 64, 64), seed) for seed in range(8)]
+    alone = [run(tf.constant(t)).numpy() for t in tiles]
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(3):
+            together = list(pool.map(lambda t: run(tf.constant(t)).numpy(), tiles))
+            for a, b in zip(alone, together):
+                np.testing.assert_array_equal(a, b)
 
 
 def test_the_layer_uses_tensorflow_when_the_compiled_prefix_is_off(monkeypatch):
