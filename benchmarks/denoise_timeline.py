@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("image", help="an image ihclib denoise reads (PNG, TIFF, JPEG)")
     p.add_argument("--ops", type=int, default=0, metavar="N", help="then N profiled calls on one tile")
     p.add_argument("--model", metavar="PATH", help="a .keras model with its sidecar (default: the bundled one)")
+    p.add_argument("--calls", action="store_true", help="also print every call's seconds, in order")
     args = p.parse_args(argv)
     start = time.perf_counter()
     from ihclib.xla_cache import XlaCache
@@ -82,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
     infer._checked, infer._predictor_for = timed_call, timed_predictor
     try:
-        rgb = infer.denoise(model, image.rgb, tile_size=tile, batch_size=batch, multiple=multiple,
-                            precision="auto", progress=False)
+        rgb = infer.denoise(model, image.pixels, tile_size=tile, batch_size=batch, multiple=multiple,
+                            precision="auto", progress=False, out_dtype=image.dtype)  # as the command
     finally:
         infer._checked, infer._predictor_for = checked, predictor_for
     marks["denoise"] = time.perf_counter()
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     print(", ".join(f"{k} {v:.2f} s" for k, v in steps.items()) + f" (read {read_s:.2f} s beside trace {trace_s:.2f} s)")
     print(f"predictor (after the trace) {sum(predictor_s):.2f} s, first call {calls[0]:.2f} s, the other {len(calls) - 1} "
           f"{sum(calls[1:]):.2f} s (each {min(calls[1:], default=0):.3f}-{max(calls[1:], default=0):.3f} s)")
+    if args.calls:
+        print("calls (s): " + " ".join(f"{c:.3f}" for c in calls))
     if args.ops:
         tile_ops(model, image.rgb, tile, batch, args.ops)
     return 0

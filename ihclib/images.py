@@ -13,6 +13,7 @@ again by :func:`save_image`. Every file this package writes goes through :func:`
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import tempfile
@@ -76,17 +77,24 @@ class ImageMeta:
 
 @dataclass
 class LoadedImage:
-    """An image as read from disk: float RGB for the study plus what is needed to write it back."""
+    """An image as read from disk: its pixels as stored, float RGB for the study (converted on
+    first use), and what is needed to write it back."""
 
-    rgb: np.ndarray  # float32 (H, W, 3) in [0, 1]
+    pixels: np.ndarray  # (H, W, 3) as stored: uint8 / uint16, or float32 in [0, 1] (a floating-point file)
     dtype: np.dtype  # uint8 or uint16, as stored (uint16 for floating-point files)
     alpha: np.ndarray | None  # (H, W) in ``dtype``, or None
     path: str
     meta: ImageMeta | None = None
 
+    @functools.cached_property
+    def rgb(self) -> np.ndarray:
+        """float32 (H, W, 3) in [0, 1] (:func:`to_float` of :attr:`pixels`, made once): ``ihclib
+        denoise`` works from the pixels and never makes this 12-byte-per-pixel copy."""
+        return self.pixels if self.pixels.dtype == np.float32 else to_float(self.pixels)
+
     @property
     def shape(self) -> tuple[int, int]:
-        return self.rgb.shape[:2]
+        return self.pixels.shape[:2]
 
 
 # ---------------------------------------------------------------- memory
@@ -396,31 +404,50 @@ def unit_scale(arr: np.ndarray) -> np.ndarray:
 
 
 FROM_FLOAT_BLOCK = 1 << 18
+PIXEL_TOPS = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
 def from_float(rgb: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Float in [0, 1] back to uint8 / uint16 with rounding. Integer pixels are taken at their
     own full scale (uint8 0-255, uint16 0-65535) and converted, not clipped to [0, 1]."""
     dtype = np.dtype(dtype)
-    top = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}[dtype]
+    if dtype not in PIXEL_TOPS:
+        raise KeyError(dtype)
     if np.asarray(rgb).dtype == dtype:  # pixels already of that type
         return np.array(rgb, dtype)
     # read as floats in [0, 1], a uint8 image was white wherever it was not 0 (make bench wrote
     # its test image so)
     rgb = unit_scale(rgb)
-    # round(clip(rgb, 0, 1) * top), computed in blocks of 256 Ki values through one small buffer:
-    # whole-array temporaries of a 4096 x 4096 image cost 0.6 s, mostly page faults; blocks 0.1 s
-    src = np.ascontiguousarray(rgb).reshape(-1)
-    out = np.empty(src.size, dtype)
-    step = FROM_FLOAT_BLOCK
-    buf = np.empty(min(step, src.size), src.dtype)  # floating: unit_scale converted integers
-    for start in range(0, src.size, step):
-        part = buf[: min(step, src.size - start)]
-        np.clip(src[start : start + step], 0.0, 1.0, out=part)
+    out = np.empty(np.shape(rgb), dtype)
+    float_to_pixels(rgb, out)
+    return out
+
+
+def float_to_pixels(src: np.ndarray, out: np.ndarray) -> None:
+    """``out[...] = round(clip(src, 0, 1) * top)`` for float ``src`` and a uint8 / uint16
+    ``out`` of the same shape (either may be a view, e.g. a rectangle of an image): what
+    :func:`from_float` computes, bit for bit, so a denoised image written tile by tile
+    (:func:`ihclib.infer.denoise` with ``out_dtype``) equals one converted at the end.
+
+    In blocks of :data:`FROM_FLOAT_BLOCK` values through one small buffer: whole-array
+    temporaries of a 4096 x 4096 image cost 0.6 s, mostly page faults; blocks 0.1 s."""
+    top = PIXEL_TOPS[out.dtype]
+    if src.shape != out.shape:
+        raise ValueError(f"shapes differ: {src.shape} and {out.shape}")
+    if src.size == 0:
+        return
+    if src.ndim == 0:
+        src, out = src.reshape(1), out.reshape(1)  # a view: written through
+    # rows of the leading axis per block (a row of a 4096 px RGB image is 12 Ki values)
+    per_row = src.size // src.shape[0]
+    rows = max(1, FROM_FLOAT_BLOCK // per_row)
+    buf = np.empty((min(rows, src.shape[0]), *src.shape[1:]), src.dtype)
+    for start in range(0, src.shape[0], rows):
+        part = buf[: min(rows, src.shape[0] - start)]
+        np.clip(src[start : start + rows], 0.0, 1.0, out=part)
         part *= top
         np.rint(part, out=part)
-        out[start : start + len(part)] = part  # whole numbers in range: the cast is exact
-    return out.reshape(np.shape(rgb))
+        out[start : start + rows] = part  # whole numbers in range: the cast is exact
 
 
 def load_image(path: str | os.PathLike) -> LoadedImage:
@@ -437,7 +464,7 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
         if alpha is not None:
             alpha = from_float(np.asarray(alpha, np.float32) / np.float32(top), np.uint16)
         return LoadedImage(rgb, np.dtype(np.uint16), alpha, str(path), meta)
-    return LoadedImage(to_float(rgb), rgb.dtype, alpha, str(path), meta)
+    return LoadedImage(np.asarray(rgb), rgb.dtype, alpha, str(path), meta)
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
@@ -561,60 +588,84 @@ def _deflate():
 
 
 def png_encode_8bit(pixels: np.ndarray, level: int = PNG_LEVEL, threads: int | None = None) -> bytes:
-    """An 8-bit PNG (grey, grey+alpha, RGB or RGBA) of ``pixels``: IHDR, one IDAT, IEND.
+    """An 8-bit PNG (grey, grey+alpha, RGB or RGBA) of ``pixels``: IHDR, one IDAT, IEND
+    (:func:`png_parts_8bit`, joined)."""
+    return b"".join(png_parts_8bit(pixels, level, threads))
+
+
+def png_parts_8bit(pixels: np.ndarray, level: int = PNG_LEVEL, threads: int | None = None) -> list:
+    """The bytes of an 8-bit PNG of ``pixels`` (IHDR, one IDAT, IEND) as a list of pieces, in
+    order, to be written one after the other (``writelines``) rather than joined: joining
+    copies the image's 30-odd MB twice or three times into fresh pages (0.1 s of a 4096 px
+    write on this project's machine, issue 13).
 
     Written here rather than by libpng or Pillow because they compress on one core: the rows
     (each with PNG's "sub" filter, a difference to the pixel on the left) are cut into up to
-    ``threads`` pieces that are deflated at once, ended by a sync flush so that their streams
-    join into one (pigz's method; the compressor releases the GIL), with ISA-L where installed
-    (:func:`_deflate`). On make bench's denoised 4096 x 4096 image with zlib: 0.45 s with 2
-    threads, against 0.92 s (libpng, level 1, fast filters), 1.32 s (libpng's defaults) and
-    2.4 s (Pillow's), for 26.9 MB (27.2, 26.8 and 25.4 MB); ISA-L deflates it about 5x faster.
+    ``threads`` pieces that are filtered and deflated at once, each ended by a sync flush so
+    that their streams join into one (pigz's method; numpy and the compressor release the GIL),
+    with ISA-L where installed (:func:`_deflate`). On make bench's denoised 4096 x 4096 image
+    with zlib: 0.45 s with 2 threads, against 0.92 s (libpng, level 1, fast filters), 1.32 s
+    (libpng's defaults) and 2.4 s (Pillow's), for 26.9 MB (27.2, 26.8 and 25.4 MB); ISA-L
+    deflates it about 5x faster.
     """
     if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3):
         raise ValueError(f"expected uint8 (H, W) or (H, W, C) pixels, got {pixels.dtype} {pixels.shape}")
     h, w = pixels.shape[:2]
     c = 1 if pixels.ndim == 2 else pixels.shape[2]
     color = {1: 0, 2: 4, 3: 2, 4: 6}[c]  # PNG colour types: grey, grey+alpha, RGB, RGBA
-    rows = np.ascontiguousarray(pixels).reshape(h, w * c)
-    filtered = np.empty((h, w * c + 1), np.uint8)
-    filtered[:, 0] = 1  # filter type 1, sub
-    filtered[:, 1 : c + 1] = rows[:, :c]
-    np.subtract(rows[:, c:], rows[:, :-c], out=filtered[:, c + 1 :])  # modulo 256, as PNG wants
-    data = filtered.reshape(-1)
+    rows = pixels.reshape(h, w * c) if pixels.flags.c_contiguous else np.ascontiguousarray(pixels).reshape(h, w * c)
     if threads is None:
         from .backends import cpu_threads  # the cores this process may use
 
         threads = cpu_threads()
-    parts = max(1, min(threads, data.nbytes // PNG_PART_BYTES))
-    cuts = [h * i // parts * (w * c + 1) for i in range(parts + 1)]  # at row boundaries
-
+    parts = max(1, min(threads, h * (w * c + 1) // PNG_PART_BYTES, h))
+    cuts = [h * i // parts for i in range(parts + 1)]  # row boundaries
     deflater = _deflate()
 
-    def deflate(i: int) -> bytes:
+    def filter_and_deflate(i: int) -> tuple[np.ndarray, bytes, bytes]:
+        part = rows[cuts[i] : cuts[i + 1]]
+        filtered = np.empty((len(part), w * c + 1), np.uint8)
+        filtered[:, 0] = 1  # filter type 1, sub
+        filtered[:, 1 : c + 1] = part[:, :c]
+        np.subtract(part[:, c:], part[:, :-c], out=filtered[:, c + 1 :])  # modulo 256, as PNG wants
         packer = deflater.compressobj(level, deflater.DEFLATED, -15)  # raw deflate: one header for all
-        last = i == parts - 1
-        flush = deflater.Z_FINISH if last else deflater.Z_SYNC_FLUSH
-        return packer.compress(data[cuts[i] : cuts[i + 1]]) + packer.flush(flush)
+        flush = deflater.Z_FINISH if i == parts - 1 else deflater.Z_SYNC_FLUSH
+        return filtered, packer.compress(filtered), packer.flush(flush)
 
     if parts == 1:
-        pieces = [deflate(0)]
+        done = [filter_and_deflate(0)]
     else:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(parts) as pool:
-            pieces = list(pool.map(deflate, range(parts)))
-    stream = b"\x78\x01" + b"".join(pieces) + struct.pack(">I", deflater.adler32(data))
+            done = list(pool.map(filter_and_deflate, range(parts)))
+    adler = 1
+    for filtered, _, _ in done:  # the zlib stream's checksum of all the filtered rows, in order
+        adler = deflater.adler32(filtered, adler)
+    stream = [b"\x78\x01", *(piece for _, *pieces in done for piece in pieces), struct.pack(">I", adler)]
     header = struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0)
-    return PNG_SIGNATURE + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", stream) + _png_chunk(b"IEND", b"")
+    return [PNG_SIGNATURE, _png_chunk(b"IHDR", header), *_png_chunk_parts(b"IDAT", stream), _png_chunk(b"IEND", b"")]
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", _deflate().crc32(kind + data) & 0xFFFFFFFF)
+    return b"".join(_png_chunk_parts(kind, [data]))
 
 
-def _png_with_meta(png: bytes, meta: ImageMeta) -> bytes:
-    """A PNG with pHYs / iCCP / eXIf chunks added after IHDR (imagecodecs writes none)."""
+def _png_chunk_parts(kind: bytes, pieces: list) -> list:
+    """A PNG chunk of the concatenated ``pieces`` (length, type, data, CRC) as pieces: the CRC
+    runs over them one after the other, without joining them."""
+    crc = _deflate().crc32(kind)
+    for piece in pieces:
+        crc = _deflate().crc32(piece, crc)
+    return [struct.pack(">I", sum(len(p) for p in pieces)) + kind, *pieces, struct.pack(">I", crc & 0xFFFFFFFF)]
+
+
+PNG_IHDR_END = 8 + 8 + 13 + 4  # signature, then the IHDR chunk: length, type, 13 bytes, CRC
+
+
+def _png_with_meta(png: list, meta: ImageMeta) -> list:
+    """The pieces of a PNG (:func:`png_parts_8bit`, or one ``bytes``) with pHYs / iCCP / eXIf
+    chunks added after IHDR (imagecodecs writes none)."""
     chunks = b""
     dpi = meta.dpi()
     if dpi:
@@ -625,8 +676,13 @@ def _png_with_meta(png: bytes, meta: ImageMeta) -> bytes:
     exif = _exif_bytes(meta)
     if exif:
         chunks += _png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
-    end_of_ihdr = 8 + 8 + 13 + 4
-    return png[:end_of_ihdr] + chunks + png[end_of_ihdr:]
+    if isinstance(png, (bytes, bytearray)):
+        png = [png[:PNG_IHDR_END], memoryview(png)[PNG_IHDR_END:]]
+    elif len(png[0]) + len(png[1]) != PNG_IHDR_END:
+        raise ValueError("expected a PNG's signature and IHDR chunk as its first two pieces")
+    else:
+        png = [png[0] + png[1], *png[2:]]
+    return [png[0], chunks, *png[1:]]
 
 
 def _exif_bytes(meta: ImageMeta, resolution_in_exif: bool = False) -> bytes | None:
@@ -664,10 +720,11 @@ def _write_pixels(tmp: str, pixels: np.ndarray, ext: str, meta: ImageMeta) -> No
         return
     if ext == ".png":
         if pixels.dtype == np.uint8:
-            png = png_encode_8bit(pixels)
+            png = png_parts_8bit(pixels)
         else:  # 16-bit colour, which Pillow cannot write: libpng through imagecodecs
             png = _imagecodecs().png_encode(pixels, level=PNG_LEVEL)
-        Path(tmp).write_bytes(_png_with_meta(png, meta))
+        with open(tmp, "wb") as f:
+            f.writelines(_png_with_meta(png, meta))
         return
     from PIL import Image
 
@@ -702,7 +759,8 @@ def save_image(
     """
     path = check_output(path, dtype, alpha is not None, overwrite)
     ext = path.suffix.lower()
-    pixels = from_float(rgb, dtype)
+    # pixels already of the type written (ihclib denoise's) are only read: no copy
+    pixels = rgb if isinstance(rgb, np.ndarray) and rgb.dtype == np.dtype(dtype) else from_float(rgb, dtype)
     if alpha is not None:
         pixels = np.concatenate([pixels, alpha.astype(pixels.dtype)[..., None]], axis=-1)
     try:

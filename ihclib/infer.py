@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .images import to_float
+from .images import PIXEL_TOPS, float_to_pixels, to_float
 from .registry import CROSSCHANNEL_MODELS
 
 DOWNSAMPLING = 32  # the paper's U-Net halves the resolution five times
@@ -238,18 +238,35 @@ def _runs(mask: np.ndarray) -> Iterator[slice]:
 
 
 def _prepare_image(image: np.ndarray, tile_size: int) -> np.ndarray:
-    """float32 (H, W, 3), mirrored out to one tile where the image is smaller than that."""
+    """(H, W, 3) uint8 / uint16 / float32, mirrored out to one tile (as float32) where the image
+    is smaller than that. Integer pixels stay integers: tiles are converted to float32 one at a
+    time as they are cut (:func:`_tile_float`), so no float copy of the image is made."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"expected an RGB image (H, W, 3), got shape {image.shape}")
-    if image.dtype != np.float32:
+    if image.dtype not in (np.float32, np.uint8, np.uint16):
         image = to_float(image)
     height, width = image.shape[:2]
     if height < tile_size or width < tile_size:
         # smaller than one tile: mirror it out to a tile (a copy, but of a small image)
         pad = ((0, max(0, tile_size - height)), (0, max(0, tile_size - width)), (0, 0))
-        image = np.pad(image, pad, mode="reflect" if min(height, width) > 1 else "edge")
+        image = np.pad(_tile_float(image), pad, mode="reflect" if min(height, width) > 1 else "edge")
     return image
+
+
+def _tile_float(tile: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """A tile of :func:`_prepare_image`'s image as float32 in [0, 1]: integers through
+    :func:`ihclib.images.to_float` (the same values, written into ``out`` where given), float32
+    as it is (not clipped)."""
+    if tile.dtype == np.float32:
+        if out is None:
+            return tile
+        out[...] = tile
+        return out
+    if out is None:
+        return to_float(tile)
+    top = np.float32(PIXEL_TOPS[tile.dtype])
+    return np.divide(tile, top, out=out, dtype=np.float32)  # to_float's one pass, into out
 
 
 def has_hard_gate(model: Any) -> bool:
@@ -272,7 +289,10 @@ GATE_LOW, GATE_HIGH = 0.002, 0.998
 
 def _unflagged(tile: np.ndarray) -> bool:
     """True when no value of ``tile`` can be flagged by a hard-gated model's impulse test."""
-    return bool(tile.min() > GATE_LOW and tile.max() < GATE_HIGH)
+    lo, hi = tile.min(), tile.max()
+    if tile.dtype != np.float32:  # the test on the float32 values the model would get
+        lo, hi = to_float(np.array([lo, hi], tile.dtype))
+    return bool(lo > GATE_LOW and hi < GATE_HIGH)
 
 
 Entry = tuple[int, int, int]  # (row, column, index in the batch or -1: the tile is its own output)
@@ -281,30 +301,42 @@ Entry = tuple[int, int, int]  # (row, column, index in the batch or -1: the tile
 def _cut_batches(image: np.ndarray, plan: _Plan, skip_unflagged: bool) -> Iterator[tuple[list[Entry], np.ndarray | None]]:
     """Yield (entries, batch) in the plan's order: each batch of fixed shape (one trace) with the
     entries of its tiles and, in between, of tiles the model would return unchanged
-    (``skip_unflagged``), so that blending adds tiles in the same order either way."""
+    (``skip_unflagged``), so that blending adds tiles in the same order either way.
+
+    Two batch buffers take turns: a batch is written again only after the next one was asked
+    for, by when the model has returned on it (the consumer predicts in order), so the cutting
+    one batch ahead (:func:`_run_tiles`) never touches the batch being predicted. Fresh buffers
+    for each batch cost their pages every time (16 x 13 MB for a 4096 px image), slow on the
+    virtual machines this was measured on (issue 13)."""
     t, n = plan.tile, plan.batch_size
+    buffers = [np.zeros((n, t, t, 3), np.float32)]
     entries: list[Entry] = []
-    batch = np.zeros((n, t, t, 3), np.float32)
-    filled = 0
+    batch, filled, turn = buffers[0], 0, 0
     for r, c in plan.starts:
         tile = image[r : r + t, c : c + t]
         if skip_unflagged and _unflagged(tile):
             entries.append((r, c, -1))
             continue
-        batch[filled] = tile
+        _tile_float(tile, out=batch[filled])
         entries.append((r, c, filled))
         filled += 1
         if filled == n:
             yield entries, batch
-            entries, filled = [], 0
-            batch = np.zeros((n, t, t, 3), np.float32)  # a new buffer: the old one is in flight
+            entries, filled, turn = [], 0, 1 - turn
+            if len(buffers) == 1:
+                buffers.append(np.zeros_like(batch))
+            batch = buffers[turn]
     if entries:
-        yield entries, batch if filled else None  # the rest of a last batch stays zero: padding
+        if filled:
+            batch[filled:] = 0  # the rest of a last batch: padding, zero as in a fresh buffer
+        yield entries, batch if filled else None
 
 
 def _checked(predict: Predictor, batch: np.ndarray, n: int) -> np.ndarray:
     """``predict(batch)``, refusing a wrong shape and NaN/Inf in the first ``n`` (real) tiles."""
     pred = np.asarray(predict(batch))
+    if np.may_share_memory(pred, batch):  # e.g. an identity callable: the batch buffer is reused
+        pred = pred.copy()
     if pred.shape != batch.shape:
         raise ValueError(f"model returned shape {pred.shape} for input {batch.shape}; "
                          "denoising needs a fully convolutional RGB -> RGB model")
@@ -334,7 +366,7 @@ class _Blender:
         t = self.plan.tile
         for r, c, i in entries:
             w = self.plan.window(r, c)
-            tile = image[r : r + t, c : c + t] if i < 0 else tiles[i]
+            tile = _tile_float(image[r : r + t, c : c + t]) if i < 0 else tiles[i]
             ys, xs = self.plan.own(r, c)
             self.out[r + ys.start : r + ys.stop, c + xs.start : c + xs.stop] = tile[ys, xs]
             # the frame around it: the top and bottom bands, then the sides between them
@@ -353,12 +385,58 @@ class _Blender:
         return self.out
 
 
+class _PixelBlender:
+    """:class:`_Blender` written straight into uint8 / uint16 pixels: :meth:`result` is
+    ``from_float(_Blender(...).result(...), dtype)``, bit for bit, without the float32 image
+    and weights (16 bytes a pixel; an image's worth of fresh pages, slow on the virtual
+    machines this was measured on, issue 13).
+
+    A tile's own rectangle is converted as it arrives (:func:`ihclib.images.float_to_pixels`).
+    The other pixels, the overlaps, each lie in one of :meth:`_Plan.shared_runs`' rectangles,
+    which keep float32 sums and weights of their own: the same additions in the same order as
+    :class:`_Blender`'s (which also adds zero-weighted products onto other tiles' own
+    rectangles; x + 0 is x there, so those are left out), then the same division."""
+
+    def __init__(self, plan: _Plan, dtype: np.dtype):
+        self.plan = plan
+        self.out = np.empty((plan.height, plan.width, 3), dtype)
+        self.runs = [(ys, xs, np.zeros((ys.stop - ys.start, xs.stop - xs.start, 3), np.float32),
+                      np.zeros((ys.stop - ys.start, xs.stop - xs.start), np.float32))
+                     for ys, xs in plan.shared_runs()]
+
+    def add(self, entries: list[Entry], tiles: np.ndarray | None, image: np.ndarray) -> None:
+        """Add predicted ``tiles`` (index >= 0) and unchanged tiles of ``image`` (index -1)."""
+        t = self.plan.tile
+        for r, c, i in entries:
+            w = self.plan.window(r, c)
+            tile = _tile_float(image[r : r + t, c : c + t]) if i < 0 else tiles[i]
+            ys, xs = self.plan.own(r, c)
+            float_to_pixels(tile[ys, xs], self.out[r + ys.start : r + ys.stop, c + xs.start : c + xs.stop])
+            for by, bx in ((slice(0, ys.start), slice(0, t)), (slice(ys.stop, t), slice(0, t)),
+                           (ys, slice(0, xs.start)), (ys, slice(xs.stop, t))):
+                for ry, rx, total, weight in self.runs:  # the parts of the frame in each overlap
+                    y0, y1 = max(r + by.start, ry.start), min(r + by.stop, ry.stop)
+                    x0, x1 = max(c + bx.start, rx.start), min(c + bx.stop, rx.stop)
+                    if y0 < y1 and x0 < x1:
+                        wy, wx = slice(y0 - r, y1 - r), slice(x0 - c, x1 - c)
+                        total[y0 - ry.start : y1 - ry.start, x0 - rx.start : x1 - rx.start] += tile[wy, wx] * w[wy, wx, None]
+                        weight[y0 - ry.start : y1 - ry.start, x0 - rx.start : x1 - rx.start] += w[wy, wx]
+
+    def result(self, height: int, width: int) -> np.ndarray:
+        for ys, xs, total, weight in self.runs:
+            total /= weight[..., None]
+            float_to_pixels(total, self.out[ys, xs])
+        if (self.plan.height, self.plan.width) != (height, width):
+            return np.ascontiguousarray(self.out[:height, :width])
+        return self.out
+
+
 def _run_tiles(image: np.ndarray, plan: _Plan, predict: Predictor, skip_unflagged: bool,
-               bar: Any, threads: bool) -> _Blender:
+               bar: Any, threads: bool, out_dtype: np.dtype | None = None) -> _Blender | _PixelBlender:
     """Cut, predict and blend every tile. With ``threads``, cutting runs one batch ahead and
     blending one batch behind, each in its own thread, beside the model (TensorFlow and numpy's
     copies release the GIL); blending stays in one thread and in order, as tiles overlap."""
-    blender = _Blender(plan)
+    blender = _Blender(plan) if out_dtype is None else _PixelBlender(plan, out_dtype)
 
     def blend(entries: list[Entry], tiles: np.ndarray | None) -> None:
         blender.add(entries, tiles, image)
@@ -452,8 +530,8 @@ def prepare(model: Any, shape: tuple[int, int], tile_size: int | None = None, ov
 def denoise(model: Any, image: np.ndarray, tile_size: int | None = None, overlap: int = DEFAULT_OVERLAP,
             batch_size: int = 8, progress: bool | None = None, jit_compile: bool = False,
             backend: str | None = None, multiple: int = DOWNSAMPLING, skip_unflagged: bool | None = None,
-            threads: bool = True, precision: str | None = None) -> np.ndarray:
-    """Denoise an RGB image of any size; returns float32 (H, W, 3) like the input.
+            threads: bool = True, precision: str | None = None, out_dtype: Any = None) -> np.ndarray:
+    """Denoise an RGB image of any size; returns float32 (H, W, 3), or pixels of ``out_dtype``.
 
     Parameters
     ----------
@@ -486,14 +564,22 @@ def denoise(model: Any, image: np.ndarray, tile_size: int | None = None, overlap
         "float32", "bfloat16" (:func:`bfloat16_copy`) or "auto" (bf16 where checked, as
         ``ihclib denoise`` runs); None: ``$IHCLIB_PRECISION``, else float32
         (:func:`resolve_precision`).
+    out_dtype : optional
+        uint8 or uint16: return ``from_float(result, out_dtype)`` (:func:`ihclib.images.from_float`),
+        the same pixels, converted tile by tile without a float32 copy of the image (what
+        ``ihclib denoise`` writes). An integer ``image`` is likewise converted to float one tile at
+        a time.
 
     Returns
     -------
     ndarray
-        float32 (H, W, 3), not clipped; a model output with NaN or Inf raises ValueError.
+        float32 (H, W, 3), not clipped, or (H, W, 3) ``out_dtype``; a model output with NaN or Inf
+        raises ValueError.
     """
     tile_size = resolve_tile_size(model, tile_size)
     check_tiling(tile_size, overlap, batch_size, multiple)
+    if out_dtype is not None and np.dtype(out_dtype) not in PIXEL_TOPS:
+        raise ValueError(f"out_dtype must be uint8 or uint16, not {np.dtype(out_dtype)}")
     height, width = np.shape(image)[:2]
     image = _prepare_image(image, tile_size)
     plan = _Plan(image.shape[:2], tile_size, overlap, batch_size)
@@ -501,7 +587,8 @@ def denoise(model: Any, image: np.ndarray, tile_size: int | None = None, overlap
     predict = _predictor_for(model, tile_size, plan.batch_size, backend, jit_compile, precision)
     bar = _progress_bar(plan, progress)
     try:
-        blender = _run_tiles(image, plan, predict, skip, bar, threads)
+        blender = _run_tiles(image, plan, predict, skip, bar, threads,
+                             None if out_dtype is None else np.dtype(out_dtype))
     finally:
         if bar is not None:
             bar.close()

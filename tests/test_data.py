@@ -512,3 +512,17 @@ def test_project_data_matches_sha256sums():
     for name, digest in listed.items():
         assert hashlib.sha256((PROJECT_DATA / name).read_bytes()).hexdigest() == digest, name
     assert max((PROJECT_DATA / n).stat().st_size for n in listed) < 5_000_000  # the project's file limit
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_loaded_image_keeps_the_stored_pixels_and_makes_floats_once_when_asked(tmp_path, dtype):
+    from ihclib.images import load_image, save_image, to_float
+
+    pixels = np.random.default_rng(0).integers(0, np.iinfo(dtype).max + 1, (20, 30, 3)).astype(dtype)
+    save_image(tmp_path / "p.png", pixels, dtype)
+    img = load_image(tmp_path / "p.png")
+    assert img.pixels.dtype == dtype and np.array_equal(img.pixels, pixels) and img.shape == (20, 30)
+    assert "rgb" not in vars(img)  # not made until asked for
+    assert img.rgb.dtype == np.float32 and np.array_equal(img.rgb, to_float(pixels))
+    assert img.rgb is img.rgb  # made once
+

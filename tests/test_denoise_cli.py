@@ -341,3 +341,19 @@ def test_an_interrupted_run_still_names_the_file_it_finished_writing(tmp_path, i
     out = capsys.readouterr()
     assert (tmp_path / "res" / "a_denoised.png").exists() and "a.png -> " in out.out  # written behind, and said so
     assert not (tmp_path / "res" / "b_denoised.png").exists() and "interrupted" in out.err
+
+
+def test_the_command_denoises_from_the_stored_pixels_without_a_float_copy(tmp_path, identity_model, monkeypatch):
+    # issue 13: the float32 copy of the image in (and the float32 image out) cost 16 bytes a
+    # pixel of fresh memory, slow to touch on the virtual machines this was measured on
+    from ihclib import images
+
+    pixels = write(tmp_path / "in.png", 70, 90)
+
+    def no_floats(self):
+        raise AssertionError("LoadedImage.rgb used")
+
+    monkeypatch.setattr(images.LoadedImage, "rgb", property(no_floats))
+    assert denoise_cli(tmp_path / "in.png", "-o", tmp_path / "out.png", "--model", identity_model) == 0
+    assert np.array_equal(load_image(tmp_path / "out.png").pixels, pixels)
+

@@ -466,6 +466,72 @@ def test_blender_copies_own_rectangles_with_the_same_bits_as_summing_everywhere(
         assert own > 0.8 * shape[0] * shape[1]
 
 
+@pytest.mark.parametrize("shape, tile, overlap", [((700, 1500), 256, 32), ((300, 520), 256, 0),
+                                                  ((513, 257), 128, 64), ((256, 256), 256, 32)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_pixel_blender_is_from_float_of_the_float_blend_bit_for_bit(shape, tile, overlap, dtype):
+    # ihclib denoise blends straight into the pixels it writes, without a float32 image
+    from ihclib.images import from_float
+
+    plan = infer._Plan(shape, tile, overlap, 1)
+    rng = np.random.default_rng(0)
+    tiles = [(rng.random((tile, tile, 3), dtype=np.float32) * 1.4 - 0.2) for _ in plan.starts]  # out of range too
+    floats, pixels = infer._Blender(plan), infer._PixelBlender(plan, np.dtype(dtype))
+    for k, (r, c) in enumerate(plan.starts):
+        floats.add([(r, c, 0)], tiles[k][None], None)
+        pixels.add([(r, c, 0)], tiles[k][None], None)
+    out = pixels.result(*shape)
+    assert out.dtype == dtype and np.array_equal(out, from_float(floats.result(*shape), dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("threads", [True, False])
+def test_denoise_of_pixels_into_pixels_is_the_float_result_converted(gated_model, dtype, threads):
+    from ihclib.images import from_float, to_float
+
+    pixels = from_float(noisy_with_clean_corner(200, 230), dtype)  # skipped and predicted tiles
+    kwargs = dict(tile_size=32, overlap=8, batch_size=3, multiple=4, threads=threads)
+    ref = denoise(gated_model, to_float(pixels), **kwargs)
+    assert np.array_equal(denoise(gated_model, pixels, **kwargs), ref)  # integer input: the same floats
+    out = denoise(gated_model, pixels, out_dtype=dtype, **kwargs)
+    assert out.dtype == dtype and np.array_equal(out, from_float(ref, dtype))
+    small = pixels[:20, :27]  # mirrored out to one tile
+    assert np.array_equal(denoise(gated_model, small, out_dtype=dtype, **kwargs),
+                          from_float(denoise(gated_model, to_float(small), **kwargs), dtype))
+    with pytest.raises(ValueError, match="out_dtype"):
+        denoise(gated_model, pixels, out_dtype=np.float32, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_unflagged_test_on_pixels_is_the_test_on_their_floats(dtype):
+    from ihclib.images import to_float
+
+    top = np.iinfo(dtype).max
+    for v in sorted({*range(0, min(300, top)), *range(max(0, top - 300), top + 1)}):
+        tile = np.full((2, 2, 3), 100, dtype)
+        tile[0, 0, 0] = v
+        assert infer._unflagged(tile) == infer._unflagged(to_float(tile)), v
+
+
+def test_batches_take_turns_in_two_buffers_and_the_last_one_is_padded_with_zeros():
+    # a fresh 13 MB buffer per batch cost its pages every time (issue 13)
+    buffers, padding = {}, []
+
+    def model(batch):
+        buffers[id(batch)] = batch  # kept alive: a freed buffer's address could come back
+        padding.append(batch[1:].any())
+        return batch  # the batch itself: the blend must not see it overwritten by the next cut
+
+    img = rand_image(300, 257)
+    for threads in (True, False):
+        buffers.clear(), padding.clear()
+        out = denoise(model, img, tile_size=64, overlap=16, batch_size=5, threads=threads, progress=False)
+        np.testing.assert_allclose(out, img, atol=1e-6)  # the overlaps' weighted means round
+        n_tiles = len(tile_starts(300, 64, 16)) * len(tile_starts(257, 64, 16))
+        assert n_tiles % 5 == 1 and len(padding) == math.ceil(n_tiles / 5)  # the last batch: one tile
+        assert len(buffers) == 2 and padding[-1] == False  # noqa: E712 (numpy bool)
+
+
 def test_bf16_copy_sums_the_quarter_resolution_designs_residuals_in_bf16_and_nothing_classical():
     from ihclib.model import build_model
 

@@ -191,10 +191,11 @@ def _tiling(args: argparse.Namespace, shape: tuple[int, int], tile_size: int | N
 
 
 def _restore(args: argparse.Namespace, image: LoadedImage, model: Any, tile_size: int | None, multiple: int) -> Any:
-    """The denoised RGB of ``image``."""
+    """The denoised pixels of ``image``, in the type it is written as (from its stored pixels and
+    straight into that type, tile by tile: no float32 copy of the image in or out)."""
     tile_size, batch_size = _tiling(args, image.shape, tile_size, multiple)
-    return denoise(model, image.rgb, tile_size=tile_size, overlap=args.overlap, batch_size=batch_size,
-                   backend=args.backend, multiple=multiple, precision="auto")
+    return denoise(model, image.pixels, tile_size=tile_size, overlap=args.overlap, batch_size=batch_size,
+                   backend=args.backend, multiple=multiple, precision="auto", out_dtype=image.dtype)
 
 
 def _read_beside_trace(args: argparse.Namespace, src: str, dst: Path, io: ThreadPoolExecutor, model: Any,
@@ -214,7 +215,7 @@ def _read_beside_trace(args: argparse.Namespace, src: str, dst: Path, io: Thread
 
 
 def _write_image(args: argparse.Namespace, src: str, dst: Path, image: LoadedImage, rgb: Any, seconds: float) -> str:
-    """Write ``rgb`` as ``image`` was stored; the file's line: its time is ``seconds`` (reading
+    """Write ``rgb`` (pixels of ``image.dtype``) as ``image`` was stored; the file's line: its time is ``seconds`` (reading
     and denoising) plus the write's, not the wait for other files' work beside it."""
     start = time.perf_counter()
     save_image(dst, rgb, dtype=image.dtype, alpha=image.alpha, overwrite=args.overwrite, meta=image.meta)
