@@ -28,7 +28,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from .images import ImageError, ImageMeta, from_float, to_float
+from .images import ImageError, ImageMeta, to_float
 
 # formats only OpenSlide reads (vendor slides); TIFF-based ones go to tifffile first
 OPENSLIDE_EXTENSIONS = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
@@ -350,10 +350,13 @@ def denoise_block(job: BlockJob, y: int, x: int) -> tuple[np.ndarray, bool]:
         return np.ascontiguousarray(block), False
     from .infer import denoise
 
-    out = denoise(_model(job.model), to_float(region), tile_size=job.tile_size, overlap=job.overlap,
+    # integer pixels in and out, converted tile by tile (no float32 copy of the region), as
+    # `ihclib denoise` on a whole image: the same pixels as from_float(denoise(to_float(region)))
+    pixels = region if region.dtype in (np.uint8, np.uint16) else to_float(region)
+    out = denoise(_model(job.model), pixels, tile_size=job.tile_size, overlap=job.overlap,
                   batch_size=job.batch_size, progress=False, backend=job.backend, multiple=job.multiple,
-                  precision="auto")  # as `ihclib denoise` on a whole image
-    return from_float(out[y - top : y - top + h, x - left : x - left + w], src.dtype), True
+                  precision="auto", out_dtype=src.dtype)
+    return np.ascontiguousarray(out[y - top : y - top + h, x - left : x - left + w]), True
 
 
 # ---------------------------------------------------------------- writing the pyramid

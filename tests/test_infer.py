@@ -546,6 +546,28 @@ def test_bf16_copy_sums_the_quarter_resolution_designs_residuals_in_bf16_and_not
         assert all(policies[name] == "float32" for name in classical)  # the hard gate stays exact
 
 
+@pytest.mark.parametrize("arch", ["crosschannel_s4d_cnn", "crosschannel_s4d_unet"])
+def test_inference_copy_folds_the_residual_scales_into_the_convolutions(arch):
+    keras = pytest.importorskip("keras")
+    from ihclib.model import build_model
+
+    keras.utils.set_random_seed(3)
+    model = build_model(arch, None, width=8)
+    rng = np.random.default_rng(3)
+    for layer in model.layers:  # random heads, so that the network's share shows in the output
+        if layer.name in ("mask_logit", "correction_in_contrast_units", "spatial_share_logit"):
+            layer.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in layer.get_weights()])
+    x = rng.random((1, 64, 64, 3)).astype(np.float32)
+    x[x < 0.1], x[x > 0.9] = 0.0, 1.0
+    copy = infer.inference_copy(model, fused=True)
+    assert not any(isinstance(layer, keras.layers.Rescaling) for layer in copy.layers)  # no multiplication left
+    assert any(isinstance(layer, keras.layers.Rescaling) for layer in infer.inference_copy(model, fused=False).layers)
+    ref = np.asarray(model(x))
+    assert not np.allclose(ref, x, atol=1e-3)  # the network does change the image
+    np.testing.assert_allclose(np.asarray(copy(x)), ref, atol=2e-5)
+    assert model.get_layer("residual_1_scale").get_config()["scale"] == 0.1  # the model itself is left as it was
+
+
 def test_bf16_copy_runs_the_s4d_unets_way_back_to_full_resolution_in_bf16_and_its_heads_in_float32():
     from ihclib.fast_layers import HEAD_CONVOLUTIONS
     from ihclib.model import CONTEXT_LAYERS, build_model
