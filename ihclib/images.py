@@ -29,10 +29,13 @@ import numpy as np
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 # Memory per pixel, for refusing an image before running out of memory halfway (a 13,500 px
-# square slide is 182 Mpx): loading keeps the decoded file (up to 4 x 16 bit) and float32 RGB;
-# denoising adds the float32 output, the float32 weights and the conversions back to integers.
+# square slide is 182 Mpx): loading keeps the decoded file (up to 4 x 16 bit) and float32 RGB
+# (LoadedImage.rgb, made when asked for; a floating-point file's pixels are float32 already);
+# ihclib denoise adds its output pixels (up to 3 x 16 bit: it blends tiles straight into them,
+# ihclib.infer.denoise's out_dtype), the alpha joined to them when written (up to 4 x 16 bit)
+# and the PNG's filtered rows and compressed stream (each at most about the pixels' size).
 LOAD_BYTES_PER_PIXEL = 8 + 12
-DENOISE_BYTES_PER_PIXEL = LOAD_BYTES_PER_PIXEL + 12 + 4 + 24
+DENOISE_BYTES_PER_PIXEL = LOAD_BYTES_PER_PIXEL + 6 + 8 + 8 + 8
 # the float scales a floating-point file may use (ImageJ writes 32-bit images on 0-255)
 FLOAT_SCALES = (1.0, 255.0, 65535.0)
 

@@ -15,7 +15,10 @@ Tiles are cut and predicted ``batch_size`` at a time while walking over the grid
 named steps (:func:`_cut_batches`, :func:`_checked` prediction, :class:`_Blender`) that run in a
 pipeline: the next batch is cut and the previous one blended in two threads while the model
 runs. Memory is the input, the output, a (H, W) weight accumulator and a few batches, whatever
-the image size. A model with a hard gate (:func:`has_hard_gate`: ``crosschannel_unet``)
+the image size; an integer image is converted to float32 one tile at a time, and with
+``out_dtype`` (``ihclib denoise``) the tiles are blended straight into uint8 / uint16 pixels,
+so neither a float32 image nor the weights are made (the same pixels as converting the float
+result). A model with a hard gate (:func:`has_hard_gate`: ``crosschannel_unet``)
 returns a tile with no value near 0 or 1 unchanged, so such tiles skip the model (exactly the
 same result). Keras models are called through one ``tf.function`` with a fixed input signature
 ``(batch_size, tile_size, tile_size, 3)``: the last batch is padded to that size, so the model
