@@ -349,6 +349,21 @@ def _checked(predict: Predictor, batch: np.ndarray, n: int) -> np.ndarray:
     return pred
 
 
+def _tile_parts(plan: _Plan, entries: list[Entry], tiles: np.ndarray | None,
+                image: np.ndarray) -> Iterator[tuple[int, int, np.ndarray, np.ndarray, tuple[slice, slice], list]]:
+    """Per entry, what a blender adds: (row, column, the tile as float32, its window, its own
+    rectangle (:meth:`_Plan.own`), the non-empty bands of the frame around it: the top and
+    bottom bands, then the sides between them), all in tile coordinates."""
+    t = plan.tile
+    for r, c, i in entries:
+        tile = _tile_float(image[r : r + t, c : c + t]) if i < 0 else tiles[i]
+        ys, xs = plan.own(r, c)
+        frame = [(by, bx) for by, bx in ((slice(0, ys.start), slice(0, t)), (slice(ys.stop, t), slice(0, t)),
+                                         (ys, slice(0, xs.start)), (ys, slice(xs.stop, t)))
+                 if by.stop > by.start and bx.stop > bx.start]
+        yield r, c, tile, plan.window(r, c), (ys, xs), frame
+
+
 class _Blender:
     """Weighted sum of tile predictions and of their windows; :meth:`result` divides.
 
@@ -366,19 +381,12 @@ class _Blender:
 
     def add(self, entries: list[Entry], tiles: np.ndarray | None, image: np.ndarray) -> None:
         """Add predicted ``tiles`` (index >= 0) and unchanged tiles of ``image`` (index -1)."""
-        t = self.plan.tile
-        for r, c, i in entries:
-            w = self.plan.window(r, c)
-            tile = _tile_float(image[r : r + t, c : c + t]) if i < 0 else tiles[i]
-            ys, xs = self.plan.own(r, c)
+        for r, c, tile, w, (ys, xs), frame in _tile_parts(self.plan, entries, tiles, image):
             self.out[r + ys.start : r + ys.stop, c + xs.start : c + xs.stop] = tile[ys, xs]
-            # the frame around it: the top and bottom bands, then the sides between them
-            for by, bx in ((slice(0, ys.start), slice(0, t)), (slice(ys.stop, t), slice(0, t)),
-                           (ys, slice(0, xs.start)), (ys, slice(xs.stop, t))):
-                if by.stop > by.start and bx.stop > bx.start:
-                    out = self.out[r + by.start : r + by.stop, c + bx.start : c + bx.stop]
-                    out += tile[by, bx] * w[by, bx, None]
-                    self.weight[r + by.start : r + by.stop, c + bx.start : c + bx.stop] += w[by, bx]
+            for by, bx in frame:
+                out = self.out[r + by.start : r + by.stop, c + bx.start : c + bx.stop]
+                out += tile[by, bx] * w[by, bx, None]
+                self.weight[r + by.start : r + by.stop, c + bx.start : c + bx.stop] += w[by, bx]
 
     def result(self, height: int, width: int) -> np.ndarray:
         for ys, xs in self.plan.shared_runs():  # in place: no second output-sized array
@@ -409,14 +417,9 @@ class _PixelBlender:
 
     def add(self, entries: list[Entry], tiles: np.ndarray | None, image: np.ndarray) -> None:
         """Add predicted ``tiles`` (index >= 0) and unchanged tiles of ``image`` (index -1)."""
-        t = self.plan.tile
-        for r, c, i in entries:
-            w = self.plan.window(r, c)
-            tile = _tile_float(image[r : r + t, c : c + t]) if i < 0 else tiles[i]
-            ys, xs = self.plan.own(r, c)
+        for r, c, tile, w, (ys, xs), frame in _tile_parts(self.plan, entries, tiles, image):
             float_to_pixels(tile[ys, xs], self.out[r + ys.start : r + ys.stop, c + xs.start : c + xs.stop])
-            for by, bx in ((slice(0, ys.start), slice(0, t)), (slice(ys.stop, t), slice(0, t)),
-                           (ys, slice(0, xs.start)), (ys, slice(xs.stop, t))):
+            for by, bx in frame:
                 for ry, rx, total, weight in self.runs:  # the parts of the frame in each overlap
                     y0, y1 = max(r + by.start, ry.start), min(r + by.stop, ry.stop)
                     x0, x1 = max(c + bx.start, rx.start), min(c + bx.stop, rx.stop)
