@@ -616,7 +616,7 @@ def png_parts_8bit(pixels: np.ndarray, level: int = PNG_LEVEL, threads: int | No
     h, w = pixels.shape[:2]
     c = 1 if pixels.ndim == 2 else pixels.shape[2]
     color = {1: 0, 2: 4, 3: 2, 4: 6}[c]  # PNG colour types: grey, grey+alpha, RGB, RGBA
-    rows = pixels.reshape(h, w * c) if pixels.flags.c_contiguous else np.ascontiguousarray(pixels).reshape(h, w * c)
+    rows = np.ascontiguousarray(pixels).reshape(h, w * c)
     if threads is None:
         from .backends import cpu_threads  # the cores this process may use
 

@@ -424,9 +424,10 @@ class _PixelBlender:
                     y0, y1 = max(r + by.start, ry.start), min(r + by.stop, ry.stop)
                     x0, x1 = max(c + bx.start, rx.start), min(c + bx.stop, rx.stop)
                     if y0 < y1 and x0 < x1:
-                        wy, wx = slice(y0 - r, y1 - r), slice(x0 - c, x1 - c)
-                        total[y0 - ry.start : y1 - ry.start, x0 - rx.start : x1 - rx.start] += tile[wy, wx] * w[wy, wx, None]
-                        weight[y0 - ry.start : y1 - ry.start, x0 - rx.start : x1 - rx.start] += w[wy, wx]
+                        ty, tx = slice(y0 - r, y1 - r), slice(x0 - c, x1 - c)  # in the tile
+                        oy, ox = slice(y0 - ry.start, y1 - ry.start), slice(x0 - rx.start, x1 - rx.start)  # in the run
+                        total[oy, ox] += tile[ty, tx] * w[ty, tx, None]
+                        weight[oy, ox] += w[ty, tx]
 
     def result(self, height: int, width: int) -> np.ndarray:
         for ys, xs, total, weight in self.runs:

@@ -215,8 +215,9 @@ def _read_beside_trace(args: argparse.Namespace, src: str, dst: Path, io: Thread
 
 
 def _write_image(args: argparse.Namespace, src: str, dst: Path, image: LoadedImage, rgb: Any, seconds: float) -> str:
-    """Write ``rgb`` (pixels of ``image.dtype``) as ``image`` was stored; the file's line: its time is ``seconds`` (reading
-    and denoising) plus the write's, not the wait for other files' work beside it."""
+    """Write ``rgb`` (pixels of ``image.dtype``) as ``image`` was stored; the file's line: its
+    time is ``seconds`` (reading and denoising) plus the write's, not the wait for other files'
+    work beside it."""
     start = time.perf_counter()
     save_image(dst, rgb, dtype=image.dtype, alpha=image.alpha, overwrite=args.overwrite, meta=image.meta)
     h, w = image.shape
