@@ -221,13 +221,15 @@ def _conv_block(x, filters: int, strides: int = 1):
     return layers.LeakyReLU(negative_slope=0.1)(x)
 
 
-def _unet_trunk(x, base: int):
-    """Two-level U-Net body at full, 1/2 and 1/4 resolution; returns full-resolution features."""
+def _unet_trunk(x, base: int, lower_widths: tuple[int, int] | None = None):
+    """Two-level U-Net body at full, 1/2 and 1/4 resolution; returns full-resolution features.
+    ``lower_widths``: the channels at 1/2 and 1/4 resolution (None: 2 and 4 times ``base``)."""
+    half, quarter = lower_widths or (2 * base, 4 * base)
     e1 = _conv_block(_conv_block(x, base), base)  # full resolution
-    e2 = _conv_block(_conv_block(e1, 2 * base, strides=2), 2 * base)  # 1/2
-    e3 = _conv_block(_conv_block(e2, 4 * base, strides=2), 4 * base)  # 1/4
-    u2 = layers.LeakyReLU(negative_slope=0.1)(layers.Conv2DTranspose(2 * base, 3, strides=2, padding="same")(e3))
-    u2 = _conv_block(layers.Concatenate()([u2, e2]), 2 * base)
+    e2 = _conv_block(_conv_block(e1, half, strides=2), half)  # 1/2
+    e3 = _conv_block(_conv_block(e2, quarter, strides=2), quarter)  # 1/4
+    u2 = layers.LeakyReLU(negative_slope=0.1)(layers.Conv2DTranspose(half, 3, strides=2, padding="same")(e3))
+    u2 = _conv_block(layers.Concatenate()([u2, e2]), half)
     u1 = layers.LeakyReLU(negative_slope=0.1)(layers.Conv2DTranspose(base, 3, strides=2, padding="same")(u2))
     return _conv_block(layers.Concatenate()([u1, e1]), base)
 
@@ -344,7 +346,8 @@ def _head_biases(mask_bias: float) -> dict[str, float]:
     return {"mask_logit": mask_bias, "correction_in_contrast_units": 0.0, "spatial_share_logit": -4.0}
 
 
-def build_crosschannel_unet(tile_size: int | None = 64, base: int = 24, mask_bias: float = 8.0) -> keras.Model:
+def build_crosschannel_unet(tile_size: int | None = 64, base: int = 24, mask_bias: float = 8.0,
+                            lower_widths: tuple[int, int] | None = None) -> keras.Model:
     """A U-Net that refines the cross-channel switching filter; exact on every unflagged value.
 
     Features: the input, the impulse flags, the cross-channel fill (:class:`CrossChannelFill`),
@@ -360,7 +363,7 @@ def build_crosschannel_unet(tile_size: int | None = 64, base: int = 24, mask_bia
     sigmoid(mask_bias) = 0.03 % of each replacement undone.
     """
     inp, hint, spatial, xc, prior, features = _crosschannel_features(tile_size)
-    u1 = _unet_trunk(features, base)
+    u1 = _unet_trunk(features, base, lower_widths)
     heads = [layers.Conv2D(3, 1, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(bias),
                            name=name)(u1) for name, bias in _head_biases(mask_bias).items()]
     return keras.Model(inp, _crosschannel_output(inp, hint, spatial, xc, prior, *heads), name="crosschannel_unet")
@@ -546,23 +549,32 @@ WIDTH_MODELS = ("switching_unet", "crosschannel_unet", "crosschannel_s2d_unet", 
                 "crosschannel_s4d_unet")
 
 
-def build_model(name: str, tile_size: int | None = 256, width: int | None = None) -> keras.Model:
+def build_model(name: str, tile_size: int | None = 256, width: int | None = None,
+                lower_widths: tuple[int, int] | None = None) -> keras.Model:
     """Build a registry model by name (ValueError naming the choices for an unknown one).
 
     ``width``: the U-Net width of :data:`WIDTH_MODELS` (None: the builder's default, 24; 32 for
     crosschannel_s2d_unet, whose width counts half-resolution channels, 120 for
     crosschannel_s4d_cnn, quarter-resolution ones); other
-    models have no such setting and ignore it."""
+    models have no such setting and ignore it. ``lower_widths``: crosschannel_unet's channels
+    at half and quarter resolution (None: 2 and 4 times the width; ValueError for other models)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     mult = INPUT_MULTIPLE[name]
     if tile_size is not None and tile_size % mult:
         raise ValueError(f"model {name!r} needs a tile size that is a multiple of {mult}, got {tile_size}")
+    extra = {}
+    if lower_widths is not None:
+        if name != "crosschannel_unet":
+            raise ValueError(f"lower_widths is a setting of crosschannel_unet, not of {name!r}")
+        if len(lower_widths) != 2 or min(lower_widths) < 1:
+            raise ValueError(f"lower_widths must be two positive channel counts, got {lower_widths}")
+        extra["lower_widths"] = tuple(int(w) for w in lower_widths)
     if width is not None and name in WIDTH_MODELS:
         if width < 1:
             raise ValueError(f"width must be positive, got {width}")
-        return MODELS[name](tile_size, base=width)
-    return MODELS[name](tile_size)
+        return MODELS[name](tile_size, base=width, **extra)
+    return MODELS[name](tile_size, **extra)
 
 
 def count_params(model: keras.Model) -> dict[str, int]:

@@ -216,6 +216,24 @@ def test_width_sets_the_unet_width_of_the_models_that_have_one():
         build_model("crosschannel_unet", 64, width=0)
 
 
+def test_lower_widths_set_crosschannel_unets_half_and_quarter_resolution_channels():
+    def convs(model):
+        return [(layer.__class__.__name__, layer.filters) for layer in model.layers if hasattr(layer, "filters")]
+
+    default = build_model("crosschannel_unet", 64, width=16)
+    assert convs(build_model("crosschannel_unet", 64, width=16, lower_widths=(32, 64))) == convs(default)
+    lower = build_model("crosschannel_unet", 64, width=16, lower_widths=(64, 128))
+    # full resolution 16, half 64, quarter 128, back up through 64 to 16, then the 3 heads
+    assert [f for _, f in convs(lower)] == [16, 16, 64, 64, 128, 128, 64, 64, 16, 16, 3, 3, 3]
+    assert count_flops(lower, 256) == 119_232 * 256 * 256  # profile "lower64"'s description
+    assert count_flops(build_model("crosschannel_unet", 64, width=32, lower_widths=(32, 64)), 256) == 95_616 * 256 * 256
+    for bad, match in [(dict(name="switching_unet", lower_widths=(32, 64)), "a setting of crosschannel_unet"),
+                       (dict(name="crosschannel_unet", lower_widths=(32, 0)), "two positive channel counts"),
+                       (dict(name="crosschannel_unet", lower_widths=(32,)), "two positive channel counts")]:
+        with pytest.raises(ValueError, match=match):
+            build_model(bad["name"], 64, width=16, lower_widths=bad["lower_widths"])
+
+
 def test_space_to_depth_layers_match_tensorflow_and_invert_each_other():
     import tensorflow as tf
 

@@ -21,22 +21,32 @@ from ihclib.train import (HISTORY_COLUMNS, Augmentation, make_train_pipeline, ma
 
 
 def test_profiles_lookup_and_errors():
-    assert set(PROFILES) == {"smoke", "quick", "long", "wide", "s2d", "s4d", "s4du", "bundle", "paper"}
+    assert set(PROFILES) == {"smoke", "quick", "long", "wide", "w24", "lower64", "full32", "s2d", "s4d", "s4du",
+                             "bundle", "paper"}
     # wide is long with only the width changed: its comparison with reports/long is width alone;
     # s2d is long with only the architecture (and its width) changed
     long = get_profile("long").with_overrides(description="")
     assert get_profile("wide").with_overrides(name="long", width=16, description="") == long
+    # so are the other crosschannel_unet widths, at each resolution
+    for other in ("w24", "lower64", "full32"):
+        assert get_profile(other).with_overrides(name="long", width=16, lower_widths=None, description="") == long
     for other in ("s2d", "s4d", "s4du"):  # and the quarter-resolution designs
         assert get_profile(other).with_overrides(name="long", width=16, models=("crosschannel_unet",), description="") == long
     assert get_profile("paper").tile_size == 256 and get_profile("paper").epochs == 5
     assert get_profile("bundle").train_on_test and not get_profile("quick").train_on_test
-    with pytest.raises(ValueError, match="unknown profile 'huge'; choose from smoke, quick, long, wide, s2d, s4d, s4du, bundle, paper"):
+    with pytest.raises(ValueError, match="unknown profile 'huge'; choose from smoke, quick, long, wide, w24, lower64, full32, s2d, s4d, s4du, bundle, paper"):
         get_profile("huge")
 
 
 def test_profile_round_trip_and_validation():
     p = get_profile("quick")
     assert Profile.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+    # lower_widths goes into the dict (and so the run's fingerprint) only where it is set
+    lower = get_profile("lower64")
+    assert Profile.from_dict(json.loads(json.dumps(lower.to_dict()))) == lower and lower.to_dict()["lower_widths"] == [64, 128]
+    assert "lower_widths" not in get_profile("long").to_dict()
+    with pytest.raises(ValueError, match="lower_widths is a setting of crosschannel_unet"):
+        get_profile("quick").with_overrides(lower_widths=(32, 64))
     assert p.with_overrides(epochs=1).epochs == 1 and p.epochs != 1
     with pytest.raises(ValueError, match="train_amount_range"):
         p.with_overrides(train_amount_range=(0.5, 0.1))

@@ -51,6 +51,9 @@ class Profile:
     train_on_test: bool = False  # True: the test sources train too (the bundled model, not the study)
     # U-Net width of switching_unet / crosschannel_unet (ihclib.model.WIDTH_MODELS); None: 24
     width: int | None = None
+    # crosschannel_unet's channels at half and quarter resolution; None: 2 and 4 times the width
+    # (left out of to_dict then, so the fingerprints of the profiles without it stay as they were)
+    lower_widths: tuple[int, int] | None = None
     # tile pixels held in memory for training and for validation: a larger folder gives an even
     # share of tiles per category, spread over its images (seeded). Training peaks at about 30
     # bytes per tile pixel (measured: 125 KB per 64 px tile, in numpy and in TensorFlow's
@@ -71,6 +74,8 @@ class Profile:
                                  f"{INPUT_MULTIPLE[name]}, got {self.tile_size}")
         if self.batch_size < 1 or self.epochs < 1 or (self.steps_per_epoch is not None and self.steps_per_epoch < 1):
             raise ValueError("batch_size, epochs and steps_per_epoch must be positive")
+        if self.lower_widths is not None and set(self.models) != {"crosschannel_unet"}:
+            raise ValueError(f"lower_widths is a setting of crosschannel_unet, not of {', '.join(self.models)}")
 
     def dataset(self, data_dir: str | None = None, tile_size: int | None = None, skip_bad: bool = False) -> "TileDataset":
         """The profile's data cut into its training tiles (or ``tile_size`` tiles).
@@ -95,14 +100,16 @@ class Profile:
         """Plain JSON-ready dict (noise as a dict, tuples as lists)."""
         d = asdict(self)
         d["noise"] = self.noise.to_dict()
+        if d["lower_widths"] is None:
+            del d["lower_widths"]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Profile":
         d = dict(d)
         d["noise"] = NoiseSpec.from_dict(d["noise"])
-        for k in ("train_amount_range", "models", "eval_amounts", "fractions"):
-            if k in d:
+        for k in ("train_amount_range", "models", "eval_amounts", "fractions", "lower_widths"):
+            if d.get(k) is not None:
                 d[k] = tuple(d[k])
         return cls(**d)
 
@@ -142,6 +149,30 @@ PROFILES: dict[str, Profile] = {
         description="long at width 40 (269,280 FLOP per pixel, 6 times width 16's): what a wider "
                     "bundle would gain on the held-out sources and cost in time (issue 13); "
                     "about 20 minutes on a 2-core Zen 5, 40 on a Zen 4",
+    ),
+    "w24": Profile(
+        name="w24", tile_size=64, stride=64, batch_size=16, epochs=30, steps_per_epoch=200,
+        learning_rate=2e-3, models=("crosschannel_unet",), width=24,
+        eval_tile_size=256, max_eval_tiles=12, eval_amounts=HELD_OUT_AMOUNTS,
+        description="long at width 24 (99,360 FLOP per pixel): between the bundle's width and wide's, "
+                    "what its full-resolution channels gain on the held-out sources (issue 13); "
+                    "about 13 minutes on a 2-core Zen 5",
+    ),
+    "lower64": Profile(
+        name="lower64", tile_size=64, stride=64, batch_size=16, epochs=30, steps_per_epoch=200,
+        learning_rate=2e-3, models=("crosschannel_unet",), width=16, lower_widths=(64, 128),
+        eval_tile_size=256, max_eval_tiles=12, eval_amounts=HELD_OUT_AMOUNTS,
+        description="long with the bundle's 16 channels at full resolution but 64 and 128 at half and "
+                    "quarter resolution (119,232 FLOP per pixel): the FLOPs that run near the peak, "
+                    "added where they are cheap (issue 13); about 13 minutes on a 2-core Zen 5",
+    ),
+    "full32": Profile(
+        name="full32", tile_size=64, stride=64, batch_size=16, epochs=30, steps_per_epoch=200,
+        learning_rate=2e-3, models=("crosschannel_unet",), width=32, lower_widths=(32, 64),
+        eval_tile_size=256, max_eval_tiles=12, eval_amounts=HELD_OUT_AMOUNTS,
+        description="long with 32 channels at full and half resolution, 64 at quarter (95,616 FLOP "
+                    "per pixel): oneDNN's 16-channel blocks run width 24 as 32, so this is what "
+                    "those channels could hold (issue 13); about 14 minutes on a 2-core Zen 5",
     ),
     "s2d": Profile(
         name="s2d", tile_size=64, stride=64, batch_size=16, epochs=30, steps_per_epoch=200,
