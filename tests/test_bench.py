@@ -456,3 +456,34 @@ def test_the_denoise_timeline_names_where_a_run_spends_its_time(tmp_path, capsys
                                                                             "input_multiple": 8})
     assert timeline.main([str(src), "--model", str(other)]) == 0
     assert "XLA cache" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def designs(bench):
+    path = BENCH.parent / "designs.py"
+    spec = importlib.util.spec_from_file_location("ihclib_designs", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_designs_times_trained_files_and_untrained_specs_in_one_run(designs, tmp_path, capsys):
+    from ihclib.model import build_model, count_flops, save_model
+
+    trained = tmp_path / "m.keras"  # any file is timed as it is
+    save_model(build_model("crosschannel_unet", None, 4), trained, {"architecture": "crosschannel_unet",
+                                                                    "input_multiple": 4})
+    out = tmp_path / "designs.json"
+    assert designs.main([str(trained), "crosschannel_unet:4:8,12", "--quick", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["commit"] and result["max_seconds"] == pytest.approx(4 * result["switching_median"]["seconds"], abs=1e-3)
+    first, second = result["rows"]
+    assert first["model"] == "m.keras" and second["model"] == "untrained crosschannel_unet:4:8,12"
+    assert first["flops_per_pixel"] == count_flops(build_model("crosschannel_unet", None, 4), 32) / 32**2
+    assert second["flops_per_pixel"] == count_flops(build_model("crosschannel_unet", None, 4, (8, 12)), 32) / 32**2
+    for row in result["rows"]:
+        assert 0 < row["pct_peak"] <= 100 and row["seconds"] == min(row["seconds_runs"])
+    assert "| untrained crosschannel_unet:4:8,12 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="nothing.keras: no such model file"):
+        designs.main([str(tmp_path / "nothing.keras"), "--quick"])

@@ -34,6 +34,9 @@ def test_profiles_lookup_and_errors():
         assert get_profile(other).with_overrides(name="long", width=16, models=("crosschannel_unet",), description="") == long
     assert get_profile("paper").tile_size == 256 and get_profile("paper").epochs == 5
     assert get_profile("bundle").train_on_test and not get_profile("quick").train_on_test
+    # the bundled design is the one full32 judges on the held-out sources
+    assert get_profile("bundle").with_overrides(name="full32", train_on_test=False, description="") == \
+        get_profile("full32").with_overrides(description="")
     with pytest.raises(ValueError, match="unknown profile 'huge'; choose from smoke, quick, long, wide, w24, lower64, full32, s2d, s4d, s4du, bundle, paper"):
         get_profile("huge")
 
