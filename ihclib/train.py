@@ -386,7 +386,9 @@ def _compiled_model(model_name: str, profile: Profile, strategy: tf.distribute.S
     """The registry model, built for any input size (the saved model tiles freely) under
     ``strategy`` and compiled as the paper did: MSE, Adam, Keras "accuracy"."""
     with strategy.scope():
-        model = build_model(model_name, None, width=profile.width, lower_widths=profile.lower_widths)
+        # lower_widths is crosschannel_unet's alone (another --model on such a profile goes without)
+        lower = profile.lower_widths if model_name == "crosschannel_unet" else None
+        model = build_model(model_name, None, width=profile.width, lower_widths=lower)
         model.compile(optimizer=keras.optimizers.Adam(profile.learning_rate), loss="mse", metrics=["accuracy"])
     return model
 

@@ -230,6 +230,9 @@ def test_train_command_errors(capsys):
     assert cli.main(["train", "--profile", "smoke", "--epochs", "0"]) == 2
     assert cli.main(["train", "--profile", "smoke", "--width", "0"]) == 2
     assert "--width must be at least 1, got 0" in capsys.readouterr().err
+    for bad in ("32", "32,x", "32,0"):
+        assert cli.main(["train", "--profile", "smoke", "--lower-widths", bad]) == 2
+        assert "--lower-widths" in capsys.readouterr().err
 
 
 def test_train_command_width_overrides_the_profile_in_a_folder_of_its_own(tmp_path, monkeypatch, capsys):
@@ -244,6 +247,29 @@ def test_train_command_width_overrides_the_profile_in_a_folder_of_its_own(tmp_pa
     assert side["profile"]["width"] == 8 and not (tmp_path / "runs" / "smoke").exists()
     assert model.count_params() == build_model("crosschannel_unet", 32, width=8).count_params()
     assert model.count_params() != build_model("crosschannel_unet", 32).count_params()
+
+
+def test_train_command_lower_widths_and_a_width_that_resets_the_profiles(tmp_path, monkeypatch):
+    from ihclib.model import build_model
+    from ihclib.study.commands import train as command
+
+    seen = []
+    monkeypatch.setattr("ihclib.train.train", lambda model_name, dataset, profile, *a, **kw: seen.append(profile)
+                        or (_ for _ in ()).throw(_Interrupt()))
+    monkeypatch.chdir(tmp_path)
+    for argv, want in [([], (32, 64)),  # the profile's own
+                       (["--width", "40"], None),  # the plain U-Net at 40: the profile 'wide' trade-off
+                       (["--width", "16", "--lower-widths", "32,64"], (32, 64))]:
+        with pytest.raises(_Interrupt):
+            command.run(cli.build_parser().parse_args(["train", "--profile", "full32", "--model", "crosschannel_unet",
+                                                       "--data-dir", "skimage", "--quiet", *argv]))
+        assert seen[-1].lower_widths == want
+    assert get_profile("bundle").lower_widths == (32, 64)
+    # another model on that profile is built without them (they are crosschannel_unet's setting)
+    from ihclib.train import _compiled_model, default_strategy
+
+    s4du = _compiled_model("crosschannel_s4d_unet", get_profile("bundle").with_overrides(width=8), default_strategy())
+    assert s4du.count_params() == build_model("crosschannel_s4d_unet", None, width=8).count_params()
 
 
 class _Interrupt(Exception):

@@ -41,6 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override the profile's width (switching_unet and the crosschannel_* models; for the "
                         "s2d/s4d designs the channels at half or quarter resolution), e.g. 40 for the profile "
                         "'wide' trade-off: better held-out quality, about twice the denoising time")
+    p.add_argument("--lower-widths", default=None, metavar="HALF,QUARTER",
+                   help="crosschannel_unet's channels at half and quarter resolution (default: the profile's; "
+                        "with --width, 2 and 4 times that width), e.g. --width 16 --lower-widths 32,64 for "
+                        "the width-16 bundle of earlier versions")
     p.add_argument("--early-stopping", action="store_true", help="stop when val_loss stops improving")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images in the data folder")
     p.add_argument("--bundle", action="store_true",
@@ -63,12 +67,16 @@ def run(args: argparse.Namespace) -> int:
     if args.width is not None:
         if args.width < 1:
             raise ValueError(f"--width must be at least 1, got {args.width}")
-        profile = profile.with_overrides(width=args.width)
+        # the profile's lower widths belong to its own width: --width alone gives the plain U-Net
+        profile = profile.with_overrides(width=args.width, lower_widths=None)
+    if args.lower_widths is not None:
+        profile = profile.with_overrides(lower_widths=_lower_widths(args.lower_widths))
     names = list(profile.models) if not args.model or "all" in args.model else list(dict.fromkeys(args.model))
     if args.bundle and len(names) != 1:
         raise ValueError("--bundle installs one model: pass exactly one --model")
     # another width is another model: never resumed from (or written over) the profile's own runs
-    default_dir = profile.name if args.width is None else f"{profile.name}_width{args.width}"
+    default_dir = profile.name + (f"_width{args.width}" if args.width is not None else "") + (
+        "_lower{}x{}".format(*profile.lower_widths) if args.lower_widths is not None else "")
     out_root = Path(args.out_dir) if args.out_dir else Path("runs") / default_dir
 
     from ihclib.model import save_model
@@ -95,3 +103,14 @@ def run(args: argparse.Namespace) -> int:
             save_model(res.model, target, {k: v for k, v in res.sidecar.items() if k not in ("params", "versions", "file")})
             print(f"bundled as {target}")
     return 0
+
+
+def _lower_widths(text: str) -> tuple[int, int]:
+    """``HALF,QUARTER`` as two positive channel counts (ValueError naming the option otherwise)."""
+    try:
+        half, quarter = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--lower-widths takes two channel counts, HALF,QUARTER, got {text!r}") from None
+    if min(half, quarter) < 1:
+        raise ValueError(f"--lower-widths must be positive, got {text!r}")
+    return half, quarter
