@@ -44,7 +44,8 @@ def model_file(spec: str, work: Path) -> tuple[str, Path]:
         path = Path(spec)
         if not path.is_file():
             raise SystemExit(f"designs.py: {spec}: no such model file")
-        return str(path.relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path.name), path
+        resolved = path.resolve()  # named from the repository's root where it is inside it
+        return str(resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else path.name), path
     name, width, *lower = spec.split(":")
     lower_widths = tuple(int(w) for w in lower[0].split(",")) if lower else None
     model = build_model(name, None, int(width), lower_widths)

@@ -468,6 +468,14 @@ def designs(bench):
     return module
 
 
+def test_designs_names_a_file_from_the_repository_root_however_it_is_given(designs, tmp_path, monkeypatch):
+    bundled = designs.ROOT / "ihclib" / "models" / "default.keras"
+    monkeypatch.chdir(designs.ROOT / "ihclib")  # a path relative to here, not to the root
+    assert designs.model_file("models/default.keras", tmp_path) == ("ihclib/models/default.keras",
+                                                                     Path("models/default.keras"))
+    assert designs.model_file(str(bundled), tmp_path)[0] == "ihclib/models/default.keras"
+
+
 def test_designs_times_trained_files_and_untrained_specs_in_one_run(designs, tmp_path, capsys):
     from ihclib.model import build_model, count_flops, save_model
 
