@@ -121,6 +121,23 @@ class Profile:
 # the sweep of the profiles judged on held-out sources (1 % is left out: every method is near clean)
 HELD_OUT_AMOUNTS = SP_AMOUNTS[1:]
 
+# long: the designs judged on the held-out sources at one budget; the profiles made from it change
+# only what their names say (their comparison with reports/long is that change alone)
+_LONG = Profile(
+    name="long", tile_size=64, stride=64, batch_size=16, epochs=30, steps_per_epoch=200,
+    learning_rate=2e-3, models=("crosschannel_unet",), width=16,
+    eval_tile_size=256, max_eval_tiles=12, eval_amounts=HELD_OUT_AMOUNTS,
+    description="the best design at width 16 (the bundle's until 89f731e) and the bundle's "
+                "budget, judged on the held-out sources as quick is; about 13 minutes on a 2-core "
+                "Zen 5",
+)
+
+
+def _long_with(name: str, description: str, **changes) -> Profile:
+    """``long`` under another name with ``changes`` (its design, or what it trains on)."""
+    return replace(_LONG, name=name, description=description, **changes)
+
+
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", tile_size=32, stride=32, batch_size=4, epochs=2, steps_per_epoch=2,
@@ -135,76 +152,55 @@ PROFILES: dict[str, Profile] = {
         description="default of `make reproduce`: the project's six sources, two held out; "
                     "about 30 minutes on 2 CPU cores",
     ),
-    "long": Profile(
-        name="long", tile_size=64, stride=64, batch_size=16, epochs=30, steps_per_epoch=200,
-        learning_rate=2e-3, models=("crosschannel_unet",), width=16,
-        eval_tile_size=256, max_eval_tiles=12, eval_amounts=HELD_OUT_AMOUNTS,
-        description="the best design at the bundle's width (16) and budget, judged on the held-out sources "
-                    "as quick is; about 20 minutes on 2 CPU cores",
-    ),
-    "wide": Profile(
-        name="wide", tile_size=64, stride=64, batch_size=16, epochs=30, steps_per_epoch=200,
-        learning_rate=2e-3, models=("crosschannel_unet",), width=40,
-        eval_tile_size=256, max_eval_tiles=12, eval_amounts=HELD_OUT_AMOUNTS,
+    "long": _LONG,
+    "wide": _long_with(
+        "wide", width=40,
         description="long at width 40 (269,280 FLOP per pixel, 6 times width 16's): what a wider "
-                    "bundle would gain on the held-out sources and cost in time (issue 13); "
-                    "about 20 minutes on a 2-core Zen 5, 40 on a Zen 4",
+                    "bundle would gain on the held-out sources and cost in time (issue 13); about 20 "
+                    "minutes on a 2-core Zen 5, 40 on a Zen 4",
     ),
-    "w24": Profile(
-        name="w24", tile_size=64, stride=64, batch_size=16, epochs=30, steps_per_epoch=200,
-        learning_rate=2e-3, models=("crosschannel_unet",), width=24,
-        eval_tile_size=256, max_eval_tiles=12, eval_amounts=HELD_OUT_AMOUNTS,
+    "w24": _long_with(
+        "w24", width=24,
         description="long at width 24 (99,360 FLOP per pixel): between the bundle's width and wide's, "
-                    "what its full-resolution channels gain on the held-out sources (issue 13); "
-                    "about 13 minutes on a 2-core Zen 5",
+                    "what its full-resolution channels gain on the held-out sources (issue 13); about "
+                    "13 minutes on a 2-core Zen 5",
     ),
-    "lower64": Profile(
-        name="lower64", tile_size=64, stride=64, batch_size=16, epochs=30, steps_per_epoch=200,
-        learning_rate=2e-3, models=("crosschannel_unet",), width=16, lower_widths=(64, 128),
-        eval_tile_size=256, max_eval_tiles=12, eval_amounts=HELD_OUT_AMOUNTS,
+    "lower64": _long_with(
+        "lower64", lower_widths=(64, 128),
         description="long with the bundle's 16 channels at full resolution but 64 and 128 at half and "
                     "quarter resolution (119,232 FLOP per pixel): the FLOPs that run near the peak, "
                     "added where they are cheap (issue 13); about 13 minutes on a 2-core Zen 5",
     ),
-    "full32": Profile(
-        name="full32", tile_size=64, stride=64, batch_size=16, epochs=30, steps_per_epoch=200,
-        learning_rate=2e-3, models=("crosschannel_unet",), width=32, lower_widths=(32, 64),
-        eval_tile_size=256, max_eval_tiles=12, eval_amounts=HELD_OUT_AMOUNTS,
+    "full32": _long_with(
+        "full32", width=32, lower_widths=(32, 64),
         description="long with 32 channels at full and half resolution, 64 at quarter (95,616 FLOP "
-                    "per pixel): oneDNN's 16-channel blocks run width 24 as 32, so this is what "
-                    "those channels could hold (issue 13); about 14 minutes on a 2-core Zen 5",
+                    "per pixel): oneDNN's 16-channel blocks run width 24 as 32, so this is what those "
+                    "channels could hold (issue 13); about 14 minutes on a 2-core Zen 5",
     ),
-    "s2d": Profile(
-        name="s2d", tile_size=64, stride=64, batch_size=16, epochs=30, steps_per_epoch=200,
-        learning_rate=2e-3, models=("crosschannel_s2d_unet",), width=32,
-        eval_tile_size=256, max_eval_tiles=12, eval_amounts=HELD_OUT_AMOUNTS,
-        description="long with crosschannel_s2d_unet (its U-Net at half resolution, width 32: about the "
-                    "FLOPs per pixel of long's width 16) instead of crosschannel_unet: the same budget, "
-                    "a design with fewer passes over memory (issue 13)",
+    "s2d": _long_with(
+        "s2d", models=("crosschannel_s2d_unet",), width=32,
+        description="long with crosschannel_s2d_unet (its U-Net at half resolution, width 32: about "
+                    "the FLOPs per pixel of long's width 16) instead of crosschannel_unet: the same "
+                    "budget, a design with fewer passes over memory (issue 13)",
     ),
-    "s4d": Profile(
-        name="s4d", tile_size=64, stride=64, batch_size=16, epochs=30, steps_per_epoch=200,
-        learning_rate=2e-3, models=("crosschannel_s4d_cnn",), width=120,
-        eval_tile_size=256, max_eval_tiles=12, eval_amounts=HELD_OUT_AMOUNTS,
-        description="long with crosschannel_s4d_cnn (a residual CNN of width 120 at quarter resolution: 127,440 "
-                    "FLOP per pixel, 2.8 times long's) instead of crosschannel_unet: the same budget and "
-                    "held-out sources, a design whose convolutions run near the CPU's peak (issue 13)",
+    "s4d": _long_with(
+        "s4d", models=("crosschannel_s4d_cnn",), width=120,
+        description="long with crosschannel_s4d_cnn (a residual CNN of width 120 at quarter "
+                    "resolution: 127,440 FLOP per pixel, 2.8 times long's) instead of "
+                    "crosschannel_unet: the same budget and held-out sources, a design whose "
+                    "convolutions run near the CPU's peak (issue 13)",
     ),
-    "s4du": Profile(
-        name="s4du", tile_size=64, stride=64, batch_size=16, epochs=30, steps_per_epoch=200,
-        learning_rate=2e-3, models=("crosschannel_s4d_unet",), width=96,
-        eval_tile_size=256, max_eval_tiles=12, eval_amounts=HELD_OUT_AMOUNTS,
-        description="long with crosschannel_s4d_unet (crosschannel_unet's full-resolution level over a residual "
-                    "CNN of width 96 at quarter resolution: 127,680 FLOP per pixel) instead of crosschannel_unet: "
-                    "the same budget and held-out sources (issue 13)",
+    "s4du": _long_with(
+        "s4du", models=("crosschannel_s4d_unet",), width=96,
+        description="long with crosschannel_s4d_unet (crosschannel_unet's full-resolution level over "
+                    "a residual CNN of width 96 at quarter resolution: 127,680 FLOP per pixel) "
+                    "instead of crosschannel_unet: the same budget and held-out sources (issue 13)",
     ),
-    "bundle": Profile(
-        name="bundle", tile_size=64, stride=64, batch_size=16, epochs=30, steps_per_epoch=200,
-        learning_rate=2e-3, models=("crosschannel_unet",), train_on_test=True, width=32, lower_widths=(32, 64),
-        eval_tile_size=256, max_eval_tiles=12, eval_amounts=HELD_OUT_AMOUNTS,
-        description="the bundled default model: crosschannel_unet as full32 (32 channels at full and half "
-                    "resolution, 64 at quarter: issue 13) on every source (none held out), longer; about 15 "
-                    "minutes on a 2-core Zen 5",
+    "bundle": _long_with(
+        "bundle", train_on_test=True, width=32, lower_widths=(32, 64),
+        description="the bundled default model: crosschannel_unet as full32 (32 channels at full and "
+                    "half resolution, 64 at quarter: issue 13) on every source (none held out), "
+                    "longer; about 15 minutes on a 2-core Zen 5",
     ),
     "paper": Profile(
         name="paper", tile_size=256, stride=256, batch_size=16, epochs=5, steps_per_epoch=None,
