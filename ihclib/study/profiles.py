@@ -127,7 +127,7 @@ _LONG = Profile(
     name="long", tile_size=64, stride=64, batch_size=16, epochs=30, steps_per_epoch=200,
     learning_rate=2e-3, models=("crosschannel_unet",), width=16,
     eval_tile_size=256, max_eval_tiles=12, eval_amounts=HELD_OUT_AMOUNTS,
-    description="the best design at width 16 (the bundle's until 89f731e) and the bundle's "
+    description="the best design at width 16 (the bundle's until d5e42ea) and the bundle's "
                 "budget, judged on the held-out sources as quick is; about 13 minutes on a 2-core "
                 "Zen 5",
 )
