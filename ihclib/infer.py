@@ -608,10 +608,13 @@ def inference_copy(model: Any, bfloat16: bool = False, fused: bool = True, compi
     ``fused``: the classical layers (the fills, the local contrast) are replaced by their fused
     variants (:mod:`ihclib.fast_layers`: the same functions up to float32 rounding, about three
     times faster); for ``crosschannel_unet`` everything before and after its convolution trunk
-    becomes two fused layers (:func:`ihclib.fast_layers.fuse_crosschannel`). ``bfloat16``: convolutions larger than 1x1, their activations and
+    becomes two fused layers (:func:`ihclib.fast_layers.fuse_crosschannel`), and each stride-2
+    transposed convolution one convolution with its bias and LeakyReLU fused and a depth-to-space
+    (:func:`ihclib.fast_trunk.rewrite_trunk`). ``bfloat16``: convolutions larger than 1x1, their activations and
     concatenations get Keras' ``mixed_bfloat16`` policy, so oneDNN can run them with bf16 dot
-    products where the CPU has them (AVX512_BF16, AMX); 1x1 heads, the custom layers (impulse
-    flags, fills, the gate) and the output layer stay float32, so a hard gate stays exact.
+    products where the CPU has them (AVX512_BF16, AMX); 1x1 heads (but the fused copy's merged
+    heads, which read the bf16 trunk), the custom layers (impulse flags, fills, the gate) and the
+    output layer stay float32, so a hard gate stays exact.
     ``make bench`` measures the bf16 copy's speed and its PSNR change on held-out images
     (reports/benchmarks.json); :func:`denoise` uses it where :func:`resolve_precision` says so.
     The study never uses either (it calls :func:`denoise` with float32, the reference layers).
@@ -619,6 +622,7 @@ def inference_copy(model: Any, bfloat16: bool = False, fused: bool = True, compi
     import keras
 
     from .fast_layers import FAST_VARIANTS, can_fuse_whole, fuse_crosschannel
+    from .fast_trunk import rewrite_trunk
 
     outputs = {id(t) for t in model.outputs}
     from .model import CONTEXT_LAYERS, SpaceToDepth
@@ -648,6 +652,8 @@ def inference_copy(model: Any, bfloat16: bool = False, fused: bool = True, compi
         _fold_residual_scales(model, copy)
     if fused and can_fuse_whole(copy):  # crosschannel_unet: prefix and head as two fused layers
         copy = fuse_crosschannel(copy, compiled_prefix)
+    if fused:  # the transposed convolutions as convolutions with their bias and activation fused
+        copy = rewrite_trunk(copy, compiled=compiled_prefix)
     return copy
 
 

@@ -12,6 +12,7 @@ tf = pytest.importorskip("tensorflow")
 from ihclib import infer  # noqa: E402
 from ihclib import model as ref  # noqa: E402
 from ihclib import fast_layers as fast  # noqa: E402
+from ihclib.fast_trunk import SubpixelConvTranspose  # noqa: E402
 
 
 def ihc_like(shape=(2, 45, 61), amount=0.15, seed=0) -> tuple[np.ndarray, np.ndarray]:
@@ -99,13 +100,18 @@ def check_fused_copy(model, x):
     assert {fast.CrossChannelPrefix, fast.CrossChannelHead} <= kinds
     assert not (set(fast.FAST_VARIANTS) | set(fast.FAST_VARIANTS.values())) & kinds
     assert all(layer.dtype_policy.name == "float32" for layer in whole.layers)
-    assert len(whole.layers) < len(model.layers) and whole.count_params() == model.count_params()
+    # the same weights, but for the transposed convolutions' zero taps (ihclib.fast_trunk)
+    extra = sum(layer.count_params() - model.get_layer(layer.name).count_params() for layer in whole.layers
+                if isinstance(layer, SubpixelConvTranspose))
+    assert len(whole.layers) < len(model.layers) and whole.count_params() == model.count_params() + extra
     got = whole(x).numpy()
     np.testing.assert_array_equal(got[unflagged], x[unflagged])  # the gate stays exact
     np.testing.assert_allclose(got, want, atol=1e-4)
-    # with a bf16 trunk: the same function as the per-layer bf16 copy, up to float32 rounding
+    # with a bf16 trunk: the same function as the per-layer bf16 copy, up to rounding
     bf_whole, bf_layers = infer.inference_copy(model, bfloat16=True), infer.inference_copy(model, True, fused=False)
-    np.testing.assert_allclose(bf_whole(x).numpy(), bf_layers(x).numpy(), atol=1e-3)
+    # (and the whole copy's merged heads in bf16: these random heads' corrections, up to ~0.5 in
+    # contrast units, then differ by one more bf16 rounding, 2^-9 of themselves)
+    np.testing.assert_allclose(bf_whole(x).numpy(), bf_layers(x).numpy(), atol=2e-3)
     np.testing.assert_array_equal(bf_whole(x).numpy()[unflagged], x[unflagged])
 
 

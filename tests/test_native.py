@@ -1,5 +1,5 @@
-"""The compiled prefix (ihclib.native) computes what the TensorFlow prefix computes, and ihclib
-falls back to TensorFlow where it cannot be built."""
+"""The compiled prefix and trunk step (ihclib.native) compute what TensorFlow computes, and
+ihclib falls back to TensorFlow where they cannot be built."""
 
 from __future__ import annotations
 
@@ -149,7 +149,7 @@ def test_a_failed_compile_says_why_and_leaves_nothing_behind(monkeypatch, tmp_pa
     fake.write_text("#!/bin/sh\necho 'prefix.c:1: error: broken' >&2\nexit 1\n")
     fake.chmod(0o755)
     monkeypatch.setenv("CC", str(fake))
-    with pytest.raises(RuntimeError, match="failed on prefix.c: prefix.c:1: error: broken"):
+    with pytest.raises(RuntimeError, match="failed on prefix.c and trunk.c: prefix.c:1: error: broken"):
         native.build()
     assert not list(native.cache_dir().iterdir())  # no half-written library
 
@@ -208,3 +208,60 @@ def test_a_thread_asking_during_the_build_waits_for_it(monkeypatch):
     for t in threads:
         t.join()
     assert answers == [True, True, True]
+
+
+@needs_compiled
+@pytest.mark.parametrize("dtype", [np.float32, tf.bfloat16.as_numpy_dtype, np.uint8])
+@pytest.mark.parametrize("cu, cs, block", [(32, 32, 2), (16, 16, 2), (3, 5, 2), (7, 2, 3), (64, 64, 2), (1, 1, 1)])
+def test_upsample_concat_is_depth_to_space_then_concat_bit_for_bit(dtype, cu, cs, block):
+    rng = np.random.default_rng(cu * 7 + cs)
+    up = rng.normal(size=(2, 5, 7, block * block * cu)).astype(dtype)
+    skip = rng.normal(size=(2, 5 * block, 7 * block, cs)).astype(dtype)
+    want = tf.concat([tf.nn.depth_to_space(up, block), skip], -1).numpy() if block > 1 else np.concatenate(
+        [up, skip], -1)
+    for threads in (1, 2, 3):
+        got = native.upsample_concat(up, skip, block, threads=threads)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+
+
+@needs_compiled
+def test_upsample_concat_refuses_what_does_not_fit():
+    up, skip = np.zeros((1, 4, 4, 8), np.float32), np.zeros((1, 8, 8, 2), np.float32)
+    with pytest.raises(ValueError, match="cannot put"):
+        native.upsample_concat(up, skip.astype(np.float16))  # two dtypes
+    with pytest.raises(ValueError, match="cannot put"):
+        native.upsample_concat(up, skip[:, :6])  # the skip is not the upsampled size
+    with pytest.raises(ValueError, match="cannot put"):
+        native.upsample_concat(up[..., :6], skip)  # channels not a multiple of block**2
+
+
+@needs_compiled
+def test_upsample_concat_reuses_its_output_once_nothing_holds_it():
+    up, skip = np.ones((1, 8, 8, 16), np.float32), np.ones((1, 16, 16, 4), np.float32)
+    small = (np.ones((1, 4, 4, 16), np.float32), np.ones((1, 8, 8, 4), np.float32))
+    first = native.upsample_concat(up, skip, reuse=True)
+    address = first.ctypes.data
+    assert address % native.ALIGN == 0
+    assert native.upsample_concat(up, skip, reuse=True).ctypes.data != address  # still held
+    del first
+    native.upsample_concat(*small, reuse=True)  # the other level of the U-Net keeps its own
+    assert native.upsample_concat(up, skip, reuse=True).ctypes.data == address
+
+
+def test_large_arrays_ask_for_small_pages(monkeypatch):
+    calls = []
+
+    class FakeLibc:
+        def madvise(self, start, length, advice):
+            calls.append((start.value, length.value, advice))
+            return 0
+
+    monkeypatch.setattr(native.ctypes, "CDLL", lambda *a, **k: FakeLibc())
+    monkeypatch.setattr(native.sys, "platform", "linux")
+    big = native._aligned_empty((1 << 21,), np.float32)  # 8 MB
+    native._aligned_empty((16,), np.float32)  # small: left alone
+    assert len(calls) == 1
+    start, length, advice = calls[0]
+    assert advice == 15 and start % 4096 == 0 and length % 4096 == 0  # MADV_NOHUGEPAGE, whole pages
+    assert big.ctypes.data - native.ALIGN <= start and start + length <= big.ctypes.data + big.nbytes + native.ALIGN

@@ -1,9 +1,12 @@
-"""crosschannel_unet's classical prefix as compiled C (``prefix.c``), built on first use.
+"""crosschannel_unet's classical prefix (``prefix.c``) and its trunk's depth-to-space
+concatenation (``trunk.c``) as compiled C, built on first use.
 
 :func:`prefix` computes what :class:`ihclib.fast_layers.CrossChannelPrefix` computes (up to
 float32 rounding) in one cache-blocked pass over each band of rows, in threads; the fused
 TensorFlow version spends most of its time in ~40 depthwise convolutions that each stream the
-whole tile through memory (issue 13, README Performance).
+whole tile through memory (issue 13, README Performance). :func:`upsample_concat` is
+``concat([depth_to_space(up), skip])`` in one pass, the same bits
+(:class:`ihclib.fast_trunk.UpsampleConcat`).
 
 The library is compiled with the machine's C compiler (``$CC``, else ``cc``; ``-O3
 -march=native``: it runs where it was built) into ``$XDG_CACHE_HOME/ihclib/native``
@@ -33,6 +36,7 @@ import numpy as np
 
 ENV_VAR = "IHCLIB_NATIVE"
 SOURCE = Path(__file__).with_name("prefix.c")
+SOURCES = (SOURCE, Path(__file__).with_name("trunk.c"))  # compiled into one library
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c99")
 # what prefix.c supports: spatial windows odd and at most 7, the cross-channel and contrast windows 5
 MAX_WINDOW, FIXED_WINDOW = 7, 5
@@ -66,13 +70,13 @@ def cache_dir() -> Path:
 
 def library_path(compiler: str) -> Path:
     """Where the library built from this source, with ``compiler``, for this CPU is kept."""
-    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), compiler.encode(), " ".join(FLAGS).encode(),
-                                     _cpu_key().encode()])).hexdigest()[:16]
+    key = hashlib.sha256(b"\0".join([*(source.read_bytes() for source in SOURCES), compiler.encode(),
+                                     " ".join(FLAGS).encode(), _cpu_key().encode()])).hexdigest()[:16]
     return cache_dir() / f"prefix-{key}.so"
 
 
 def build(timeout_s: float = 120) -> Path:
-    """Compile ``prefix.c`` (unless already built) and return the library's path; RuntimeError
+    """Compile :data:`SOURCES` (unless already built) and return the library's path; RuntimeError
     saying why where it cannot be built."""
     compiler = os.environ.get("CC") or "cc"
     if shutil.which(compiler) is None:
@@ -84,10 +88,11 @@ def build(timeout_s: float = 120) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
-                              timeout=timeout_s)
+        done = subprocess.run([compiler, *FLAGS, "-o", tmp, *map(str, SOURCES), "-lm"], capture_output=True,
+                              text=True, timeout=timeout_s)
         if done.returncode != 0:
-            raise RuntimeError(f"{compiler} failed on {SOURCE.name}: {done.stderr.strip()[-500:]}")
+            names = " and ".join(source.name for source in SOURCES)
+            raise RuntimeError(f"{compiler} failed on {names}: {done.stderr.strip()[-500:]}")
         os.replace(tmp, path)  # atomic: another process sees the old state or the whole library
     finally:
         if os.path.exists(tmp):
@@ -122,6 +127,9 @@ def _load_locked() -> ctypes.CDLL | None:
     lib.ihclib_prefix_rows.argtypes = [f32, *[ctypes.c_int] * 6, ctypes.POINTER(ctypes.c_int), ctypes.c_int,
                                        ctypes.c_float, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, f32, f32, f32, f32]
     lib.ihclib_prefix_rows.restype = ctypes.c_int
+    lib.ihclib_upsample_concat_rows.argtypes = [ctypes.c_void_p, *[ctypes.c_int] * 3, ctypes.c_void_p, *[ctypes.c_int] * 3,
+                                                ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.ihclib_upsample_concat_rows.restype = ctypes.c_int
     _lib = lib
     return lib
 
@@ -160,7 +168,7 @@ def supports(windows, window: int, contrast_window: int) -> bool:
 
 
 _pool: ThreadPoolExecutor | None = None
-# sets of output arrays by shape, reused (see prefix). Not per thread: TensorFlow calls a NumPy
+# sets of output arrays by purpose and shape, reused (see prefix). Not per thread: TensorFlow calls a NumPy
 # function from threads of its own, which Python sees as a new thread at every call
 _sets: dict = {}
 _sets_lock = threading.Lock()
@@ -170,11 +178,32 @@ _sets_lock = threading.Lock()
 # 100 MB, and a NumPy function returning 125 MB took 1.9 ms aligned against 10.5 ms (NumPy's own
 # arrays are 16-byte aligned), measured on the 2-core Zen 5
 ALIGN = 64
-MAX_SETS = 2  # output sets kept, for the last shape asked only (each about 100 MB for a 1056 px tile)
+MAX_SETS = 2  # output sets kept per shape (the prefix's, about 100 MB for a 1056 px tile, for its last shape only)
 
 
 def _threads() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
+
+
+_MADV_NOHUGEPAGE = 15  # Linux's
+
+
+def _no_huge_pages(array: np.ndarray) -> None:
+    """Ask Linux for small pages under ``array`` (NumPy asks for huge ones above 4 MB). The C
+    code first touches its outputs from several threads at once, and on the machines measured
+    (2-core VMs, transparent huge pages on request) huge pages first touched so took up to
+    10 times as long as small ones: a 1056 px tile's first call spent 168 ms, not 8, writing the
+    bundled model's 143 MB full-resolution concatenation. Elsewhere, or where it fails: nothing."""
+    if not sys.platform.startswith("linux") or array.nbytes < 1 << 22:
+        return
+    page = 4096
+    start = -(-array.ctypes.data // page) * page
+    end = (array.ctypes.data + array.nbytes) // page * page
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_NOHUGEPAGE)
+    except (OSError, AttributeError):
+        pass
 
 
 def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -182,6 +211,7 @@ def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     dtype = np.dtype(dtype)
     size = int(np.prod(shape)) * dtype.itemsize
     raw = np.empty(size + ALIGN, np.uint8)
+    _no_huge_pages(raw)
     offset = -raw.ctypes.data % ALIGN
     return raw[offset : offset + size].view(dtype).reshape(shape)
 
@@ -194,10 +224,10 @@ def _references(arrays: list[np.ndarray]) -> list[int]:
 _UNSHARED = max(_references([np.empty(1)]))
 
 
-def _output_arrays(shape: tuple[int, int, int], features_dtype: np.dtype, reuse: bool) -> tuple[np.ndarray, ...]:
-    n, height, width = shape
-    dtypes = (features_dtype, np.float32, np.float32, np.float32, np.float32)
-    shapes = [(n, height, width, k) for k in (FEATURES, 3, 3, 3, 6)]
+def _reused(purpose: str, shapes: list[tuple[int, ...]], dtypes: list, reuse: bool, keys: int = 1) -> tuple[np.ndarray, ...]:
+    """New :data:`ALIGN`-aligned arrays of ``shapes`` and ``dtypes``, or (``reuse``) a set made
+    for an earlier call of ``purpose`` with the same shapes that nothing else refers to any more.
+    Sets are kept for the last ``keys`` shapes each purpose asked for, :data:`MAX_SETS` each."""
 
     def made() -> list[np.ndarray]:
         return [_aligned_empty(s, d) for s, d in zip(shapes, dtypes)]
@@ -206,9 +236,10 @@ def _output_arrays(shape: tuple[int, int, int], features_dtype: np.dtype, reuse:
         return tuple(made())
     key = (tuple(shapes), tuple(map(np.dtype, dtypes)))
     with _sets_lock:  # taken here (the tuple holds them) before another thread can look
-        if key not in _sets:
-            _sets.clear()
-        sets = _sets.setdefault(key, [])
+        kept = _sets.setdefault(purpose, {})
+        if key not in kept and len(kept) >= keys:
+            kept.pop(next(iter(kept)))  # the shape asked for longest ago
+        sets = kept.setdefault(key, [])
         for arrays in sets:
             # TensorFlow holds a reference to each array it took without a copy for as long as
             # its tensor lives: a set it still holds is never written again
@@ -218,6 +249,12 @@ def _output_arrays(shape: tuple[int, int, int], features_dtype: np.dtype, reuse:
         if len(sets) < MAX_SETS:
             sets.append(arrays)
         return tuple(arrays)
+
+
+def _output_arrays(shape: tuple[int, int, int], features_dtype: np.dtype, reuse: bool) -> tuple[np.ndarray, ...]:
+    n, height, width = shape
+    dtypes = [features_dtype, np.float32, np.float32, np.float32, np.float32]
+    return _reused("prefix", [(n, height, width, k) for k in (FEATURES, 3, 3, 3, 6)], dtypes, reuse)
 
 
 def prefix(x: np.ndarray, windows=(3, 5, 7), eps: float = 1e-3, min_clean: int = 3, features_dtype: str = "float32",
@@ -271,3 +308,45 @@ def prefix(x: np.ndarray, windows=(3, 5, 7), eps: float = 1e-3, min_clean: int =
     if any(codes):
         raise RuntimeError(f"compiled prefix failed (code {min(codes)}) on {x.shape}")
     return tuple(outs)
+
+
+# the trunk's levels: a U-Net's way up concatenates once per level (the bundled model: 2)
+UPSAMPLE_SHAPES_KEPT = 4
+
+
+def upsample_concat(up: np.ndarray, skip: np.ndarray, block: int = 2, threads: int | None = None,
+                    reuse: bool = False) -> np.ndarray:
+    """``concat([depth_to_space(up, block), skip], -1)`` of (N, H, W, block**2 * CU) and (N,
+    block * H, block * W, CS) arrays of one dtype, in one pass (``trunk.c``): the same bits as
+    ``tf.nn.depth_to_space`` (DCR order) and ``tf.concat``. Bands of rows run in ``threads``
+    threads. ``reuse``: as :func:`prefix`'s (the bundled model's full-resolution output is 143 MB)."""
+    global _pool
+    lib = _load()
+    if lib is None:
+        raise RuntimeError(f"the compiled library is not available: {_error}")
+    up, skip = np.ascontiguousarray(up), np.ascontiguousarray(skip)
+    n, h, w, c4 = up.shape
+    if up.dtype != skip.dtype or c4 % (block * block) or skip.shape[:3] != (n, block * h, block * w):
+        raise ValueError(f"cannot put {up.shape} {up.dtype} up by {block} beside {skip.shape} {skip.dtype}")
+    cu, cs = c4 // (block * block), skip.shape[-1]
+    (out,) = _reused("upsample_concat", [(n, block * h, block * w, cu + cs)], [up.dtype], reuse,
+                     UPSAMPLE_SHAPES_KEPT)
+    rows = block * h
+    threads = threads or _threads()
+    edges = np.linspace(0, rows, min(threads, max(1, rows // 16)) + 1).astype(int)
+    jobs = [(i, int(a), int(b)) for i in range(n) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+    def run(job) -> int:
+        i, r0, r1 = job
+        return lib.ihclib_upsample_concat_rows(up[i].ctypes.data, h, w, cu, skip[i].ctypes.data, cs, block,
+                                               up.dtype.itemsize, out[i].ctypes.data, r0, r1)
+
+    if threads == 1 or len(jobs) == 1:
+        codes = [run(j) for j in jobs]
+    else:
+        if _pool is None or _pool._max_workers != threads:
+            _pool = ThreadPoolExecutor(threads, thread_name_prefix="ihclib-prefix")
+        codes = list(_pool.map(run, jobs))
+    if any(codes):
+        raise RuntimeError(f"compiled upsample_concat failed (code {min(codes)}) on {up.shape}, {skip.shape}")
+    return out
