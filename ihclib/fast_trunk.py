@@ -139,16 +139,34 @@ def _rewritable(layer: keras.layers.Layer) -> bool:
             and config["activation"] == "linear" and config.get("groups", 1) == 1)
 
 
-def _consumers(model: keras.Model) -> dict[int, list[keras.layers.Layer]]:
-    """id of each layer -> the layers that take its output."""
-    found: dict[int, list] = {}
-    for layer in model.layers:
-        inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
-        for tensor in inputs:
-            history = getattr(tensor, "_keras_history", None)
-            if history is not None:
-                found.setdefault(id(history.operation), []).append(layer)
-    return found
+def _graph(model: keras.Model) -> tuple[dict[int, list], dict[int, list], dict[int, object]] | None:
+    """``model``'s own graph, walked back from its outputs: for each layer (by id) the layers that
+    read its outputs, its input tensors and its output tensor (where it has one), in this model. A layer may belong to
+    other models too (a clone that shares it has a node of its own in each), so its ``.input``
+    and ``.output``, which are its first node's, are not used. None where a layer is called more
+    than once in ``model``."""
+    readers: dict[int, list] = {}
+    inputs: dict[int, list] = {}
+    outputs: dict[int, object] = {}
+    nodes: dict[int, int] = {}
+    stack = list(model.outputs)
+    while stack:
+        tensor = stack.pop()
+        layer, node_index, _ = tensor._keras_history
+        if id(layer) in nodes:
+            if nodes[id(layer)] != node_index:
+                return None
+            continue
+        nodes[id(layer)] = node_index
+        node = layer._inbound_nodes[node_index]
+        if len(node.output_tensors) == 1:  # (the layers rewritten have one output)
+            outputs[id(layer)] = node.output_tensors[0]
+        parents = list(node.input_tensors)
+        inputs[id(layer)] = parents
+        for parent in parents:
+            readers.setdefault(id(parent._keras_history.operation), []).append(layer)
+            stack.append(parent)
+    return readers, inputs, outputs
 
 
 def rewrite_trunk(model: keras.Model, compiled: bool = True) -> keras.Model:
@@ -159,22 +177,25 @@ def rewrite_trunk(model: keras.Model, compiled: bool = True) -> keras.Model:
     :class:`UpsampleConcat` (``compiled``: in one compiled pass where :mod:`ihclib.native` is
     built) and takes in the depth-to-space. The other layers are ``model``'s own (shared).
     ``model`` itself is left as it was; a model with nothing to rewrite comes back as it is."""
-    consumers = _consumers(model)
+    graph = _graph(model)
+    if graph is None:  # a layer called twice: not one list of readers (none of the registry's)
+        return model
+    consumers, inputs, outputs = graph
     replaced: dict[str, keras.layers.Layer] = {}
     absorbed: set[str] = set()
     for layer in model.layers:
         if not _rewritable(layer):
             continue
         readers = consumers.get(id(layer), [])
-        slope, output = None, layer.output
+        slope, output = None, outputs[id(layer)]
         if len(readers) == 1 and type(readers[0]) is keras.layers.LeakyReLU:
-            slope, output = float(readers[0].get_config()["negative_slope"]), readers[0].output
+            slope, output = float(readers[0].get_config()["negative_slope"]), outputs[id(readers[0])]
             absorbed.add(readers[0].name)
             readers = consumers.get(id(readers[0]), [])
         block = layer.strides[0]
         concat = readers[0] if len(readers) == 1 else None
         joined = (type(concat) is keras.layers.Concatenate and concat.get_config()["axis"] in (-1, 3)
-                  and len(concat.input) == 2 and concat.input[0] is output)
+                  and len(inputs[id(concat)]) == 2 and inputs[id(concat)][0] is output)
         kernel, *rest = layer.get_weights()
         weights, bias, padding = subpixel_weights(kernel, rest[0] if rest else None, layer.strides)
         new = SubpixelConvTranspose(layer.filters, weights.shape, padding, block, slope, depth_to_space=not joined,

@@ -125,3 +125,21 @@ def test_a_concatenation_with_the_upsampling_second_keeps_its_depth_to_space():
     rewritten = rewrite_trunk(model)
     assert rewritten.get_layer("up").depth_to_space
     assert not any(isinstance(l, UpsampleConcat) for l in rewritten.layers)
+
+
+def test_a_reader_in_a_second_call_of_a_layer_is_seen():
+    """A layer's ``.input`` is its first call's: a reader of the transposed convolution in another
+    call must still count, or the LeakyReLU would be taken in and that reader given its output
+    (the first version read ``.input`` and got this model wrong)."""
+    inp, other = keras.Input((None, None, 4)), keras.Input((None, None, 4))
+    up = keras.layers.Conv2DTranspose(4, 3, strides=2, padding="same", name="up")(inp)
+    mix = keras.layers.Conv2D(4, 1, name="mix")
+    first = mix(other)  # mix's first call reads the other input
+    out = keras.layers.Add()([keras.layers.LeakyReLU(negative_slope=0.1)(up), mix(up)])
+    model = keras.Model([inp, other], [out, first])
+    random_weights(model, 8)
+    rng = np.random.default_rng(9)
+    x = [rng.normal(size=(1, 5, 6, 4)).astype(np.float32), rng.normal(size=(1, 3, 3, 4)).astype(np.float32)]
+    rewritten = rewrite_trunk(model)
+    for got, want in zip(rewritten(x), model(x)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)

@@ -206,6 +206,23 @@ def _no_huge_pages(array: np.ndarray) -> None:
         pass
 
 
+def _bands(rows: int, threads: int) -> list[tuple[int, int]]:
+    """``rows`` cut into one band of rows per thread (none under 16 rows), as (start, stop)."""
+    edges = np.linspace(0, rows, min(threads, max(1, rows // 16)) + 1).astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def _run_all(run, jobs: list, threads: int) -> list[int]:
+    """``run(job)`` for every job: in this thread where there is one thread or one job, else in
+    the module's pool of ``threads`` (the C code runs without the GIL)."""
+    global _pool
+    if threads == 1 or len(jobs) == 1:
+        return [run(job) for job in jobs]
+    if _pool is None or _pool._max_workers != threads:
+        _pool = ThreadPoolExecutor(threads, thread_name_prefix="ihclib-native")
+    return list(_pool.map(run, jobs))
+
+
 def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """An uninitialised C-order array whose data starts on an :data:`ALIGN`-byte boundary."""
     dtype = np.dtype(dtype)
@@ -270,7 +287,6 @@ def prefix(x: np.ndarray, windows=(3, 5, 7), eps: float = 1e-3, min_clean: int =
     (best of 12 each, alternating, on the 2-core Zen 5 while another job ran). The arrays are
     :data:`ALIGN`-byte aligned, so ``tf.numpy_function`` keeps them as its tensors instead of
     copying them; while such a tensor lives, its array is not reused (tests/test_native.py)."""
-    global _pool
     lib = _load()
     if lib is None:
         raise RuntimeError(f"the compiled prefix is not available: {_error}")
@@ -290,8 +306,7 @@ def prefix(x: np.ndarray, windows=(3, 5, 7), eps: float = 1e-3, min_clean: int =
     for i in range(n):
         ptrs = [x[i].ctypes.data_as(f32), outs[0][i].ctypes.data_as(ctypes.c_void_p),
                 *(a[i].ctypes.data_as(f32) for a in outs[1:])]
-        edges = np.linspace(0, height, min(threads, max(1, height // 16)) + 1).astype(int)
-        jobs += [(ptrs, int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+        jobs += [(ptrs, a, b) for a, b in _bands(height, threads)]
     block = (BLOCK[0], min(BLOCK[1], width))
 
     def run(job) -> int:
@@ -299,12 +314,7 @@ def prefix(x: np.ndarray, windows=(3, 5, 7), eps: float = 1e-3, min_clean: int =
         return lib.ihclib_prefix_rows(xp, height, width, y0, y1, *block, wins, len(windows), eps, int(min_clean),
                                       fp, int(bf16), *op)
 
-    if threads == 1 or len(jobs) == 1:
-        codes = [run(j) for j in jobs]
-    else:
-        if _pool is None or _pool._max_workers != threads:
-            _pool = ThreadPoolExecutor(threads, thread_name_prefix="ihclib-prefix")
-        codes = list(_pool.map(run, jobs))
+    codes = _run_all(run, jobs, threads)
     if any(codes):
         raise RuntimeError(f"compiled prefix failed (code {min(codes)}) on {x.shape}")
     return tuple(outs)
@@ -320,7 +330,6 @@ def upsample_concat(up: np.ndarray, skip: np.ndarray, block: int = 2, threads: i
     block * H, block * W, CS) arrays of one dtype, in one pass (``trunk.c``): the same bits as
     ``tf.nn.depth_to_space`` (DCR order) and ``tf.concat``. Bands of rows run in ``threads``
     threads. ``reuse``: as :func:`prefix`'s (the bundled model's full-resolution output is 143 MB)."""
-    global _pool
     lib = _load()
     if lib is None:
         raise RuntimeError(f"the compiled library is not available: {_error}")
@@ -333,20 +342,14 @@ def upsample_concat(up: np.ndarray, skip: np.ndarray, block: int = 2, threads: i
                      UPSAMPLE_SHAPES_KEPT)
     rows = block * h
     threads = threads or _threads()
-    edges = np.linspace(0, rows, min(threads, max(1, rows // 16)) + 1).astype(int)
-    jobs = [(i, int(a), int(b)) for i in range(n) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    jobs = [(i, a, b) for i in range(n) for a, b in _bands(rows, threads)]
 
     def run(job) -> int:
         i, r0, r1 = job
         return lib.ihclib_upsample_concat_rows(up[i].ctypes.data, h, w, cu, skip[i].ctypes.data, cs, block,
                                                up.dtype.itemsize, out[i].ctypes.data, r0, r1)
 
-    if threads == 1 or len(jobs) == 1:
-        codes = [run(j) for j in jobs]
-    else:
-        if _pool is None or _pool._max_workers != threads:
-            _pool = ThreadPoolExecutor(threads, thread_name_prefix="ihclib-prefix")
-        codes = list(_pool.map(run, jobs))
+    codes = _run_all(run, jobs, threads)
     if any(codes):
         raise RuntimeError(f"compiled upsample_concat failed (code {min(codes)}) on {up.shape}, {skip.shape}")
     return out
