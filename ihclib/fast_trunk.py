@@ -184,7 +184,7 @@ def rewrite_trunk(model: keras.Model, compiled: bool = True) -> keras.Model:
     replaced: dict[str, keras.layers.Layer] = {}
     absorbed: set[str] = set()
     for layer in model.layers:
-        if not _rewritable(layer):
+        if not _rewritable(layer) or id(layer) not in outputs:  # (not on the way to the outputs)
             continue
         readers = consumers.get(id(layer), [])
         slope, output = None, outputs[id(layer)]
