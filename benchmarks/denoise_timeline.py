@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from ihclib.images import image_size
 
+    from ihclib.native import numpy_small_pages
+
+    numpy_small_pages().__enter__()  # as the command runs (for the rest of this process)
     marks = {"import": time.perf_counter()}
     model, sidecar = infer.load_model(args.model) if args.model else infer.load_default_model()
     marks["model"] = time.perf_counter()

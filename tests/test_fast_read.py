@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from ihclib import images
+from ihclib import images, native
 from ihclib.images import ImageError, ImageMeta, load_image, save_image
 
 
@@ -78,14 +78,32 @@ def _write_cases(folder):
     return sorted(folder.glob("*.png"))
 
 
-def test_the_fast_path_reads_what_pillow_reads(tmp_path, spng_calls):
+@pytest.fixture
+def inflated(monkeypatch):
+    """The files :func:`ihclib.images._png_inflated` decoded (ISA-L and the compiled filters)."""
+    calls = []
+    decode = images._png_inflated
+
+    def counted(data):
+        pixels = decode(data)
+        if pixels is not None:
+            calls.append(len(data))
+        return pixels
+
+    monkeypatch.setattr(images, "_png_inflated", counted)
+    return calls
+
+
+def test_the_fast_path_reads_what_pillow_reads(tmp_path, spng_calls, inflated):
     paths = _write_cases(tmp_path)
     for path in paths:
         assert images._png_for_imagecodecs(path.read_bytes()), path.name
         got, want = images._read_raw(path), _pillow_only(path)
         assert got[0].dtype == want[0].dtype and np.array_equal(got[0], want[0]), path.name
         assert got[1] == want[1], path.name
-    assert len(spng_calls) == len(paths)  # each one decoded by libspng
+    # each one decoded by ISA-L and the compiled filters where they are here, else by libspng
+    assert len(inflated) == (len(paths) if native.available() else 0)
+    assert len(spng_calls) + len(inflated) == len(paths)
     assert images._read_raw(tmp_path / "exif.png")[1].orientation == 6
     assert images._read_raw(tmp_path / "ours.png")[1].orientation == 3
 
@@ -130,6 +148,70 @@ def test_damaged_pngs_are_named_as_before(tmp_path, spng_calls):
         load_image(tmp_path / "garbage.png")
     assert "garbage.png" in str(raised.value) and str(raised.value) == str(_error(lambda: _pillow_only(tmp_path / "garbage.png")))
     assert len(spng_calls) == 1  # tried on the garbage, then left to Pillow
+
+
+def _paeth(a: int, b: int, c: int) -> int:
+    p = a + b - c
+    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+    return a if pa <= pb and pa <= pc else b if pb <= pc else c
+
+
+def _filtered_png(pixels: np.ndarray, types: list[int], interlace: int = 0) -> bytes:
+    """An 8-bit RGB(A) PNG of ``pixels`` whose row y is filtered with ``types[y]``, as the PNG
+    specification (section 9) writes each filter: plain Python, the reference."""
+    h, w, c = pixels.shape
+    rows, out = pixels.reshape(h, w * c).astype(int), []
+    for y, kind in enumerate(types):
+        cur, up = rows[y], rows[y - 1] if y else np.zeros(w * c, int)
+        left, upleft = np.r_[np.zeros(c, int), cur[:-c]], np.r_[np.zeros(c, int), up[:-c]]
+        guess = {0: 0 * cur, 1: left, 2: up, 3: (left + up) // 2,
+                 4: np.array([_paeth(*abc) for abc in zip(left, up, upleft)], int)}.get(kind, 0 * cur)
+        out.append(bytes([kind]) + ((cur - guess) % 256).astype(np.uint8).tobytes())
+    header = struct.pack(">IIBBBBB", w, h, 8, 2 if c == 3 else 6, 0, 0, interlace)
+    return (images.PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(b"".join(out)))
+            + _chunk(b"IEND", b""))
+
+
+needs_native = pytest.mark.skipif(not native.available(), reason="no compiled ihclib.native here")
+
+
+@needs_native
+@pytest.mark.parametrize("channels", [3, 4])
+@pytest.mark.parametrize("width", [1, 2, 53])
+def test_every_png_filter_is_undone_as_libspng_and_pillow_undo_it(channels, width):
+    rng = np.random.default_rng(width)
+    pixels = rng.integers(0, 256, (40, width, channels), dtype=np.uint8)
+    pixels[5:9] = pixels[4]  # flat runs, where filtered bytes are zero
+    types = [4, 3, 1, 2, 0, *rng.integers(0, 5, 35)]  # each type on the first row (no row above) too
+    for first in range(5):
+        data = _filtered_png(pixels, [first, *types[1:]])
+        got = images._png_inflated(data)
+        assert got is not None and got.dtype == np.uint8 and got.shape == pixels.shape
+        np.testing.assert_array_equal(got, pixels)
+        np.testing.assert_array_equal(got, imagecodecs.spng_decode(data))
+
+
+@needs_native
+def test_the_inflated_path_leaves_anything_amiss_to_libspng_and_pillow(tmp_path):
+    pixels = _pixels()
+    good = _filtered_png(pixels, [1] * len(pixels))
+    assert np.array_equal(images._png_inflated(good), pixels)
+    start = good.index(b"IDAT") - 4
+    bad_crc = good[: start + len(good[start:]) - 12 - 4] + b"\0\0\0\0" + good[-12:]  # the IDAT's CRC
+    assert bad_crc != good and images._png_inflated(bad_crc) is None
+    assert images._png_inflated(_filtered_png(pixels, [1] * 10 + [5] + [1] * 26)) is None  # no filter type 5
+    assert images._png_inflated(good[:-12 - 20] + good[-12:]) is None  # the IDAT cut short
+    rows = _filtered_png(pixels[:-1], [1] * (len(pixels) - 1))  # a row fewer than its header says
+    header = struct.pack(">II", pixels.shape[1], len(pixels)) + rows[24:29]
+    short = rows[:8] + _chunk(b"IHDR", header) + rows[33:]
+    assert images._png_inflated(short) is None
+    with native.disabled():
+        assert images._png_inflated(good) is None  # libspng reads it as before
+    # an interlaced PNG (Adam7): not this path (Pillow's files, read as before)
+    assert images._png_inflated(_filtered_png(pixels, [0] * len(pixels), interlace=1)) is None
+    # such a file is read as before this path: libspng, then Pillow
+    (tmp_path / "crc.png").write_bytes(bad_crc)
+    np.testing.assert_array_equal(load_image(tmp_path / "crc.png").pixels, imagecodecs.spng_decode(bad_crc))
 
 
 def _error(read):

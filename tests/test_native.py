@@ -149,7 +149,7 @@ def test_a_failed_compile_says_why_and_leaves_nothing_behind(monkeypatch, tmp_pa
     fake.write_text("#!/bin/sh\necho 'prefix.c:1: error: broken' >&2\nexit 1\n")
     fake.chmod(0o755)
     monkeypatch.setenv("CC", str(fake))
-    with pytest.raises(RuntimeError, match="failed on prefix.c and trunk.c: prefix.c:1: error: broken"):
+    with pytest.raises(RuntimeError, match="failed on prefix.c, trunk.c and png.c: prefix.c:1: error: broken"):
         native.build()
     assert not list(native.cache_dir().iterdir())  # no half-written library
 

@@ -315,6 +315,7 @@ def command_backend(chosen: str | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Denoise every input; 1 if any failed (each reported on one line), 2 for a bad option."""
+    from ..native import numpy_small_pages
     from ..slides import OUTPUT_TILE, is_slide
 
     if args.block_size <= 0 or args.block_size % OUTPUT_TILE:
@@ -336,6 +337,7 @@ def run(args: argparse.Namespace) -> int:
     image_tile = None if args.tile_size is None and model_tile_size(model) is None else tile_size
     clients: dict = {}
     with ExitStack() as stack:  # the Dask cluster, if a slide needed one, closes at the end
+        stack.enter_context(numpy_small_pages())
         io = stack.enter_context(ThreadPoolExecutor(2, "ihclib-io"))  # one read ahead, one write behind
         files = _Overlapped(args, list(zip(args.inputs, outputs)), io, os.environ.get("IHCLIB_OVERLAP", "1") != "0")
         try:
