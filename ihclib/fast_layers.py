@@ -254,6 +254,7 @@ class CrossChannelPrefix(keras.layers.Layer):
         def run(tile):  # reused arrays only where no tensor still holds them (ihclib.native.prefix)
             return native.prefix(tile, self.windows, self.eps, self.min_clean, compiled_dtype.name, reuse=True)
 
+        native.expect_prefix(tuple(x.shape), compiled_dtype.name)
         outs = tf.numpy_function(run, [tf.cast(x, tf.float32)], [compiled_dtype] + [tf.float32] * 4, stateful=False)
         for out, shape in zip(outs, self.compute_output_shape(tuple(x.shape))):
             out.set_shape(shape)

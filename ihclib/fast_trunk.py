@@ -115,6 +115,7 @@ class UpsampleConcat(keras.layers.Layer):
         def run(u, s):  # reused arrays only where no tensor still holds them (ihclib.native)
             return native.upsample_concat(u, s, self.block, reuse=True)
 
+        native.expect_upsample_concat(tuple(up.shape), tuple(skip.shape), self.block, up.dtype.as_numpy_dtype)
         out = tf.numpy_function(run, [up, skip], up.dtype, stateful=False)
         out.set_shape(self.compute_output_shape((tuple(up.shape), tuple(skip.shape))))
         return out

@@ -202,13 +202,17 @@ def _read_beside_trace(args: argparse.Namespace, src: str, dst: Path, io: Thread
                        tile_size: int | None, multiple: int) -> LoadedImage:
     """:func:`_read_image` in ``io`` while this thread traces the model for the size in the
     file's header (:func:`ihclib.infer.prepare`): a PNG decodes without the GIL, so the two
-    overlap (issue 13). A file that cannot be read or denoised says so from the read or the
-    denoise, as without this."""
+    overlap (issue 13). Then, in ``io`` beside the rest of the read, the compiled layers' output
+    arrays for that tile are made (:func:`ihclib.native.make_expected`). A file that cannot be
+    read or denoised says so from the read or the denoise, as without this."""
     read = io.submit(_read_image, args, src, dst)
     try:
         shape = image_size(src)
         tile, batch = _tiling(args, shape, tile_size, multiple)
         prepare(model, shape, tile, args.overlap, batch, backend=args.backend, multiple=multiple, precision="auto")
+        from ..native import make_expected
+
+        io.submit(make_expected)  # the compiled layers' outputs for this tile, beside the read's end
     except Exception:  # reported by the read or by the denoise itself
         pass
     return read.result()
