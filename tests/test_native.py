@@ -254,11 +254,14 @@ def test_outputs_a_traced_model_will_ask_for_are_made_ahead_and_then_reused(monk
     # issue 13: the first tile spent about 0.08 s faulting in these arrays' pages; ihclib
     # denoise now makes them beside the image's read, once the model is traced
     monkeypatch.setattr(native, "_sets", {})
-    monkeypatch.setattr(native, "_expected", {})
-    native.expect_prefix((1, 24, 40, 3), "bfloat16")
-    native.expect_prefix((None, 24, 40, 3), "bfloat16")  # unknown sizes: nothing to make
-    native.expect_upsample_concat((1, 6, 10, 64), (1, 12, 20, 16), 2, np.float32)
-    assert native.make_expected() == 2 and native.make_expected() == 0  # each made once
+    native.expect_prefix((1, 24, 40, 3), "bfloat16")  # outside noting_expected: not noted
+    with native.noting_expected() as expected:
+        native.expect_prefix((1, 24, 40, 3), "bfloat16")
+        native.expect_prefix((1, 24, 40, 3), "bfloat16")  # noted once
+        native.expect_prefix((None, 24, 40, 3), "bfloat16")  # unknown sizes: nothing to make
+        native.expect_upsample_concat((1, 6, 10, 64), (1, 12, 20, 16), 2, np.float32)
+    assert len(expected) == 2
+    assert native.make_expected(expected) == 2 and native.make_expected(expected) == 0  # each made once
     made = {purpose: [arrays[0].ctypes.data for sets in kept.values() for arrays in sets]
             for purpose, kept in native._sets.items()}
     x = np.random.default_rng(0).random((1, 24, 40, 3), dtype=np.float32)
@@ -270,15 +273,15 @@ def test_outputs_a_traced_model_will_ask_for_are_made_ahead_and_then_reused(monk
 
 
 @needs_compiled
-def test_a_trace_notes_the_compiled_layers_outputs(monkeypatch):
+def test_a_trace_notes_the_compiled_layers_outputs():
     from ihclib.fast_trunk import UpsampleConcat
 
-    monkeypatch.setattr(native, "_expected", {})
     layer = UpsampleConcat()
     fn = tf.function(lambda u, s: layer([u, s]), input_signature=[tf.TensorSpec((1, 6, 10, 64), tf.float32),
                                                                  tf.TensorSpec((1, 12, 20, 16), tf.float32)])
-    fn.get_concrete_function()
-    assert [(purpose, shapes) for purpose, shapes, _ in native._expected] == [("upsample_concat", ((1, 12, 20, 32),))]
+    with native.noting_expected() as expected:
+        fn.get_concrete_function()
+    assert [(purpose, shapes) for purpose, shapes, _, _ in expected] == [("upsample_concat", ((1, 12, 20, 32),))]
 
 
 def test_large_arrays_ask_for_small_pages(monkeypatch):

@@ -209,10 +209,11 @@ def _read_beside_trace(args: argparse.Namespace, src: str, dst: Path, io: Thread
     try:
         shape = image_size(src)
         tile, batch = _tiling(args, shape, tile_size, multiple)
-        prepare(model, shape, tile, args.overlap, batch, backend=args.backend, multiple=multiple, precision="auto")
-        from ..native import make_expected
+        from ..native import make_expected, noting_expected
 
-        io.submit(make_expected)  # the compiled layers' outputs for this tile, beside the read's end
+        with noting_expected() as expected:
+            prepare(model, shape, tile, args.overlap, batch, backend=args.backend, multiple=multiple, precision="auto")
+        io.submit(make_expected, expected)  # the compiled layers' outputs for this tile, beside the read's end
     except Exception:  # reported by the read or by the denoise itself
         pass
     return read.result()

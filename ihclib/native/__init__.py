@@ -316,14 +316,26 @@ def _upsample_request(up_shape: tuple[int, ...], skip_shape: tuple[int, ...], bl
             UPSAMPLE_SHAPES_KEPT)
 
 
-# output sets that traced models will ask for (expect_*), made ahead by make_expected
-_expected: dict = {}
+_noting = threading.local()  # the list that expect_* add to in this thread, inside noting_expected
+
+
+@contextlib.contextmanager
+def noting_expected() -> Iterator[list]:
+    """Within, the compiled layers traced in this thread note in the list yielded the output
+    arrays their calls will ask for (:func:`expect_prefix`, :func:`expect_upsample_concat`), for
+    :func:`make_expected`. Outside, nothing is noted."""
+    noted: list = []
+    before = getattr(_noting, "noted", None)
+    _noting.noted = noted
+    try:
+        yield noted
+    finally:
+        _noting.noted = before
 
 
 def expect_prefix(input_shape: tuple, features_dtype: str) -> None:
-    """Note that a traced model will call :func:`prefix` (``reuse``) on ``input_shape`` (N, H,
-    W, 3): :func:`make_expected` can then make its output arrays ahead. Shapes with unknown
-    sizes are not noted."""
+    """Note (inside :func:`noting_expected`) that a traced model will call :func:`prefix`
+    (``reuse``) on ``input_shape`` (N, H, W, 3). Shapes with unknown sizes are not noted."""
     if len(input_shape) == 4 and all(isinstance(d, int) for d in input_shape):
         dtype = _BFLOAT16 if str(features_dtype) == "bfloat16" else np.dtype(np.float32)
         _expect(_prefix_request(tuple(input_shape[:3]), dtype))
@@ -336,21 +348,23 @@ def expect_upsample_concat(up_shape: tuple, skip_shape: tuple, block: int, dtype
 
 
 def _expect(request: tuple) -> None:
+    noted = getattr(_noting, "noted", None)
     purpose, shapes, dtypes, keys = request
-    _expected[(purpose, tuple(map(tuple, shapes)), tuple(dtypes))] = keys
+    request = (purpose, tuple(map(tuple, shapes)), tuple(dtypes), keys)
+    if noted is not None and request not in noted:
+        noted.append(request)
 
 
-def make_expected() -> int:
+def make_expected(requests: list) -> int:
     """Make (and write to, so that Linux has given them their pages) the output arrays noted
-    by :func:`expect_prefix` and :func:`expect_upsample_concat` and not made yet, for the next
-    calls to reuse; returns how many sets were made. ``ihclib denoise`` runs it beside the read
+    in ``requests`` (:func:`noting_expected`) that are not made yet, for the next calls to
+    reuse; returns how many sets were made. ``ihclib denoise`` runs it beside the read
     of the image once the model is traced: the first tile otherwise spent about 0.08 s on their
     pages (about 290 MB for a 1056 px tile of the bundled model; the 2-core Zen 5), two threads
     faulting them in at once. Each set is offered for reuse only once it is written, so a call
     that comes first makes its own."""
     made = 0
-    while _expected:
-        (purpose, shapes, dtypes), keys = _expected.popitem()
+    for purpose, shapes, dtypes, keys in requests:
         key = (shapes, dtypes)
         with _sets_lock:
             if _sets.get(purpose, {}).get(key):
