@@ -149,7 +149,7 @@ def test_a_failed_compile_says_why_and_leaves_nothing_behind(monkeypatch, tmp_pa
     fake.write_text("#!/bin/sh\necho 'prefix.c:1: error: broken' >&2\nexit 1\n")
     fake.chmod(0o755)
     monkeypatch.setenv("CC", str(fake))
-    with pytest.raises(RuntimeError, match="failed on prefix.c, trunk.c and png.c: prefix.c:1: error: broken"):
+    with pytest.raises(RuntimeError, match="failed on prefix.c, trunk.c, png.c and pixels.c: prefix.c:1: error: broken"):
         native.build()
     assert not list(native.cache_dir().iterdir())  # no half-written library
 
@@ -282,6 +282,28 @@ def test_a_trace_notes_the_compiled_layers_outputs():
     with native.noting_expected() as expected:
         fn.get_concrete_function()
     assert [(purpose, shapes) for purpose, shapes, _, _ in expected] == [("upsample_concat", ((1, 12, 20, 32),))]
+
+
+@needs_compiled
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_float_to_pixels_compiled_is_numpys_bit_for_bit(dtype):
+    from ihclib import images
+
+    rng = np.random.default_rng(1)
+    top = images.PIXEL_TOPS[np.dtype(dtype)]
+    special = np.array([np.nan, -0.0, 0.0, 1.0, -1.0, 2.0, np.inf, -np.inf, 1e-30, 1 - 1e-7], np.float32)
+    ties = ((np.arange(0, int(top)) + 0.5) / top).astype(np.float32)  # at and next to halves
+    values = np.concatenate([special, ties, np.nextafter(ties, 1), np.nextafter(ties, 0),
+                             rng.uniform(-0.2, 1.2, 30000).astype(np.float32)])
+    image = np.resize(values, (97, 113, 3)).astype(np.float32)
+    want = np.zeros((120, 140, 3), dtype)
+    with native.disabled():  # NumPy's passes, the reference
+        images.float_to_pixels(image[5:90, 7:100], want[11:96, 13:106])
+    got = np.zeros_like(want)
+    assert native.float_to_pixels(image[5:90, 7:100], got[11:96, 13:106], top)  # rectangles of images
+    np.testing.assert_array_equal(got, want)
+    assert not native.float_to_pixels(image[:, ::2], got[:97, :57], top)  # rows not contiguous: NumPy's way
+    assert not native.float_to_pixels(image.astype(np.float64), np.zeros(image.shape, dtype), top)
 
 
 def test_large_arrays_ask_for_small_pages(monkeypatch):

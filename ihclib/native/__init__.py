@@ -38,7 +38,7 @@ import numpy as np
 
 ENV_VAR = "IHCLIB_NATIVE"
 SOURCE = Path(__file__).with_name("prefix.c")
-SOURCES = (SOURCE, Path(__file__).with_name("trunk.c"), Path(__file__).with_name("png.c"))  # into one library
+SOURCES = (SOURCE, *(Path(__file__).with_name(name) for name in ("trunk.c", "png.c", "pixels.c")))  # one library
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c99")
 # what prefix.c supports: spatial windows odd and at most 7, the cross-channel and contrast windows 5
 MAX_WINDOW, FIXED_WINDOW = 7, 5
@@ -135,6 +135,9 @@ def _load_locked() -> ctypes.CDLL | None:
     lib.ihclib_upsample_concat_rows.restype = ctypes.c_int
     lib.ihclib_png_unfilter.argtypes = [ctypes.c_void_p, *[ctypes.c_int] * 3, ctypes.c_void_p]
     lib.ihclib_png_unfilter.restype = ctypes.c_int
+    lib.ihclib_float_to_pixels.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+                                           ctypes.c_ssize_t, ctypes.c_int, ctypes.c_float]
+    lib.ihclib_float_to_pixels.restype = ctypes.c_int
     _lib = lib
     return lib
 
@@ -445,6 +448,28 @@ def png_unfilter(raw: bytes, height: int, width: int, channels: int) -> np.ndarr
     out = np.empty((height, width, channels), np.uint8)
     code = lib.ihclib_png_unfilter(src.ctypes.data, height, row_bytes, channels, out.ctypes.data)
     return out if code == 0 else None
+
+
+def float_to_pixels(src: np.ndarray, out: np.ndarray, top: float) -> bool:
+    """``out[...] = round(clip(src, 0, 1) * top)`` in one compiled pass (``pixels.c``), for a
+    float32 ``src`` and a uint8 / uint16 ``out`` of the same shape, each with every row (the
+    last two axes of a 3-D array, the last of a 2-D one) contiguous, as a rectangle of an image
+    is; False (nothing written) where that does not hold or the compiled code is not available."""
+    lib = _load() if available() else None
+    if (lib is None or src.dtype != np.float32 or out.dtype not in (np.uint8, np.uint16) or src.shape != out.shape
+            or src.ndim not in (2, 3) or src.size == 0 or not out.flags.writeable):
+        return False
+    inner = src.shape[1:]
+    row_len = int(np.prod(inner))
+
+    def rows_contiguous(a: np.ndarray) -> bool:
+        return a[0].flags.c_contiguous and a.strides[0] % a.itemsize == 0
+
+    if not (rows_contiguous(src) and rows_contiguous(out)):
+        return False
+    code = lib.ihclib_float_to_pixels(src.ctypes.data, src.strides[0] // src.itemsize, src.shape[0], row_len,
+                                      out.ctypes.data, out.strides[0] // out.itemsize, out.itemsize, float(top))
+    return code == 0
 
 
 def upsample_concat(up: np.ndarray, skip: np.ndarray, block: int = 2, threads: int | None = None,
