@@ -628,7 +628,7 @@ def _denoise_cli_once(model_path: str | Path, image_path: Path, out_dir: Path, c
     if not found:
         raise RuntimeError(f"ihclib denoise did not report its time:\n{output[-2000:]}")
     seconds = float(found.group(1))
-    if seconds <= 0:  # the command prints tenths of a second
+    if seconds <= 0:  # the command prints hundredths of a second
         raise RuntimeError(f"ihclib denoise reported {seconds} s: the image is too small to time")
     return {"backend": backend, "size": size, "tile": tile, "batch": batch, "options": " ".join(options) or "defaults",
             "tiles": len(tile_starts(max(size, tile), tile, cfg.denoise_overlap)) ** 2,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -45,7 +47,8 @@ def test_dtype_kept(tmp_path, identity_model, ext, dtype, capsys):
     out = load_image(tmp_path / f"out{ext}")
     assert out.dtype == dtype and out.alpha is None
     assert np.array_equal(np.round(out.rgb * np.iinfo(dtype).max).astype(dtype), pixels)
-    assert "out" in capsys.readouterr().out
+    line = capsys.readouterr().out
+    assert "out" in line and re.search(r"\(70x45, uint(8|16), \d+\.\d\d s\)$", line.strip())  # hundredths
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
