@@ -892,6 +892,22 @@ def bench_tile_pipeline(model, cfg: Config) -> dict:
 # ---------------------------------------------------------------- the run
 
 
+def keep_higher_peak(peak: dict, again: dict) -> dict:
+    """``peak`` (the run's first measurement) updated in place with a second one, ``again``
+    (:func:`measure_peak`'s dict): each peak becomes the higher of the two, both kept
+    (``measurements``). The peak is what the hardware can do; one measurement taken while the
+    shared machine ran slow made every share of that run look better (issue 13: a bf16 peak of
+    805 GFLOP/s where other runs measured 888-935 put the command at 61.1 % instead of about 55)."""
+    first = {k: peak[k] for k in ("peak_gflops", "peak_source", "bf16_peak_gflops")}
+    second = {k: again[k] for k in ("peak_gflops", "peak_source", "bf16_peak_gflops")}
+    if again["peak_gflops"] > peak["peak_gflops"]:
+        peak.update({k: v for k, v in again.items() if k not in ("gemm", "bf16_peak_gflops")})
+    peak["bf16_peak_gflops"] = max(first["bf16_peak_gflops"], second["bf16_peak_gflops"])
+    peak["gemm_again"] = again["gemm"]
+    peak["measurements"] = [first, second]
+    return peak
+
+
 class RatioError(RuntimeError):
     """A share of a peak above 100 %: the FLOP accounting or the peak is wrong."""
 
@@ -941,6 +957,11 @@ def whole_image_section(result: dict, cfg: Config, log: Callable[[str], None]) -
         src = write_test_image(Path(tmp) / f"noisy_{cfg.denoise_size}.png", image)
         png_mb = round(src.stat().st_size / 1e6, 1)
         run = bench_denoise_cli(path, src, Path(tmp), cfg, INPUT_MULTIPLE[arch])  # as a user runs it
+        theory = result["theoretical"]  # the peaks again, beside the command's runs: the higher counts
+        keep_higher_peak(peak, measure_peak(cfg.gemm_sizes, cfg.gemm_repeats, theory["fp32_gflops"],
+                                            bool(theory["bf16_gflops"]), theory["clock_is_max"]))
+        log(f"peak measured again: {peak['measurements'][1]['peak_gflops']} GFLOP/s float32, "
+            f"{peak['measurements'][1]['bf16_peak_gflops']} bf16; kept {peak['peak_gflops']}, {peak['bf16_peak_gflops']}")
         # the fixed tiling the command used before auto_tiling: more overlap recomputed
         fixed = bench_denoise_cli(path, src, Path(tmp), cfg, INPUT_MULTIPLE[arch], tile=cfg.tile_size,
                                   batch=cfg.denoise_batch)
@@ -1133,8 +1154,18 @@ def _machine_text(result: dict) -> str:
             f"**{th['fp32_gflops']} GFLOP/s**; measured peak (best float32 GEMM of NumPy and TensorFlow, "
             f"n = {', '.join(str(n) for n in result['config']['gemm_sizes'])}): **{peak['peak_gflops']} GFLOP/s** "
             f"({peak['peak_source']}, {_theory_share(th, peak)}); TensorFlow's best bfloat16 GEMM "
-            f"{peak['bf16_peak_gflops']} GFLOP/s. Shares below are of the measured float32 peak, for bf16 paths of "
-            "the higher of the two.")
+            f"{peak['bf16_peak_gflops']} GFLOP/s{_peak_runs(peak)}. Shares below are of the measured float32 peak, "
+            "for bf16 paths of the higher of the two.")
+
+
+def _peak_runs(peak: dict) -> str:
+    """How the two measurements of the peaks went (:func:`keep_higher_peak`), where there were two."""
+    runs = peak.get("measurements")
+    if not runs:
+        return ""
+    return (" (each the higher of two measurements, at the start and beside the command's runs: float32 "
+            + " / ".join(str(r["peak_gflops"]) for r in runs) + ", bfloat16 "
+            + " / ".join(str(r["bf16_peak_gflops"]) for r in runs) + ")")
 
 
 def _frontier_rows(result: dict, key: str = "width_frontier") -> list[tuple[str, str, str, str]]:
