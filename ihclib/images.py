@@ -217,6 +217,19 @@ def _pil_meta(im, header_only: bool = False) -> ImageMeta:
 _PNG_META = (b"eXIf", b"tEXt", b"zTXt", b"iTXt")  # EXIF, or XMP / raw EXIF in text: orientation
 
 
+def _png_chunks(data: bytes):
+    """(type, offset, data length) of each chunk of a PNG after its signature, in order; a chunk
+    that runs past the end of ``data`` ends them as (None, offset, length)."""
+    pos = 8
+    while pos + 12 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        if pos + 12 + length > len(data):
+            yield None, pos, length
+            return
+        yield kind, pos, length
+        pos += 12 + length
+
+
 def _png_for_imagecodecs(data: bytes) -> bool:
     """Whether libspng (through imagecodecs) may decode this PNG instead of Pillow: 8-bit RGB or
     RGBA without a transparent colour, every chunk whole, and no metadata that :func:`_pil_meta`
@@ -230,11 +243,9 @@ def _png_for_imagecodecs(data: bytes) -> bool:
     """
     if len(data) < 33 or data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR" or data[24] != 8 or data[25] not in (2, 6):
         return False
-    pos, seen_idat = 8, False
-    while pos + 12 <= len(data):
-        length, kind = struct.unpack_from(">I4s", data, pos)
-        pos += 12 + length
-        if pos > len(data):
+    seen_idat = False
+    for kind, _, _ in _png_chunks(data):
+        if kind is None:
             return False  # cut short: Pillow names it truncated
         if kind == b"IDAT":
             seen_idat = True
@@ -283,10 +294,9 @@ def _png_inflated(data: bytes) -> np.ndarray | None:
 
     width, height = struct.unpack_from(">II", data, 16)
     channels = 3 if data[25] == 2 else 4
-    idat, pos = [], 8
-    while pos + 12 <= len(data):
-        length, kind = struct.unpack_from(">I4s", data, pos)
-        if pos + 12 + length > len(data):
+    idat = []
+    for kind, pos, length in _png_chunks(data):
+        if kind is None:
             return None
         body = memoryview(data)[pos + 4 : pos + 8 + length]  # the type and the data, as the CRC covers
         if kind in (b"IHDR", b"IDAT"):
@@ -296,7 +306,6 @@ def _png_inflated(data: bytes) -> np.ndarray | None:
                 idat.append(body[4:])
         elif kind == b"IEND":
             break
-        pos += 12 + length
     size = height * (width * channels + 1)
     try:
         raw = deflate.decompress(idat[0] if len(idat) == 1 else b"".join(idat), bufsize=size)

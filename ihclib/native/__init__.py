@@ -284,10 +284,7 @@ def _reused(purpose: str, shapes: list[tuple[int, ...]], dtypes: list, reuse: bo
         return tuple(made())
     key = (tuple(shapes), tuple(map(np.dtype, dtypes)))
     with _sets_lock:  # taken here (the tuple holds them) before another thread can look
-        kept = _sets.setdefault(purpose, {})
-        if key not in kept and len(kept) >= keys:
-            kept.pop(next(iter(kept)))  # the shape asked for longest ago
-        sets = kept.setdefault(key, [])
+        sets = _sets_for(purpose, key, keys)
         for arrays in sets:
             # TensorFlow holds a reference to each array it took without a copy for as long as
             # its tensor lives: a set it still holds is never written again
@@ -305,6 +302,15 @@ def _prefix_request(shape: tuple[int, int, int], features_dtype: np.dtype) -> tu
     n, height, width = shape
     dtypes = [np.dtype(features_dtype), *[np.dtype(np.float32)] * 4]
     return "prefix", [(n, height, width, k) for k in (FEATURES, 3, 3, 3, 6)], dtypes, 1
+
+
+def _sets_for(purpose: str, key: tuple, keys: int) -> list:
+    """The output sets kept for ``purpose`` and ``key`` (shapes, dtypes); a new key drops the one
+    asked for longest ago beyond ``keys``. The caller holds ``_sets_lock``."""
+    kept = _sets.setdefault(purpose, {})
+    if key not in kept and len(kept) >= keys:
+        kept.pop(next(iter(kept)))
+    return kept.setdefault(key, [])
 
 
 def _output_arrays(shape: tuple[int, int, int], features_dtype: np.dtype, reuse: bool) -> tuple[np.ndarray, ...]:
@@ -376,10 +382,7 @@ def make_expected(requests: list) -> int:
         for a in arrays:
             a.reshape(-1).view(np.uint8)[::4096] = 0  # a byte a page: each page given now
         with _sets_lock:
-            kept = _sets.setdefault(purpose, {})
-            if key not in kept and len(kept) >= keys:
-                kept.pop(next(iter(kept)))
-            sets = kept.setdefault(key, [])
+            sets = _sets_for(purpose, key, keys)
             if len(sets) < MAX_SETS:
                 sets.append(arrays)
                 made += 1
