@@ -57,16 +57,57 @@ def subpixel_weights(kernel: np.ndarray, bias: np.ndarray | None, strides: tuple
     return weights, full_bias.astype(kernel.dtype), [[0, 0], [top, bottom], [left, right], [0, 0]]
 
 
+def phase_windows(kernel_hw: tuple[int, int], strides: tuple[int, int]) -> list[tuple[slice, slice, list]] | None:
+    """Per output phase a * sx + b of :func:`subpixel_weights`' convolution, the rows and columns
+    of its kernel that the phase uses (the others are its zeros) and the explicit padding of a
+    convolution with only those taps: that convolution gives the phase's channels, computing no
+    products with the zeros. None where a phase uses no tap (e.g. kernel 1, stride 2)."""
+    windows = []
+    axes = []
+    for k, s in zip(kernel_hw, strides):
+        taps, before, _ = _phase_taps(k, s)
+        axes.append([(min(o for o, _ in taps[a]), max(o for o, _ in taps[a]), before) if taps[a] else None
+                     for a in range(s)])
+    for rows in axes[0]:
+        for cols in axes[1]:
+            if rows is None or cols is None:
+                return None
+            (r0, r1, top), (c0, c1, left) = rows, cols
+            # offsets r0..r1 are contiguous (consecutive taps); a window ending before the pixel
+            # (r1 < 0) or starting after it (r0 > 0) would need a crop, which 'same' kernels do not
+            if r0 > 0 or r1 < 0 or c0 > 0 or c1 < 0:
+                return None
+            windows.append((slice(r0 + top, r1 + top + 1), slice(c0 + left, c1 + left + 1),
+                            [[0, 0], [-r0, r1], [-c0, c1], [0, 0]]))
+    return windows
+
+
 @keras.saving.register_keras_serializable(package="ihclib")
 class SubpixelConvTranspose(keras.layers.Layer):
     """A 'same' ``Conv2DTranspose`` with equal strides, and the LeakyReLU after it where
     ``negative_slope`` is given, as one convolution (bias and activation fused by oneDNN) and a
-    depth-to-space (:func:`subpixel_weights`). Same results up to the order of the sums."""
+    depth-to-space (:func:`subpixel_weights`). Same results up to the order of the sums.
+
+    ``phases_kernel`` (the transposed convolution's kernel height and width; only with
+    ``depth_to_space`` False, for an :class:`UpsampleConcat`): each phase as a convolution of its
+    own with only the taps it uses (:func:`phase_windows`), returned as a list of block * block
+    tensors. One convolution into all phases multiplies by the zeros too: 16 taps for the 9 of a
+    3x3 kernel at stride 2. In a 1056 px tile of the bundled model its two such convolutions
+    took 5.0 and 10.0 ms, as four convolutions each 4.1 and 6.9 ms (oneDNN's log; 2-core Zen 5)."""
 
     def __init__(self, filters: int, kernel_shape: tuple[int, int, int, int], padding: list[list[int]],
-                 block: int = 2, negative_slope: float | None = None, depth_to_space: bool = True, **kwargs):
+                 block: int = 2, negative_slope: float | None = None, depth_to_space: bool = True,
+                 phases_kernel: tuple[int, int] | None = None, **kwargs):
         super().__init__(**kwargs)
         self.filters, self.block, self.depth_to_space = int(filters), int(block), bool(depth_to_space)
+        self.phases_kernel = None if phases_kernel is None else tuple(int(k) for k in phases_kernel)
+        self.windows = None
+        if self.phases_kernel is not None:
+            if self.depth_to_space:
+                raise ValueError("phases_kernel gives the phases apart: only with depth_to_space=False")
+            self.windows = phase_windows(self.phases_kernel, (self.block, self.block))
+            if self.windows is None:
+                raise ValueError(f"a phase of kernel {self.phases_kernel} at stride {self.block} uses no tap")
         self.kernel_shape = tuple(int(d) for d in kernel_shape)
         self.padding = [[int(a), int(b)] for a, b in padding]
         self.negative_slope = None if negative_slope is None else float(negative_slope)
@@ -75,15 +116,25 @@ class SubpixelConvTranspose(keras.layers.Layer):
         self.kernel = self.add_weight(shape=self.kernel_shape, initializer="zeros", name="kernel")
         self.bias = self.add_weight(shape=(self.kernel_shape[-1],), initializer="zeros", name="bias")
 
+    def _conv(self, x, kernel, bias, padding):
+        y = tf.nn.bias_add(tf.nn.conv2d(x, tf.cast(kernel, x.dtype), 1, padding), tf.cast(bias, x.dtype))
+        return y if self.negative_slope is None else tf.nn.leaky_relu(y, self.negative_slope)
+
     def call(self, x):
-        y = tf.nn.conv2d(x, tf.cast(self.kernel, x.dtype), 1, self.padding)
-        y = tf.nn.bias_add(y, tf.cast(self.bias, x.dtype))
-        if self.negative_slope is not None:
-            y = tf.nn.leaky_relu(y, self.negative_slope)
+        if self.windows is not None:  # each phase's own taps, its channels of the kernel and bias
+            # (TensorFlow runs the four side by side; chained by control dependencies, one after
+            # another, their LeakyReLUs were no longer fused: 4.3 ms more a tile, 2-core Zen 5)
+            out = self.filters
+            return [self._conv(x, self.kernel[rows, cols, :, p * out : (p + 1) * out],
+                               self.bias[p * out : (p + 1) * out], padding)
+                    for p, (rows, cols, padding) in enumerate(self.windows)]
+        y = self._conv(x, self.kernel, self.bias, self.padding)
         return tf.nn.depth_to_space(y, self.block) if self.depth_to_space else y
 
     def compute_output_shape(self, input_shape):
         n, h, w, _ = input_shape
+        if self.windows is not None:
+            return [(n, h, w, self.filters)] * len(self.windows)
         if not self.depth_to_space:  # the phases as channels, for an UpsampleConcat to put in place
             return (n, h, w, self.kernel_shape[-1])
         b = self.block
@@ -92,7 +143,7 @@ class SubpixelConvTranspose(keras.layers.Layer):
     def get_config(self) -> dict:
         return {**super().get_config(), "filters": self.filters, "kernel_shape": self.kernel_shape,
                 "padding": self.padding, "block": self.block, "negative_slope": self.negative_slope,
-                "depth_to_space": self.depth_to_space}
+                "depth_to_space": self.depth_to_space, "phases_kernel": self.phases_kernel}
 
 
 @keras.saving.register_keras_serializable(package="ihclib")
@@ -101,32 +152,61 @@ class UpsampleConcat(keras.layers.Layer):
     put in place beside the U-Net's skip. ``compiled``: in one pass by :mod:`ihclib.native`
     (``trunk.c``, run as a NumPy function, the same bits) where it is built, else TensorFlow's
     two passes. On a 1056 px tile of the bundled model the two passes took 20 ms, and the
-    trunk 7-8 ms less in one (2-core Zen 5, in process)."""
+    trunk 7-8 ms less in one (2-core Zen 5, in process).
 
-    def __init__(self, block: int = 2, compiled: bool = True, **kwargs):
+    ``conv``: the :class:`SubpixelConvTranspose` that makes ``up`` (with ``phases_kernel``: its
+    phases apart, one convolution each), called here on the first input: a Keras functional
+    graph gives a layer one tensor per output it had, so the phases cannot travel between two
+    layers as a list."""
+
+    def __init__(self, block: int = 2, compiled: bool = True, conv: SubpixelConvTranspose | dict | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.block, self.compiled = int(block), bool(compiled)
+        self.conv = keras.saving.deserialize_keras_object(conv) if isinstance(conv, dict) else conv
+
+    def build(self, input_shape):
+        if self.conv is not None and not self.conv.built:
+            self.conv.build(input_shape[0])
 
     def call(self, inputs):
         up, skip = inputs
+        if self.conv is not None:
+            up = self.conv(up)
+        apart = isinstance(up, (list, tuple))  # the phases, each its own tensor
         if not (self.compiled and native.available()):
-            return tf.concat([tf.nn.depth_to_space(up, self.block), skip], -1)
+            return tf.concat([tf.nn.depth_to_space(tf.concat(up, -1) if apart else up, self.block), skip], -1)
+        phases = list(up) if apart else [up]
 
-        def run(u, s):  # reused arrays only where no tensor still holds them (ihclib.native)
-            return native.upsample_concat(u, s, self.block, reuse=True)
+        def run(*arrays):  # reused arrays only where no tensor still holds them (ihclib.native)
+            *u, s = arrays
+            return native.upsample_concat(u if apart else u[0], s, self.block, reuse=True)
 
-        native.expect_upsample_concat(tuple(up.shape), tuple(skip.shape), self.block, up.dtype.as_numpy_dtype)
-        out = tf.numpy_function(run, [up, skip], up.dtype, stateful=False)
-        out.set_shape(self.compute_output_shape((tuple(up.shape), tuple(skip.shape))))
+        n, h, w, c = phases[0].shape
+        up_shape = (n, h, w, None if c is None else c * len(phases))
+        native.expect_upsample_concat(up_shape, tuple(skip.shape), self.block, phases[0].dtype.as_numpy_dtype)
+        out = tf.numpy_function(run, [*phases, skip], phases[0].dtype, stateful=False)
+        out.set_shape(self._output_shape(up_shape, tuple(skip.shape)))
         return out
 
-    def compute_output_shape(self, input_shape):
-        (n, h, w, c), skip = input_shape
+    def _output_shape(self, up, skip):
+        n, h, w, c = up
         b = self.block
-        return (n, None if h is None else h * b, None if w is None else w * b, c // (b * b) + skip[-1])
+        return (n, None if h is None else h * b, None if w is None else w * b,
+                None if c is None else c // (b * b) + skip[-1])
+
+    def compute_output_shape(self, input_shape):
+        up, skip = input_shape
+        if self.conv is not None:
+            up = self.conv.compute_output_shape(up)
+        if isinstance(up[0], (list, tuple)):  # the phases apart (a list of shapes)
+            n, h, w, c = up[0]
+            up = (n, h, w, None if c is None else c * len(up))
+        return self._output_shape(tuple(up), tuple(skip))
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "block": self.block, "compiled": self.compiled}
+        conv = None if self.conv is None else keras.saving.serialize_keras_object(self.conv)
+        return {**super().get_config(), "block": self.block, "compiled": self.compiled, "conv": conv}
 
 
 def _rewritable(layer: keras.layers.Layer) -> bool:
@@ -184,6 +264,7 @@ def rewrite_trunk(model: keras.Model, compiled: bool = True) -> keras.Model:
     consumers, inputs, outputs = graph
     replaced: dict[str, keras.layers.Layer] = {}
     absorbed: set[str] = set()
+    passed: set[str] = set()  # transposed convolutions now called by the concatenation after them
     for layer in model.layers:
         if not _rewritable(layer) or id(layer) not in outputs:  # (not on the way to the outputs)
             continue
@@ -199,10 +280,18 @@ def rewrite_trunk(model: keras.Model, compiled: bool = True) -> keras.Model:
                   and len(inputs[id(concat)]) == 2 and inputs[id(concat)][0] is output)
         kernel, *rest = layer.get_weights()
         weights, bias, padding = subpixel_weights(kernel, rest[0] if rest else None, layer.strides)
+        # joined to a compiled concatenation: each phase its own convolution, without the zero taps
+        apart = joined and compiled and native.available() and phase_windows(kernel.shape[:2], layer.strides) is not None
         new = SubpixelConvTranspose(layer.filters, weights.shape, padding, block, slope, depth_to_space=not joined,
-                                    dtype=layer.dtype_policy, name=layer.name)
+                                    phases_kernel=kernel.shape[:2] if apart else None, dtype=layer.dtype_policy,
+                                    name=layer.name)
         new.build(None)
         new.set_weights([weights, bias])
+        if apart:  # the concatenation calls it (its phases are several tensors); here, its input passes
+            passed.add(layer.name)
+            replaced[concat.name] = UpsampleConcat(block, compiled, conv=new, dtype=concat.dtype_policy,
+                                                   name=concat.name)
+            continue
         replaced[layer.name] = new
         if joined:
             replaced[concat.name] = UpsampleConcat(block, compiled, dtype=concat.dtype_policy, name=concat.name)
@@ -212,7 +301,7 @@ def rewrite_trunk(model: keras.Model, compiled: bool = True) -> keras.Model:
     def call(layer, *args, **kwargs):
         if layer.name in replaced:
             return replaced[layer.name](*args, **kwargs)
-        if layer.name in absorbed:  # its activation is now inside the layer before it
+        if layer.name in absorbed or layer.name in passed:  # now inside the layer before / after it
             return args[0]
         return layer(*args, **kwargs)
 

@@ -101,8 +101,10 @@ def check_fused_copy(model, x):
     assert not (set(fast.FAST_VARIANTS) | set(fast.FAST_VARIANTS.values())) & kinds
     assert all(layer.dtype_policy.name == "float32" for layer in whole.layers)
     # the same weights, but for the transposed convolutions' zero taps (ihclib.fast_trunk)
-    extra = sum(layer.count_params() - model.get_layer(layer.name).count_params() for layer in whole.layers
-                if isinstance(layer, SubpixelConvTranspose))
+    # (inside the concatenation after them where each phase is a convolution of its own)
+    subpixel = [layer for layer in whole.layers if isinstance(layer, SubpixelConvTranspose)]
+    subpixel += [layer.conv for layer in whole.layers if getattr(layer, "conv", None) is not None]
+    extra = sum(layer.count_params() - model.get_layer(layer.name).count_params() for layer in subpixel)
     assert len(whole.layers) < len(model.layers) and whole.count_params() == model.count_params() + extra
     got = whole(x).numpy()
     np.testing.assert_array_equal(got[unflagged], x[unflagged])  # the gate stays exact

@@ -31,7 +31,7 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import ml_dtypes  # installed with TensorFlow
 import numpy as np
@@ -130,8 +130,9 @@ def _load_locked() -> ctypes.CDLL | None:
     lib.ihclib_prefix_rows.argtypes = [f32, *[ctypes.c_int] * 6, ctypes.POINTER(ctypes.c_int), ctypes.c_int,
                                        ctypes.c_float, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, f32, f32, f32, f32]
     lib.ihclib_prefix_rows.restype = ctypes.c_int
-    lib.ihclib_upsample_concat_rows.argtypes = [ctypes.c_void_p, *[ctypes.c_int] * 3, ctypes.c_void_p, *[ctypes.c_int] * 3,
-                                                ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.ihclib_upsample_concat_rows.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, *[ctypes.c_int] * 3,
+                                                ctypes.c_void_p, *[ctypes.c_int] * 3, ctypes.c_void_p, ctypes.c_int,
+                                                ctypes.c_int]
     lib.ihclib_upsample_concat_rows.restype = ctypes.c_int
     lib.ihclib_png_unfilter.argtypes = [ctypes.c_void_p, *[ctypes.c_int] * 3, ctypes.c_void_p]
     lib.ihclib_png_unfilter.restype = ctypes.c_int
@@ -437,6 +438,7 @@ def prefix(x: np.ndarray, windows=(3, 5, 7), eps: float = 1e-3, min_clean: int =
 
 # the trunk's levels: a U-Net's way up concatenates once per level (the bundled model: 2)
 UPSAMPLE_SHAPES_KEPT = 4
+MAX_BLOCK = 8  # trunk.c's largest upsampling factor
 
 
 def png_unfilter(raw: bytes, height: int, width: int, channels: int) -> np.ndarray | None:
@@ -475,32 +477,47 @@ def float_to_pixels(src: np.ndarray, out: np.ndarray, top: float) -> bool:
     return code == 0
 
 
-def upsample_concat(up: np.ndarray, skip: np.ndarray, block: int = 2, threads: int | None = None,
-                    reuse: bool = False) -> np.ndarray:
+def upsample_concat(up: np.ndarray | Sequence[np.ndarray], skip: np.ndarray, block: int = 2,
+                    threads: int | None = None, reuse: bool = False) -> np.ndarray:
     """``concat([depth_to_space(up, block), skip], -1)`` of (N, H, W, block**2 * CU) and (N,
     block * H, block * W, CS) arrays of one dtype, in one pass (``trunk.c``): the same bits as
-    ``tf.nn.depth_to_space`` (DCR order) and ``tf.concat``. Bands of rows run in ``threads``
-    threads. ``reuse``: as :func:`prefix`'s (the bundled model's full-resolution output is 143 MB)."""
+    ``tf.nn.depth_to_space`` (DCR order) and ``tf.concat``. ``up`` may also be its block**2
+    phases as arrays of their own, each (N, H, W, CU), phase a * block + b going to pixels
+    (block * y + a, block * x + b) (what ``tf.concat(phases, -1)`` would put side by side,
+    without that pass). Bands of rows run in ``threads`` threads. ``reuse``: as :func:`prefix`'s
+    (the bundled model's full-resolution output is 143 MB)."""
     lib = _load()
     if lib is None:
         raise RuntimeError(f"the compiled library is not available: {_error}")
-    up, skip = np.ascontiguousarray(up), np.ascontiguousarray(skip)
-    n, h, w, c4 = up.shape
-    if up.dtype != skip.dtype or c4 % (block * block) or skip.shape[:3] != (n, block * h, block * w):
-        raise ValueError(f"cannot put {up.shape} {up.dtype} up by {block} beside {skip.shape} {skip.dtype}")
-    cu, cs = c4 // (block * block), skip.shape[-1]
-    (out,) = _reused("upsample_concat", [(n, block * h, block * w, cu + cs)], [up.dtype], reuse,
+    skip = np.ascontiguousarray(skip)
+    apart = not isinstance(up, np.ndarray)
+    phases = [np.ascontiguousarray(p) for p in up] if apart else [np.ascontiguousarray(up)]
+    shapes = {p.shape for p in phases}
+    n, h, w, c = phases[0].shape
+    c4 = c * len(phases)
+    if (len(shapes) > 1 or any(p.dtype != skip.dtype for p in phases) or c4 % (block * block)
+            or skip.shape[:3] != (n, block * h, block * w) or (apart and len(phases) != block * block)
+            or block > MAX_BLOCK):
+        got = [p.shape for p in phases] if apart else phases[0].shape
+        raise ValueError(f"cannot put {got} {phases[0].dtype} up by {block} beside {skip.shape} {skip.dtype}")
+    cu, cs, size = c4 // (block * block), skip.shape[-1], skip.dtype.itemsize
+    (out,) = _reused("upsample_concat", [(n, block * h, block * w, cu + cs)], [skip.dtype], reuse,
                      UPSAMPLE_SHAPES_KEPT)
     rows = block * h
     threads = threads or _threads()
+    # each phase's first pixel and the bytes from one pixel to the next
+    pixel = cu * size if apart else c4 * size
+    bases = [(ctypes.c_void_p * (block * block))(
+        *([p[i].ctypes.data for p in phases] if apart else
+          [phases[0][i].ctypes.data + k * cu * size for k in range(block * block)])) for i in range(n)]
     jobs = [(i, a, b) for i in range(n) for a, b in _bands(rows, threads)]
 
     def run(job) -> int:
         i, r0, r1 = job
-        return lib.ihclib_upsample_concat_rows(up[i].ctypes.data, h, w, cu, skip[i].ctypes.data, cs, block,
-                                               up.dtype.itemsize, out[i].ctypes.data, r0, r1)
+        return lib.ihclib_upsample_concat_rows(bases[i], pixel, h, w, cu, skip[i].ctypes.data, cs, block, size,
+                                               out[i].ctypes.data, r0, r1)
 
     codes = _run_all(run, jobs, threads)
     if any(codes):
-        raise RuntimeError(f"compiled upsample_concat failed (code {min(codes)}) on {up.shape}, {skip.shape}")
+        raise RuntimeError(f"compiled upsample_concat failed (code {min(codes)}) on {phases[0].shape}, {skip.shape}")
     return out
