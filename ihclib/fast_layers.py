@@ -285,14 +285,24 @@ def _head(x, flag, spatial, xc, contrast_sums, counts, heads):
 class CrossChannelHead(keras.layers.Layer):
     """crosschannel_unet's output from its prefix and its three 1x1 heads (stacked as channels
     by :func:`merged_heads`), fused: input + flag * sigmoid(mask logit) * (fill - input) (see
-    :func:`ihclib.model.build_crosschannel_unet`)."""
+    :func:`ihclib.model.build_crosschannel_unet`). ``compiled``: by :mod:`ihclib.native`
+    (``head.c``, run as a NumPy function) where it is built, else as one XLA cluster. Both take
+    about 3.5 ms of a 1056 px tile of the bundled model, but XLA's first call in a process spent
+    about 30 ms more of a core converting the cluster and loading its code (2-core Zen 5)."""
 
-    def __init__(self, contrast_window: int = 5, **kwargs):
+    def __init__(self, contrast_window: int = 5, compiled: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.contrast_window = int(contrast_window)
+        self.contrast_window, self.compiled = int(contrast_window), bool(compiled)
 
     def call(self, inputs):
         x, flag, spatial, xc, contrast_sums, heads = inputs
+        if self.compiled and heads.dtype in (tf.float32, tf.bfloat16) and native.available():
+            def run(*arrays):  # reused arrays only where no tensor still holds them (ihclib.native)
+                return native.head(*arrays, window=self.contrast_window, reuse=True)
+
+            out = tf.numpy_function(run, [x, flag, spatial, xc, contrast_sums, heads], tf.float32, stateful=False)
+            out.set_shape(x.shape)
+            return out
         counts = window_counts(tf.shape(x)[1], tf.shape(x)[2], self.contrast_window)
         return _head(x, flag, spatial, xc, contrast_sums, counts, tf.cast(heads, tf.float32))
 
@@ -300,7 +310,7 @@ class CrossChannelHead(keras.layers.Layer):
         return tuple(input_shape[0])
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "contrast_window": self.contrast_window}
+        return {**super().get_config(), "contrast_window": self.contrast_window, "compiled": self.compiled}
 
 
 HEAD_CONVOLUTIONS = ("mask_logit", "correction_in_contrast_units", "spatial_share_logit")
@@ -372,7 +382,7 @@ def fuse_crosschannel(model: keras.Model, compiled_prefix: bool = True) -> keras
             heads = seen["heads"]
             if block > 1:
                 heads = DepthToSpace(block, name="full_resolution_heads")(heads)
-            return CrossChannelHead(contrast.window, name="fused_head")(
+            return CrossChannelHead(contrast.window, compiled_prefix, name="fused_head")(
                 [x, flag, spatial_fill, xc, contrast_sums, heads])
         return layer(*args, **kwargs)
 

@@ -149,7 +149,7 @@ def test_a_failed_compile_says_why_and_leaves_nothing_behind(monkeypatch, tmp_pa
     fake.write_text("#!/bin/sh\necho 'prefix.c:1: error: broken' >&2\nexit 1\n")
     fake.chmod(0o755)
     monkeypatch.setenv("CC", str(fake))
-    with pytest.raises(RuntimeError, match="failed on prefix.c, trunk.c, png.c and pixels.c: prefix.c:1: error: broken"):
+    with pytest.raises(RuntimeError, match="failed on prefix.c, trunk.c, png.c, pixels.c and head.c: prefix.c:1: error: broken"):
         native.build()
     assert not list(native.cache_dir().iterdir())  # no half-written library
 
@@ -282,6 +282,41 @@ def test_a_trace_notes_the_compiled_layers_outputs():
     with native.noting_expected() as expected:
         fn.get_concrete_function()
     assert [(purpose, shapes) for purpose, shapes, _, _ in expected] == [("upsample_concat", ((1, 12, 20, 32),))]
+
+
+@needs_compiled
+@pytest.mark.parametrize("heads_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("window", [3, 5])
+def test_compiled_head_matches_the_xla_head_and_keeps_the_gate_exact(heads_dtype, window):
+    from ihclib import fast_layers
+
+    x = noisy((2, 45, 61), 8)
+    prefix = [t.numpy() for t in CrossChannelPrefix(contrast_window=window)(tf.constant(x))]
+    _, flag, spatial, xc, sums = prefix
+    assert 0 < np.count_nonzero(flag) < flag.size  # some values flagged, not all
+    heads = tf.cast(tf.constant(np.random.default_rng(8).normal(0, 2, (2, 45, 61, 9)).astype(np.float32)),
+                    heads_dtype).numpy()
+    counts = fast_layers.window_counts(45, 61, window)
+    want = fast_layers._head(x, flag, spatial, xc, sums, counts, tf.cast(heads, tf.float32)).numpy()
+    got = native.head(x, flag, spatial, xc, sums, heads, window=window)
+    assert got.dtype == np.float32 and got.shape == x.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # expf's sigmoid, XLA's: rounding apart
+    assert not np.allclose(got[flag > 0], x[flag > 0])  # the flagged values are restored
+    np.testing.assert_array_equal(got[flag == 0], x[flag == 0])  # the hard gate: x exactly
+
+
+@needs_compiled
+def test_compiled_head_refuses_what_does_not_fit():
+    x = np.zeros((1, 8, 8, 3), np.float32)
+    parts = [x, x, x, x, np.zeros((1, 8, 8, 6), np.float32)]
+    with pytest.raises(ValueError, match="heads"):
+        native.head(*parts, np.zeros((1, 8, 8, 8), np.float32))  # 8 head channels, not 9
+    with pytest.raises(ValueError, match="sums"):
+        native.head(x, x, x, x, x, np.zeros((1, 8, 8, 9), np.float32))
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        native.head(*parts, np.zeros((1, 8, 8, 9), np.float16))
+    with pytest.raises(ValueError, match="odd"):
+        native.head(*parts, np.zeros((1, 8, 8, 9), np.float32), window=4)
 
 
 @needs_compiled

@@ -38,7 +38,7 @@ import numpy as np
 
 ENV_VAR = "IHCLIB_NATIVE"
 SOURCE = Path(__file__).with_name("prefix.c")
-SOURCES = (SOURCE, *(Path(__file__).with_name(name) for name in ("trunk.c", "png.c", "pixels.c")))  # one library
+SOURCES = (SOURCE, *(Path(__file__).with_name(name) for name in ("trunk.c", "png.c", "pixels.c", "head.c")))  # one library
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c99")
 # what prefix.c supports: spatial windows odd and at most 7, the cross-channel and contrast windows 5
 MAX_WINDOW, FIXED_WINDOW = 7, 5
@@ -139,6 +139,9 @@ def _load_locked() -> ctypes.CDLL | None:
     lib.ihclib_float_to_pixels.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
                                            ctypes.c_ssize_t, ctypes.c_int, ctypes.c_float]
     lib.ihclib_float_to_pixels.restype = ctypes.c_int
+    lib.ihclib_head_rows.argtypes = [*[ctypes.c_void_p] * 6, *[ctypes.c_int] * 4, ctypes.c_void_p, ctypes.c_int,
+                                     ctypes.c_int]
+    lib.ihclib_head_rows.restype = ctypes.c_int
     _lib = lib
     return lib
 
@@ -434,6 +437,44 @@ def prefix(x: np.ndarray, windows=(3, 5, 7), eps: float = 1e-3, min_clean: int =
     if any(codes):
         raise RuntimeError(f"compiled prefix failed (code {min(codes)}) on {x.shape}")
     return tuple(outs)
+
+
+def head(x: np.ndarray, flag: np.ndarray, spatial: np.ndarray, xc: np.ndarray, sums: np.ndarray,
+         heads: np.ndarray, window: int = 5, threads: int | None = None, reuse: bool = False) -> np.ndarray:
+    """crosschannel_unet's gate (``head.c``; :class:`ihclib.fast_layers.CrossChannelHead`) of
+    the prefix's ``x``, ``flag``, ``spatial`` and ``xc`` fills (N, H, W, 3) and box sums of
+    [prior, prior^2] over ``window`` (N, H, W, 6), float32, and the merged heads (N, H, W, 9),
+    float32 or bfloat16: float32 (N, H, W, 3), ``x`` exactly where ``flag`` is 0. Bands of rows
+    run in ``threads`` threads; ``reuse`` as :func:`prefix`'s."""
+    lib = _load()
+    if lib is None:
+        raise RuntimeError(f"the compiled library is not available: {_error}")
+    x, flag, spatial, xc, sums = (np.ascontiguousarray(a, dtype=np.float32) for a in (x, flag, spatial, xc, sums))
+    heads = np.ascontiguousarray(heads)
+    n, height, width, channels = x.shape
+    wanted = {"flag": (flag, 3), "spatial": (spatial, 3), "xc": (xc, 3), "sums": (sums, 6), "heads": (heads, 9)}
+    for name, (a, k) in wanted.items():
+        if channels != 3 or a.shape != (n, height, width, k):
+            raise ValueError(f"{name} {a.shape} does not go with x {x.shape} ({k} channels expected)")
+    if heads.dtype not in (np.dtype(np.float32), _BFLOAT16):
+        raise ValueError(f"heads must be float32 or bfloat16, got {heads.dtype}")
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be odd and positive, got {window}")
+    (out,) = _reused("head", [(n, height, width, 3)], [np.float32], reuse)
+    threads = threads or _threads()
+    jobs = [(i, a, b) for i in range(n) for a, b in _bands(height, threads)]
+
+    def run(job) -> int:
+        i, y0, y1 = job
+        return lib.ihclib_head_rows(x[i].ctypes.data, flag[i].ctypes.data, spatial[i].ctypes.data,
+                                    xc[i].ctypes.data, sums[i].ctypes.data, heads[i].ctypes.data,
+                                    int(heads.dtype == _BFLOAT16), height, width, window // 2, out[i].ctypes.data,
+                                    y0, y1)
+
+    codes = _run_all(run, jobs, threads)
+    if any(codes):
+        raise RuntimeError(f"compiled head failed (code {min(codes)}) on {x.shape}")
+    return out
 
 
 # the trunk's levels: a U-Net's way up concatenates once per level (the bundled model: 2)
