@@ -659,6 +659,23 @@ def check_output(
 
 PNG_LEVEL = 1  # deflate level of written PNGs (Pillow's default is 6, libpng's 3)
 PNG_PART_BYTES = 4 << 20  # deflate pieces of at least this much image data, one per thread
+# rows filtered and deflated at a time, through one buffer per piece that stays in the core's
+# cache: the whole filtered image (50 MB for 4096 px RGB) was fresh pages each time (issue 13)
+PNG_BLOCK_BYTES = 1 << 20
+
+
+def _adler32_combine(first: int, second: int, second_length: int) -> int:
+    """The Adler-32 of two byte strings one after the other, from theirs and the second's length
+    (zlib's adl32_combine: the sums of the second shift by the first's, mod 65521)."""
+    base = 65521
+    rem = second_length % base
+    sum1 = (first & 0xFFFF) + (second & 0xFFFF) + base - 1
+    sum2 = rem * (first & 0xFFFF) % base + ((first >> 16) & 0xFFFF) + ((second >> 16) & 0xFFFF) + base - rem
+    sum1 = sum1 - base if sum1 >= base else sum1
+    sum1 = sum1 - base if sum1 >= base else sum1
+    sum2 = sum2 - (base << 1) if sum2 >= (base << 1) else sum2
+    sum2 = sum2 - base if sum2 >= base else sum2
+    return (sum2 << 16) | sum1
 
 
 def _deflate():
@@ -692,7 +709,10 @@ def png_parts_8bit(pixels: np.ndarray, level: int = PNG_LEVEL, threads: int | No
     with ISA-L where installed (:func:`_deflate`). On make bench's denoised 4096 x 4096 image
     with zlib: 0.45 s with 2 threads, against 0.92 s (libpng, level 1, fast filters), 1.32 s
     (libpng's defaults) and 2.4 s (Pillow's), for 26.9 MB (27.2, 26.8 and 25.4 MB); ISA-L
-    deflates it about 5x faster.
+    deflates it about 5x faster. Each piece goes through :data:`PNG_BLOCK_BYTES` of rows at a
+    time, filtered into one buffer that stays in cache (the whole filtered image was 50 MB of
+    fresh pages: 0.053 -> 0.048 s warm, more in a fresh process), and its Adler-32 is taken
+    there and combined (:func:`_adler32_combine`).
     """
     if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3):
         raise ValueError(f"expected uint8 (H, W) or (H, W, C) pixels, got {pixels.dtype} {pixels.shape}")
@@ -707,16 +727,25 @@ def png_parts_8bit(pixels: np.ndarray, level: int = PNG_LEVEL, threads: int | No
     parts = max(1, min(threads, h * (w * c + 1) // PNG_PART_BYTES, h))
     cuts = [h * i // parts for i in range(parts + 1)]  # row boundaries
     deflater = _deflate()
+    row = w * c + 1
+    block = max(1, PNG_BLOCK_BYTES // row)  # rows filtered at a time, into one buffer per piece
 
-    def filter_and_deflate(i: int) -> tuple[np.ndarray, bytes, bytes]:
-        part = rows[cuts[i] : cuts[i + 1]]
-        filtered = np.empty((len(part), w * c + 1), np.uint8)
-        filtered[:, 0] = 1  # filter type 1, sub
-        filtered[:, 1 : c + 1] = part[:, :c]
-        np.subtract(part[:, c:], part[:, :-c], out=filtered[:, c + 1 :])  # modulo 256, as PNG wants
+    def filter_and_deflate(i: int) -> tuple[list[bytes], int, int]:
+        """Piece i's deflated rows (ended by a sync flush, the last by the stream's end), the
+        Adler-32 of its filtered rows and their length."""
         packer = deflater.compressobj(level, deflater.DEFLATED, -15)  # raw deflate: one header for all
-        flush = deflater.Z_FINISH if i == parts - 1 else deflater.Z_SYNC_FLUSH
-        return filtered, packer.compress(filtered), packer.flush(flush)
+        filtered = np.empty((min(block, cuts[i + 1] - cuts[i]), row), np.uint8)
+        filtered[:, 0] = 1  # filter type 1, sub
+        out, adler = [], 1
+        for start in range(cuts[i], cuts[i + 1], block):
+            part = rows[start : min(start + block, cuts[i + 1])]
+            buf = filtered[: len(part)]
+            buf[:, 1 : c + 1] = part[:, :c]
+            np.subtract(part[:, c:], part[:, :-c], out=buf[:, c + 1 :])  # modulo 256, as PNG wants
+            adler = deflater.adler32(buf, adler)
+            out.append(packer.compress(buf))
+        out.append(packer.flush(deflater.Z_FINISH if i == parts - 1 else deflater.Z_SYNC_FLUSH))
+        return out, adler, (cuts[i + 1] - cuts[i]) * row
 
     if parts == 1:
         done = [filter_and_deflate(0)]
@@ -726,9 +755,9 @@ def png_parts_8bit(pixels: np.ndarray, level: int = PNG_LEVEL, threads: int | No
         with ThreadPoolExecutor(parts) as pool:
             done = list(pool.map(filter_and_deflate, range(parts)))
     adler = 1
-    for filtered, _, _ in done:  # the zlib stream's checksum of all the filtered rows, in order
-        adler = deflater.adler32(filtered, adler)
-    stream = [b"\x78\x01", *(piece for _, *pieces in done for piece in pieces), struct.pack(">I", adler)]
+    for _, part_adler, length in done:  # the zlib stream's checksum of all the filtered rows, in order
+        adler = _adler32_combine(adler, part_adler, length)
+    stream = [b"\x78\x01", *(piece for pieces, _, _ in done for piece in pieces if piece), struct.pack(">I", adler)]
     header = struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0)
     return [PNG_SIGNATURE, _png_chunk(b"IHDR", header), *_png_chunk_parts(b"IDAT", stream), _png_chunk(b"IEND", b"")]
 

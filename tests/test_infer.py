@@ -392,6 +392,46 @@ def test_png_encode_8bit_decodes_to_the_same_pixels_in_pillow_and_libpng(monkeyp
         images.png_encode_8bit(pixels.astype(np.uint16))
 
 
+def test_adler32_combine_is_the_checksum_of_the_two_strings_joined():
+    import zlib
+
+    from ihclib.images import _adler32_combine
+
+    rng = np.random.default_rng(2)
+    for n1, n2 in [(0, 5), (5, 0), (1, 1), (70000, 3), (3, 200000), (65521, 65521), (131042, 1)]:
+        a, b = rng.integers(0, 256, n1, dtype=np.uint8).tobytes(), rng.integers(0, 256, n2, dtype=np.uint8).tobytes()
+        assert _adler32_combine(zlib.adler32(a), zlib.adler32(b), n2) == zlib.adler32(a + b)
+    ones = b"\xff" * 300000  # sums near the modulus
+    assert _adler32_combine(zlib.adler32(ones), zlib.adler32(ones), len(ones)) == zlib.adler32(ones + ones)
+
+
+@pytest.mark.parametrize("block_bytes", [50, 1 << 20])
+def test_png_rows_go_through_blocks_and_decode_the_same(monkeypatch, block_bytes):
+    import io
+    import struct
+    import zlib
+
+    import imagecodecs
+    from PIL import Image
+
+    from ihclib import images
+
+    monkeypatch.setattr(images, "PNG_PART_BYTES", 1000)  # three pieces
+    monkeypatch.setattr(images, "PNG_BLOCK_BYTES", block_bytes)  # one row or all rows of a piece at a time
+    pixels = np.random.default_rng(1).integers(0, 256, (45, 23, 3), dtype=np.uint8)
+    pixels[::3] //= 8
+    png = images.png_encode_8bit(pixels, threads=3)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), pixels)
+    assert np.array_equal(imagecodecs.png_decode(png), pixels)  # libpng checks the stream's Adler-32
+    # the stream's Adler-32 (its last 4 bytes, before IDAT's CRC and IEND) is checked
+    start = png.index(b"IDAT")
+    data = png[start + 4 : -16]
+    wrong = data[:-4] + bytes(4)
+    broken = png[: start + 4] + wrong + struct.pack(">I", zlib.crc32(b"IDAT" + wrong)) + png[-12:]
+    with pytest.raises(Exception, match="(?i)adler|check|data"):
+        imagecodecs.png_decode(broken)
+
+
 def test_the_fast_path_follows_the_models_weights_when_they_change(gated_model):
     # denoise(precision="auto") runs an inference copy holding the weights it was made with; it
     # went on giving the old model's output after set_weights (or more training) on the model
