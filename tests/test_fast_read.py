@@ -177,7 +177,7 @@ needs_native = pytest.mark.skipif(not native.available(), reason="no compiled ih
 
 @needs_native
 @pytest.mark.parametrize("channels", [3, 4])
-@pytest.mark.parametrize("width", [1, 2, 53])
+@pytest.mark.parametrize("width", [1, 2, 53, 64])
 def test_every_png_filter_is_undone_as_libspng_and_pillow_undo_it(channels, width):
     rng = np.random.default_rng(width)
     pixels = rng.integers(0, 256, (40, width, channels), dtype=np.uint8)
@@ -189,6 +189,24 @@ def test_every_png_filter_is_undone_as_libspng_and_pillow_undo_it(channels, widt
         assert got is not None and got.dtype == np.uint8 and got.shape == pixels.shape
         np.testing.assert_array_equal(got, pixels)
         np.testing.assert_array_equal(got, imagecodecs.spng_decode(data))
+
+
+@needs_native
+@pytest.mark.parametrize("width", [1, 21, 64, 70])
+def test_filters_undone_in_place_give_the_same_pixels(width):
+    rng = np.random.default_rng(width)
+    pixels = rng.integers(0, 256, (30, width, 3), dtype=np.uint8)
+    types = [*range(5), *rng.integers(0, 5, 25)]
+    raw = zlib.decompress(_filtered_png(pixels, types)[41:-16])  # IDAT's data (one chunk), inflated
+    apart = native.png_unfilter(raw, 30, width, 3)  # bytes: into a new array
+    buffer = np.frombuffer(raw, np.uint8).copy()
+    in_place = native.png_unfilter(buffer, 30, width, 3)  # a writable array: in place
+    np.testing.assert_array_equal(apart, pixels)
+    np.testing.assert_array_equal(in_place, pixels)
+    assert np.shares_memory(in_place, buffer)
+    bad = np.frombuffer(raw, np.uint8).copy()
+    bad[5 * (width * 3 + 1)] = 7  # row 5's filter type: none of the five
+    assert native.png_unfilter(bad, 30, width, 3) is None
 
 
 @needs_native

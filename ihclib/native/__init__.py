@@ -136,6 +136,8 @@ def _load_locked() -> ctypes.CDLL | None:
     lib.ihclib_upsample_concat_rows.restype = ctypes.c_int
     lib.ihclib_png_unfilter.argtypes = [ctypes.c_void_p, *[ctypes.c_int] * 3, ctypes.c_void_p]
     lib.ihclib_png_unfilter.restype = ctypes.c_int
+    lib.ihclib_png_unfilter_inplace.argtypes = [ctypes.c_void_p, *[ctypes.c_int] * 3]
+    lib.ihclib_png_unfilter_inplace.restype = ctypes.c_int
     lib.ihclib_float_to_pixels.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
                                            ctypes.c_ssize_t, ctypes.c_int, ctypes.c_float]
     lib.ihclib_float_to_pixels.restype = ctypes.c_int
@@ -482,14 +484,20 @@ UPSAMPLE_SHAPES_KEPT = 4
 MAX_BLOCK = 8  # trunk.c's largest upsampling factor
 
 
-def png_unfilter(raw: bytes, height: int, width: int, channels: int) -> np.ndarray | None:
+def png_unfilter(raw: bytes | np.ndarray, height: int, width: int, channels: int) -> np.ndarray | None:
     """The (height, width, channels) uint8 pixels of an 8-bit PNG's inflated, filtered rows
     ``raw`` (``png.c``), or None where a row's filter type is not one of the PNG's five or the
-    compiled code is not available (the caller then decodes the file another way)."""
+    compiled code is not available (the caller then decodes the file another way). A writable
+    uint8 array ``raw`` is unfiltered in place and the pixels returned are a view of its start
+    (no fresh pages for them); it then holds no rows any more, whatever the outcome."""
     lib = _load() if available() else None
     row_bytes = width * channels
     if lib is None or len(raw) != height * (row_bytes + 1):
         return None
+    if isinstance(raw, np.ndarray) and raw.dtype == np.uint8 and raw.ndim == 1 and raw.flags.writeable \
+            and raw.flags.c_contiguous:
+        code = lib.ihclib_png_unfilter_inplace(raw.ctypes.data, height, row_bytes, channels)
+        return raw[: height * row_bytes].reshape(height, width, channels) if code == 0 else None
     src = np.frombuffer(raw, np.uint8)
     out = np.empty((height, width, channels), np.uint8)
     code = lib.ihclib_png_unfilter(src.ctypes.data, height, row_bytes, channels, out.ctypes.data)

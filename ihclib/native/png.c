@@ -21,9 +21,11 @@ static inline int paeth(int a, int b, int c) {
 
 /* One row of filter type 1, 3 or 4 for a constant bpp: the left pixel is kept in registers
  * (read back from memory, each byte waited for the store of the byte bpp before it: a 4096 px
- * RGB image of Sub rows took 35 ms, now 20). up is the row above, or NULL on the first row. */
-static inline void left_filtered_row(int type, const uint8_t *restrict in, const uint8_t *restrict up,
-                                     uint8_t *restrict o, int row_bytes, const int bpp) {
+ * RGB image of Sub rows took 35 ms, now 20). up is the row above, or NULL on the first row.
+ * Each byte is read before it or any byte after it is written, so o may lie at or before in
+ * (the in-place use: no restrict on them). */
+static inline void left_filtered_row(int type, const uint8_t *in, const uint8_t *restrict up,
+                                     uint8_t *o, int row_bytes, const int bpp) {
     int left[4] = {0, 0, 0, 0}, upleft[4] = {0, 0, 0, 0};
     for (int i = 0; i + bpp <= row_bytes; i += bpp)
         for (int k = 0; k < bpp; k++) {
@@ -35,6 +37,38 @@ static inline void left_filtered_row(int type, const uint8_t *restrict in, const
             upleft[k] = b;
             o[i + k] = (uint8_t)v;
         }
+}
+
+/* The same, in place: the pixels overwrite `raw` from its start (out = raw). Row y's pixels
+ * start y + 1 bytes before its filtered bytes, so each byte is read before it is overwritten;
+ * the row above is already pixels, where the filters want it. Saves the output's fresh pages
+ * (50 MB for a 4096 px RGB image, about 17 ms of page faults on the 2-core Zen 5). */
+int ihclib_png_unfilter_inplace(uint8_t *raw, int height, int row_bytes, int bpp) {
+    for (int y = 0; y < height; y++) {
+        const uint8_t *in = raw + (size_t)y * (row_bytes + 1) + 1;
+        uint8_t *o = raw + (size_t)y * row_bytes;
+        const uint8_t *up = y ? o - row_bytes : NULL;
+        int type = in[-1];
+        if (type == 0 || (type == 2 && !up)) {
+            memmove(o, in, (size_t)row_bytes);
+        } else if (type == 2) {
+            uint8_t tmp[64];
+            int i = 0;
+            for (; i + 64 <= row_bytes; i += 64) {  /* a block read whole before it is written */
+                memcpy(tmp, in + i, 64);
+                for (int k = 0; k < 64; k++) tmp[k] = (uint8_t)(tmp[k] + up[i + k]);
+                memcpy(o + i, tmp, 64);
+            }
+            for (; i < row_bytes; i++) o[i] = (uint8_t)(in[i] + up[i]);
+        } else if (type == 1 || type == 3 || type == 4) {
+            if (bpp == 3) left_filtered_row(type, in, up, o, row_bytes, 3);
+            else if (bpp == 4) left_filtered_row(type, in, up, o, row_bytes, 4);
+            else return -(y + 1);
+        } else {
+            return -(y + 1);
+        }
+    }
+    return 0;
 }
 
 int ihclib_png_unfilter(const uint8_t *raw, int height, int row_bytes, int bpp, uint8_t *out) {
