@@ -630,7 +630,10 @@ def inference_copy(model: Any, bfloat16: bool = False, fused: bool = True, compi
     # SpaceToDepth: crosschannel_s2d_unet's features to half resolution, in the trunk's dtype
     trunk = (keras.layers.Conv2D, keras.layers.Conv2DTranspose, keras.layers.LeakyReLU, keras.layers.Concatenate,
              SpaceToDepth)
-    variants = FAST_VARIANTS if fused else {}
+    # (not for a model fused whole: its classical layers are dropped by fuse_crosschannel below,
+    # and the fast variants' calls on Keras' symbolic inputs trace XLA functions: 19 ms of the
+    # bundled model's 92 ms copy, 2-core Zen 5)
+    variants = FAST_VARIANTS if fused and not can_fuse_whole(model) else {}
 
     def clone(layer: Any) -> Any:
         config = layer.get_config()
@@ -642,6 +645,9 @@ def inference_copy(model: Any, bfloat16: bool = False, fused: bool = True, compi
         context = layer.name in CONTEXT_LAYERS
         if bfloat16 and (in_trunk and not one_by_one or context) and id(layer.output) not in outputs:
             config["dtype"] = "mixed_bfloat16"
+        for key in ("kernel_initializer", "bias_initializer"):  # the weights are set below: no random draws
+            if key in config:
+                config[key] = "zeros"
         if fused and _residual_scale(layer) is not None:  # folded into the convolution before it, below
             return keras.layers.Identity(name=layer.name, dtype=config["dtype"])
         return variants.get(type(layer), type(layer)).from_config(config)
